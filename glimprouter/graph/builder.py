@@ -1,0 +1,58 @@
+"""The routing graph, read top to bottom like the paper's figure.
+
+START -> glimpse -> decide -> small_step | large_step -> check_termination
+            ^                                                   |
+            +------------------- next step ---------------------+-> answer -> END
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Checkpointer
+
+from glimprouter.graph.context import MAX_STEPS_LIMIT, RouterContext
+from glimprouter.graph.state import InputState, OutputState, RouterState
+from glimprouter.nodes.answer import answer
+from glimprouter.nodes.decide import decide, route_to_writer
+from glimprouter.nodes.glimpse import glimpse
+from glimprouter.nodes.step import large_step, small_step
+from glimprouter.nodes.termination import check_termination, route_after_check
+
+
+def build_graph(checkpointer: Checkpointer = None) -> CompiledStateGraph:
+    """Compile the routing graph; pass a checkpointer to make runs durable and resumable."""
+    builder = StateGraph(
+        RouterState,
+        context_schema=RouterContext,
+        input_schema=InputState,
+        output_schema=OutputState,
+    )
+    builder.add_node("glimpse", glimpse)
+    builder.add_node("decide", decide)
+    builder.add_node("small_step", small_step)
+    builder.add_node("large_step", large_step)
+    builder.add_node("check_termination", check_termination)
+    builder.add_node("answer", answer)
+
+    builder.add_edge(START, "glimpse")
+    builder.add_edge("glimpse", "decide")
+    builder.add_conditional_edges("decide", route_to_writer, ["small_step", "large_step", "answer"])
+    builder.add_edge("small_step", "check_termination")
+    builder.add_edge("large_step", "check_termination")
+    builder.add_conditional_edges("check_termination", route_after_check, ["glimpse", "answer"])
+    builder.add_edge("answer", END)
+
+    # Four super-steps per reasoning step: enough for the largest max_steps a context allows.
+    compiled = builder.compile(checkpointer=checkpointer, name="GlimpRouter")
+    return compiled.with_config(recursion_limit=RouterContext.recursion_limit_for(MAX_STEPS_LIMIT))
+
+
+def run_config(context: RouterContext, **config: Any) -> dict[str, Any]:
+    """A LangGraph run config whose recursion limit follows the run's step budget."""
+    return {"recursion_limit": context.recursion_limit, **config}
+
+
+graph = build_graph()

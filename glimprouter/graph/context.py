@@ -1,0 +1,195 @@
+"""Run settings of the routing graph: one dataclass, every knob documented and env-settable.
+
+Each field falls back to the environment variable ``GLIMPROUTER_<FIELD>`` (upper case) when it is
+left at its default, so a notebook, the CLI, LangGraph Studio and a deployment share one source of
+configuration. Studio shows the field descriptions.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from glimprouter.errors import ConfigError
+
+ENV_PREFIX = "GLIMPROUTER_"
+MAX_STEPS_LIMIT = 8192
+ModelRole = Literal["small", "large"]
+MODEL_ROLES: tuple[ModelRole, ...] = ("small", "large")
+
+
+def _describe(text: str) -> dict[str, str]:
+    return {"description": text}
+
+
+@dataclass(kw_only=True)
+class RouterContext:
+    """Everything one routed run needs: the two endpoints, the routing rule, and the budgets."""
+
+    small_base_url: str = field(
+        default="http://127.0.0.1:8001/v1",
+        metadata=_describe("OpenAI-compatible base URL of the small model's vLLM server."),
+    )
+    small_model: str = field(
+        default="small", metadata=_describe("Served model name of the small model.")
+    )
+    small_api_key: str = field(
+        default="EMPTY", metadata=_describe("API key of the small model's server.")
+    )
+    large_base_url: str = field(
+        default="http://127.0.0.1:8002/v1",
+        metadata=_describe("OpenAI-compatible base URL of the large model's vLLM server."),
+    )
+    large_model: str = field(
+        default="large", metadata=_describe("Served model name of the large model.")
+    )
+    large_api_key: str = field(
+        default="EMPTY", metadata=_describe("API key of the large model's server.")
+    )
+    threshold: float = field(
+        default=1.0,
+        metadata=_describe(
+            "Glimpse entropy (nats) at or above which the large model writes the step; "
+            "0 sends every step to the large model."
+        ),
+    )
+    top_k: int = field(
+        default=20,
+        metadata=_describe(
+            "How many top log-probabilities of the glimpsed token the entropy is computed over "
+            "(at most the server's --max-logprobs)."
+        ),
+    )
+    step_max_tokens: int = field(
+        default=512, metadata=_describe("Most tokens one reasoning step may take.")
+    )
+    token_budget: int = field(
+        default=8192,
+        metadata=_describe("Most reasoning tokens over all steps; never overshot."),
+    )
+    max_steps: int = field(
+        default=512, metadata=_describe("Most reasoning steps before the answer is forced.")
+    )
+    temperature: float = field(
+        default=0.6, metadata=_describe("Sampling temperature of the reasoning steps and answer.")
+    )
+    top_p: float = field(
+        default=0.95,
+        metadata=_describe("Nucleus sampling top-p of the reasoning steps and answer."),
+    )
+    answer_model: ModelRole = field(
+        default="large", metadata=_describe("Which model writes the final answer: small or large.")
+    )
+    answer_max_tokens: int = field(
+        default=2048, metadata=_describe("Most tokens of the final answer after </think>.")
+    )
+    request_timeout: float = field(
+        default=300.0, metadata=_describe("Seconds to wait for one model request.")
+    )
+    max_retries: int = field(
+        default=2, metadata=_describe("Retries of a failed model request (connection errors, 5xx).")
+    )
+    seed: int | None = field(
+        default=None,
+        metadata=_describe("Sampling seed sent with every request, for repeatable runs."),
+    )
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            env_name = ENV_PREFIX + f.name.upper()
+            if getattr(self, f.name) == f.default and env_name in os.environ:
+                setattr(self, f.name, _parse_env(env_name, os.environ[env_name], hints[f.name]))
+        self._validate()
+
+    def _validate(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(
+                f"{name}={getattr(self, name)!r} {why} (set it in the run context "
+                f"or {ENV_PREFIX}{name.upper()})"
+            )
+
+        if self.threshold < 0:
+            raise bad(
+                "threshold",
+                "is negative: entropies are >= 0, use 0 to route every step to the large model",
+            )
+        if self.top_k < 1:
+            raise bad("top_k", "must be at least 1")
+        for name in ("step_max_tokens", "token_budget", "max_steps", "answer_max_tokens"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be at least 1")
+        if self.max_steps > MAX_STEPS_LIMIT:
+            raise bad("max_steps", f"is above the graph's limit of {MAX_STEPS_LIMIT}")
+        if self.temperature < 0:
+            raise bad("temperature", "must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise bad("top_p", "must be in (0, 1]")
+        if self.answer_model not in MODEL_ROLES:
+            raise bad("answer_model", f"must be one of {list(MODEL_ROLES)}")
+        if self.request_timeout <= 0:
+            raise bad("request_timeout", "must be > 0 seconds")
+        if self.max_retries < 0:
+            raise bad("max_retries", "must be >= 0")
+        for role in MODEL_ROLES:
+            url = getattr(self, f"{role}_base_url")
+            if not url.startswith(("http://", "https://")):
+                raise bad(
+                    f"{role}_base_url", "must be an http(s) URL such as http://127.0.0.1:8001/v1"
+                )
+            if not getattr(self, f"{role}_model"):
+                raise bad(f"{role}_model", "is empty: give the served model name")
+
+    def endpoint(self, role: ModelRole) -> tuple[str, str, str]:
+        """(base URL, model name, API key) of the small or the large model."""
+        return (
+            getattr(self, f"{role}_base_url"),
+            getattr(self, f"{role}_model"),
+            getattr(self, f"{role}_api_key"),
+        )
+
+    @property
+    def recursion_limit(self) -> int:
+        """LangGraph super-steps this run may take."""
+        return self.recursion_limit_for(self.max_steps)
+
+    @staticmethod
+    def recursion_limit_for(max_steps: int) -> int:
+        """Four super-steps per reasoning step (glimpse, decide, step, check), plus the answer."""
+        return 4 * max_steps + 8
+
+
+def _parse_env(env_name: str, raw: str, annotation: Any) -> Any:
+    kinds = (
+        [a for a in get_args(annotation) if a is not type(None)]
+        if _is_optional(annotation)
+        else [annotation]
+    )
+    kind = kinds[0]
+    if _is_optional(annotation) and raw.strip().lower() in ("", "none"):
+        return None
+    if get_origin(kind) is Literal:
+        return raw
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{env_name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def _is_optional(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
+
+
+def resolve_context(context: RouterContext | dict[str, Any] | None) -> RouterContext:
+    """The run context of a graph run: defaults (and env) when none was passed."""
+    if context is None:
+        return RouterContext()
+    if isinstance(context, dict):
+        known = {f.name for f in fields(RouterContext)}
+        unknown = sorted(set(context) - known)
+        if unknown:
+            raise ConfigError(f"unknown context field(s) {unknown}; valid fields: {sorted(known)}")
+        return RouterContext(**context)
+    return context

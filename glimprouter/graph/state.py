@@ -1,0 +1,79 @@
+"""State of the routing graph: what goes in, what comes out, and what the loop carries."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Literal, NotRequired, TypedDict
+
+from glimprouter.graph.context import ModelRole
+
+TaskKind = Literal["math", "multiple_choice", "code", "plain"]
+
+StopReason = Literal[
+    "think_end",  # the chain closed its thinking with </think>
+    "end_of_sequence",  # a model ended its output (EOS) inside the thinking
+    "repeated_step",  # two identical steps in a row: the chain is looping
+    "token_budget",  # the reasoning tokens reached token_budget
+    "max_steps",  # the chain reached max_steps
+    "context_length",  # the server refused the prompt: the model's context is full
+]
+
+StepFinish = Literal["separator", "end_of_sequence", "length"]
+
+
+class Step(TypedDict):
+    """One reasoning step as written, with who wrote it and why."""
+
+    index: int
+    model: ModelRole
+    entropy: float  # entropy (nats) of the small model's glimpse before this step
+    text: str  # the step, without its "\n\n" separator
+    finish: StepFinish
+    completion_tokens: int
+    prompt_tokens: int
+    wall_s: float
+
+
+class ModelUsage(TypedDict):
+    """Requests and tokens spent on one model (glimpses included)."""
+
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def add_usage(
+    total: dict[str, ModelUsage] | None, delta: dict[str, ModelUsage]
+) -> dict[str, ModelUsage]:
+    """Reducer: sums usage per model."""
+    merged = {role: dict(counts) for role, counts in (total or {}).items()}
+    for role, counts in delta.items():
+        into = merged.setdefault(role, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0})
+        for key, value in counts.items():
+            into[key] = into.get(key, 0) + value
+    return merged  # type: ignore[return-value]
+
+
+class InputState(TypedDict):
+    """What a caller gives: the question, and optionally how to prompt for it."""
+
+    question: str
+    task: NotRequired[TaskKind]  # prompt family; default "math"
+    prompt_template: NotRequired[str]  # overrides the task's template; must contain {question}
+
+
+class OutputState(TypedDict):
+    """What a run returns."""
+
+    answer: str  # the text written after </think>
+    final_answer: str | None  # content of the last \boxed{} (answer first, then the thinking)
+    steps: Annotated[list[Step], operator.add]
+    usage: Annotated[dict[str, ModelUsage], add_usage]
+    stop_reason: StopReason | None
+
+
+class RouterState(InputState, OutputState):
+    """The loop's full state: the output so far plus the pending routing decision."""
+
+    glimpse_entropy: float | None  # entropy of the glimpse for the step about to be written
+    writer: ModelRole | None  # the model chosen to write that step

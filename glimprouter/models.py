@@ -1,0 +1,229 @@
+"""The one place that talks to the model servers: ChatOpenAI clients bound to vLLM endpoints.
+
+Clients are built once per endpoint and reused across steps, runs and threads. Every request
+continues an assistant prefix (vLLM's continue_final_message), and every server error is turned
+into one line that names the setting to fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+from langchain_core.messages import AIMessage
+from langchain_openai import ChatOpenAI
+from langgraph.constants import TAG_NOSTREAM
+
+from glimprouter.errors import EndpointError
+from glimprouter.graph.context import MODEL_ROLES, ModelRole, RouterContext
+from glimprouter.graph.state import ModelUsage
+from glimprouter.scoring import TopLogprob
+
+# vLLM continues the final assistant message verbatim only with both flags (the generation
+# prompt defaults to on and may not be combined with continuation). The stop string is kept in
+# the output so a separator stop can be told apart from end-of-sequence.
+CONTINUATION = {
+    "continue_final_message": True,
+    "add_generation_prompt": False,
+    "include_stop_str_in_output": True,
+}
+
+_CONTEXT_OVERFLOW = re.compile(r"maximum context length|context length|too long", re.IGNORECASE)
+
+
+class ContextOverflow(Exception):
+    """The server refused a request because prompt plus output exceed the model's context."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What one request produced."""
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    first_token_top_logprobs: list[TopLogprob] | None
+
+    def usage(self, role: ModelRole) -> dict[str, ModelUsage]:
+        """This request as a usage delta for the state's per-model totals."""
+        return {
+            role: {
+                "requests": 1,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+            }
+        }
+
+
+@functools.lru_cache(maxsize=64)
+def _client(base_url: str, model: str, api_key: str, timeout: float, retries: int) -> ChatOpenAI:
+    return ChatOpenAI(
+        base_url=base_url,
+        model=model,
+        api_key=api_key,
+        timeout=timeout,
+        max_retries=retries,
+        use_responses_api=False,
+        stream_usage=True,
+    )
+
+
+def chat_client(context: RouterContext, role: ModelRole) -> ChatOpenAI:
+    """The shared ChatOpenAI client of the small or large endpoint of `context`."""
+    base_url, model, api_key = context.endpoint(role)
+    return _client(base_url, model, api_key, context.request_timeout, context.max_retries)
+
+
+async def complete(
+    context: RouterContext,
+    role: ModelRole,
+    messages: list[dict[str, str]],
+    *,
+    max_tokens: int,
+    temperature: float,
+    top_p: float | None = None,
+    stop: list[str] | None = None,
+    top_logprobs: int | None = None,
+    stream: bool = True,
+) -> Completion:
+    """Continue the assistant prefix in `messages` with one model; `stream=False` keeps the
+    request out of LangGraph's token stream (the glimpse)."""
+    params: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "extra_body": CONTINUATION,
+    }
+    if top_p is not None:
+        params["top_p"] = top_p
+    if context.seed is not None:
+        params["seed"] = context.seed
+    if top_logprobs is not None:
+        params.update(logprobs=True, top_logprobs=top_logprobs)
+    config = None if stream else {"tags": [TAG_NOSTREAM]}
+    try:
+        message = await chat_client(context, role).ainvoke(
+            messages, config=config, stop=stop, **params
+        )
+    except openai.APIError as error:
+        raise await _explain(error, context, role) from None
+    return _completion(message, top_logprobs is not None, context, role)
+
+
+def _completion(
+    message: AIMessage, want_logprobs: bool, context: RouterContext, role: ModelRole
+) -> Completion:
+    usage = message.usage_metadata or {}
+    metadata = message.response_metadata
+    first: list[TopLogprob] | None = None
+    if want_logprobs:
+        content = (metadata.get("logprobs") or {}).get("content") or []
+        first = content[0].get("top_logprobs") if content else None
+        if not first:
+            raise EndpointError(
+                f"the {role} model server at {context.endpoint(role)[0]} returned no "
+                f"logprobs: point {_url_setting(role)} at a vLLM (or other) server that returns "
+                "top_logprobs"
+            )
+    return Completion(
+        text=message.content if isinstance(message.content, str) else str(message.content),
+        finish_reason=metadata.get("finish_reason"),
+        prompt_tokens=int(usage.get("input_tokens", 0)),
+        completion_tokens=int(usage.get("output_tokens", 0)),
+        first_token_top_logprobs=first,
+    )
+
+
+async def _explain(error: openai.APIError, context: RouterContext, role: ModelRole) -> Exception:
+    """One actionable line for a failed request (or ContextOverflow, which ends the chain)."""
+    base_url = context.endpoint(role)[0]
+    detail = _error_detail(error)
+    if isinstance(error, openai.APITimeoutError):
+        return EndpointError(
+            f"the {role} model server at {base_url} did not answer within "
+            f"{context.request_timeout:g} s: check it is up, or raise request_timeout "
+            "(GLIMPROUTER_REQUEST_TIMEOUT)"
+        )
+    if isinstance(error, openai.APIConnectionError):
+        return _unreachable(context, role)
+    if isinstance(error, openai.AuthenticationError):
+        return _bad_key(context, role)
+    if isinstance(error, openai.NotFoundError):
+        return _unknown_model(context, role, await served_models(context, role))
+    if isinstance(error, openai.BadRequestError):
+        if "logprobs" in detail.lower():
+            return EndpointError(
+                f"the {role} model server at {base_url} allows fewer top logprobs than "
+                f"top_k={context.top_k} ({detail}): lower --top-k / GLIMPROUTER_TOP_K or "
+                f"restart vLLM with --max-logprobs {context.top_k}"
+            )
+        if _CONTEXT_OVERFLOW.search(detail):
+            return ContextOverflow(detail)
+    return EndpointError(f"the {role} model server at {base_url} failed: {detail}")
+
+
+def _error_detail(error: openai.APIError) -> str:
+    body = error.body
+    if isinstance(body, dict):
+        message = body.get("message") or (body.get("error") or {}).get("message")
+        if message:
+            return " ".join(str(message).split())
+    return " ".join(str(error.message).split())
+
+
+async def served_models(context: RouterContext, role: ModelRole) -> list[str]:
+    """Model names the server of `role` lists at /models."""
+    base_url, _, api_key = context.endpoint(role)
+    try:
+        async with httpx.AsyncClient(timeout=min(context.request_timeout, 10.0)) as http:
+            response = await http.get(
+                base_url.rstrip("/") + "/models", headers={"Authorization": f"Bearer {api_key}"}
+            )
+    except httpx.HTTPError:
+        raise _unreachable(context, role) from None
+    if response.status_code in (401, 403):
+        raise _bad_key(context, role)
+    if response.status_code != 200:
+        raise EndpointError(
+            f"{base_url}/models answered HTTP {response.status_code}: is "
+            f"{_url_setting(role)} the base URL of an OpenAI-compatible server (ending in /v1)?"
+        )
+    return [entry.get("id") for entry in response.json().get("data", [])]
+
+
+async def check_endpoints(context: RouterContext) -> None:
+    """Fail fast, before any work, when an endpoint is down or does not serve its model."""
+    for role in MODEL_ROLES:
+        served = await served_models(context, role)
+        if context.endpoint(role)[1] not in served:
+            raise _unknown_model(context, role, served)
+
+
+def _url_setting(role: ModelRole) -> str:
+    return f"--{role}-url / GLIMPROUTER_{role.upper()}_BASE_URL"
+
+
+def _unreachable(context: RouterContext, role: ModelRole) -> EndpointError:
+    return EndpointError(
+        f"cannot reach the {role} model server at {context.endpoint(role)[0]}: start it "
+        f"(glimprouter serve) or fix {_url_setting(role)}"
+    )
+
+
+def _bad_key(context: RouterContext, role: ModelRole) -> EndpointError:
+    return EndpointError(
+        f"the {role} model server at {context.endpoint(role)[0]} refused the API key: set "
+        f"--{role}-api-key / GLIMPROUTER_{role.upper()}_API_KEY"
+    )
+
+
+def _unknown_model(context: RouterContext, role: ModelRole, served: list[str]) -> EndpointError:
+    base_url, model, _ = context.endpoint(role)
+    return EndpointError(
+        f"the {role} model server at {base_url} does not serve {model!r}; it serves "
+        f"{served}: set --{role}-model / GLIMPROUTER_{role.upper()}_MODEL"
+    )

@@ -1,0 +1,41 @@
+"""answer: the answer model closes the thinking and writes the final answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.config import get_stream_writer
+from langgraph.runtime import Runtime
+
+from glimprouter.graph.context import RouterContext
+from glimprouter.graph.state import RouterState
+from glimprouter.models import ContextOverflow, complete
+from glimprouter.nodes.common import prompt_args, run_context, steps_of
+from glimprouter.parsing import last_boxed
+from glimprouter.prompts import STEP_SEPARATOR, answer_messages
+
+
+async def answer(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
+    """Write the answer after </think>; the final answer is its last \\boxed{}, else the
+    thinking's."""
+    context = run_context(runtime)
+    texts = [step["text"] for step in steps_of(state)]
+    thinking_answer = last_boxed(STEP_SEPARATOR.join(texts))
+    role = context.answer_model
+    try:
+        result = await complete(
+            context,
+            role,
+            answer_messages(step_texts=texts, **prompt_args(state)),
+            max_tokens=context.answer_max_tokens,
+            temperature=context.temperature,
+            top_p=context.top_p,
+        )
+    except ContextOverflow:
+        # The chain already fills the context: keep what the thinking concluded.
+        return {"answer": "", "final_answer": thinking_answer}
+    final_answer = last_boxed(result.text) or thinking_answer
+    get_stream_writer()(
+        {"event": "answer", "model": role, "text": result.text, "final_answer": final_answer}
+    )
+    return {"answer": result.text, "final_answer": final_answer, "usage": result.usage(role)}

@@ -1,0 +1,91 @@
+"""Prompt templates per task and the assistant prefixes the chain of thought is continued from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from glimprouter.errors import ConfigError
+
+STEP_SEPARATOR = "\n\n"
+THINK_OPEN = "<think>\n"
+THINK_CLOSE = "</think>"
+
+# The reference implementation's wording (arXiv 2601.05110, Zengwh02/GlimpRouter), so results
+# stay comparable; its doubled braces after \boxed (a str.format leftover) are written single.
+TEMPLATES: dict[str, str] = {
+    "math": (
+        "Solve the following math problem and return ONLY the final answer.\n"
+        "Please reason step by step, separate logical reasoning steps with two newline "
+        "characters (\n\n), and put your final answer within \\boxed{}.\n\n"
+        "Problem: {question}\n\n"
+    ),
+    "multiple_choice": (
+        "What is the correct answer to the following problem? Please reason step by step.\n"
+        "Separate logical reasoning steps with two newline characters (\n\n).\n"
+        "Put the final answer **strictly** in the format \\boxed{X}, where X is a single letter "
+        "(A, B, C, or D).\n\n**Example output:** \\boxed{A}\n\n"
+        "Problem: {question}\n\n"
+    ),
+    "code": (
+        "Write code to solve the following problem and return ONLY the code.\n"
+        "You will generate a correct Python program that matches the specification and passes "
+        "all tests.\n\nQuestion: {question}\n\n"
+    ),
+    "plain": "{question}",
+}
+
+
+def render_question(question: str, task: str = "math", template: str | None = None) -> str:
+    """The user message for a question, from the task's template or a caller's own."""
+    if not question or not question.strip():
+        raise ConfigError("the question is empty: pass the text to reason about")
+    if template is None:
+        if task not in TEMPLATES:
+            raise ConfigError(f"unknown task {task!r}; valid tasks: {sorted(TEMPLATES)}")
+        template = TEMPLATES[task]
+    elif "{question}" not in template:
+        raise ConfigError("prompt_template must contain the placeholder {question}")
+    return template.replace("{question}", question)
+
+
+def thinking_prefix(step_texts: Sequence[str]) -> str:
+    """Assistant text the next step continues: '<think>\\n' then each step and its separator."""
+    return THINK_OPEN + "".join(text + STEP_SEPARATOR for text in step_texts)
+
+
+def answer_prefix(step_texts: Sequence[str]) -> str:
+    """Assistant text the answer continues: the thinking, closed by exactly one </think>.
+
+    When a step already closed the thinking, whatever followed </think> in it is dropped, so the
+    answer model writes the whole answer.
+    """
+    thinking = STEP_SEPARATOR.join(step_texts)
+    if THINK_CLOSE in thinking:
+        thinking = thinking.split(THINK_CLOSE, 1)[0].rstrip("\n")
+    return f"{THINK_OPEN}{thinking}\n{THINK_CLOSE}\n\n"
+
+
+def continuation_messages(user_message: str, assistant_prefix: str) -> list[dict[str, str]]:
+    """Chat messages that make the server continue `assistant_prefix` verbatim."""
+    return [
+        {"role": "user", "content": user_message},
+        {"role": "assistant", "content": assistant_prefix},
+    ]
+
+
+def next_step_messages(
+    question: str, step_texts: Sequence[str], task: str = "math", template: str | None = None
+) -> list[dict[str, str]]:
+    """The request that continues the chain of thought with its next step."""
+    return continuation_messages(
+        render_question(question, task, template), thinking_prefix(step_texts)
+    )
+
+
+def answer_messages(
+    question: str, step_texts: Sequence[str], task: str = "math", template: str | None = None
+) -> list[dict[str, str]]:
+    """The request that writes the final answer after the closed thinking."""
+    return continuation_messages(
+        render_question(question, task, template), answer_prefix(step_texts)
+    )
