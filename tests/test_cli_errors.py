@@ -1,0 +1,102 @@
+"""Bad input at the command line: one clear line naming the setting, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from glimprouter.cli import main
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(capsys, *argv):
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.err.strip()
+
+
+def assert_one_line(status, err, *needles):
+    assert status == 2
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err
+
+
+def test_unreachable_endpoint(capsys):
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    status, err = run_cli(capsys, "ask", "What is 1+1?", "--small-url", url, "--large-url", url)
+    assert_one_line(status, err, "cannot reach the small model server", "--small-url")
+
+
+def test_empty_question(capsys):
+    status, err = run_cli(capsys, "ask", "  ")
+    assert_one_line(status, err, "question is empty")
+
+
+def test_negative_threshold(capsys):
+    status, err = run_cli(capsys, "ask", "q", "--threshold", "-1")
+    assert_one_line(status, err, "threshold", "GLIMPROUTER_THRESHOLD")
+
+
+def test_bad_answer_model(capsys):
+    status, err = run_cli(capsys, "ask", "q", "--answer-model", "medium")
+    assert_one_line(status, err, "answer_model", "['small', 'large']")
+
+
+class NoLogprobsServer(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that never returns logprobs (like many hosted APIs)."""
+
+    def _send(self, payload):
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._send({"object": "list", "data": [{"id": "small", "object": "model"},
+                                               {"id": "large", "object": "model"}]})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._send({
+            "id": "x", "object": "chat.completion", "created": 0, "model": "small",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "The"},
+                         "finish_reason": "length", "logprobs": None}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+        })
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def no_logprobs_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NoLogprobsServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_server_without_logprobs(capsys, no_logprobs_url):
+    status, err = run_cli(capsys, "ask", "What is 1+1?", "--small-url", no_logprobs_url,
+                          "--large-url", no_logprobs_url, "--max-retries", "0")
+    assert_one_line(status, err, "returned no logprobs", "--small-url")
+
+
+def test_unknown_model_lists_served_ones(capsys, no_logprobs_url):
+    status, err = run_cli(capsys, "ask", "What is 1+1?", "--small-url", no_logprobs_url,
+                          "--large-url", no_logprobs_url, "--small-model", "tiny")
+    assert_one_line(status, err, "does not serve 'tiny'", "['small', 'large']", "--small-model")

