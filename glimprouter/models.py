@@ -7,8 +7,9 @@ into one line that names the setting to fix.
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,23 +61,36 @@ class Completion:
         }
 
 
-@functools.lru_cache(maxsize=64)
-def _client(base_url: str, model: str, api_key: str, timeout: float, retries: int) -> ChatOpenAI:
-    return ChatOpenAI(
-        base_url=base_url,
-        model=model,
-        api_key=api_key,
-        timeout=timeout,
-        max_retries=retries,
-        use_responses_api=False,
-        stream_usage=True,
-    )
+# ChatOpenAI's async HTTP client belongs to the event loop it first ran on, so clients are shared
+# within a loop (every step, run and concurrent question) and never across loops (a notebook's
+# successive asyncio.run calls).
+_clients_by_loop: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], ChatOpenAI]] = (
+    weakref.WeakKeyDictionary()
+)
+_clients_outside_loops: dict[tuple[Any, ...], ChatOpenAI] = {}
 
 
 def chat_client(context: RouterContext, role: ModelRole) -> ChatOpenAI:
     """The shared ChatOpenAI client of the small or large endpoint of `context`."""
     base_url, model, api_key = context.endpoint(role)
-    return _client(base_url, model, api_key, context.request_timeout, context.max_retries)
+    key = (base_url, model, api_key, context.request_timeout, context.max_retries)
+    try:
+        clients = _clients_by_loop.setdefault(asyncio.get_running_loop(), {})
+    except RuntimeError:
+        clients = _clients_outside_loops
+    if key not in clients:
+        # Our own HTTP client: langchain-openai's default one is shared process-wide, across loops.
+        clients[key] = ChatOpenAI(
+            http_async_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=256)),
+            base_url=base_url,
+            model=model,
+            api_key=api_key,
+            timeout=context.request_timeout,
+            max_retries=context.max_retries,
+            use_responses_api=False,
+            stream_usage=True,
+        )
+    return clients[key]
 
 
 async def complete(

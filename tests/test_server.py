@@ -130,3 +130,13 @@ def test_cli_ask_streams_the_steps_live(server_context):
     )
     assert completed.returncode == 0, completed.stderr
     assert "step   0" in completed.stdout and "final answer:" in completed.stdout
+
+
+def test_successive_event_loops_reuse_nothing_stale(server_context):
+    # A notebook or script calling asyncio.run twice: clients of a closed loop must not leak in.
+    import asyncio
+
+    context = dataclasses.replace(server_context, token_budget=16, answer_max_tokens=8)
+    first = asyncio.run(run(context))
+    second = asyncio.run(run(context))
+    assert first["steps"] and second["steps"]

