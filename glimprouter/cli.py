@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer one question, showing each routed step")
     ask.add_argument("question", help="the question to reason about")
     ask.add_argument("--task", default="math", choices=sorted(TEMPLATES), help="prompt family")
-    ask.add_argument("--json", action="store_true", help="print only the result, as one JSON object")
+    ask.add_argument(
+        "--json", action="store_true", help="print only the result, as one JSON object"
+    )
     add_context_flags(ask)
     ask.set_defaults(handler=_ask_command)
 

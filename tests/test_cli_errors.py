@@ -65,17 +65,32 @@ class NoLogprobsServer(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        self._send({"object": "list", "data": [{"id": "small", "object": "model"},
-                                               {"id": "large", "object": "model"}]})
+        self._send(
+            {
+                "object": "list",
+                "data": [{"id": "small", "object": "model"}, {"id": "large", "object": "model"}],
+            }
+        )
 
     def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
-        self._send({
-            "id": "x", "object": "chat.completion", "created": 0, "model": "small",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "The"},
-                         "finish_reason": "length", "logprobs": None}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
-        })
+        self._send(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "small",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "The"},
+                        "finish_reason": "length",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+            }
+        )
 
     def log_message(self, *args):
         pass
@@ -91,12 +106,30 @@ def no_logprobs_url():
 
 
 def test_server_without_logprobs(capsys, no_logprobs_url):
-    status, err = run_cli(capsys, "ask", "What is 1+1?", "--small-url", no_logprobs_url,
-                          "--large-url", no_logprobs_url, "--max-retries", "0")
+    status, err = run_cli(
+        capsys,
+        "ask",
+        "What is 1+1?",
+        "--small-url",
+        no_logprobs_url,
+        "--large-url",
+        no_logprobs_url,
+        "--max-retries",
+        "0",
+    )
     assert_one_line(status, err, "returned no logprobs", "--small-url")
 
 
 def test_unknown_model_lists_served_ones(capsys, no_logprobs_url):
-    status, err = run_cli(capsys, "ask", "What is 1+1?", "--small-url", no_logprobs_url,
-                          "--large-url", no_logprobs_url, "--small-model", "tiny")
+    status, err = run_cli(
+        capsys,
+        "ask",
+        "What is 1+1?",
+        "--small-url",
+        no_logprobs_url,
+        "--large-url",
+        no_logprobs_url,
+        "--small-model",
+        "tiny",
+    )
     assert_one_line(status, err, "does not serve 'tiny'", "['small', 'large']", "--small-model")

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
+from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext, resolve_context
 from glimprouter.graph.state import add_usage
-from glimprouter.errors import ConfigError
 from glimprouter.nodes.decide import choose_writer, route_to_writer
 from glimprouter.nodes.step import step_allowance
 from glimprouter.nodes.termination import route_after_check, stop_reason
@@ -46,8 +46,10 @@ class TestEntropy:
         assert top_k_entropy(same_string) == pytest.approx(math.log(2))
 
     def test_token_without_bytes_falls_back_to_its_text(self):
-        distinct = [{"token": "a", "logprob": math.log(0.5), "bytes": None},
-                    {"token": "b", "logprob": math.log(0.5), "bytes": None}]
+        distinct = [
+            {"token": "a", "logprob": math.log(0.5), "bytes": None},
+            {"token": "b", "logprob": math.log(0.5), "bytes": None},
+        ]
         assert top_k_entropy(distinct) == pytest.approx(math.log(2))
 
     def test_a_repeated_entry_counts_once(self):
@@ -86,7 +88,9 @@ class TestPrefixes:
         assert answer_prefix(["a", "b"]) == "<think>\na\n\nb\n</think>\n\n"
 
     def test_answer_drops_what_followed_an_existing_close(self):
-        assert answer_prefix(["a", "done.</think>\nThe answer"]) == "<think>\na\n\ndone.\n</think>\n\n"
+        assert (
+            answer_prefix(["a", "done.</think>\nThe answer"]) == "<think>\na\n\ndone.\n</think>\n\n"
+        )
 
     def test_question_is_rendered_into_the_task_template(self):
         text = render_question("What is {x}?", "math")
@@ -123,8 +127,16 @@ class TestStepEnd:
 
 
 def step(text, finish="separator", tokens=10):
-    return {"index": 0, "model": "small", "entropy": 0.5, "text": text, "finish": finish,
-            "completion_tokens": tokens, "prompt_tokens": 0, "wall_s": 0.0}
+    return {
+        "index": 0,
+        "model": "small",
+        "entropy": 0.5,
+        "text": text,
+        "finish": finish,
+        "completion_tokens": tokens,
+        "prompt_tokens": 0,
+        "wall_s": 0.0,
+    }
 
 
 class TestTermination:

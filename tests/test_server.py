@@ -83,7 +83,11 @@ async def test_output_is_complete_and_consistent(server_context):
     result = await run(server_context)
     assert set(result) >= {"answer", "final_answer", "steps", "usage", "stop_reason"}
     assert result["stop_reason"] in {
-        "think_end", "end_of_sequence", "repeated_step", "token_budget", "max_steps",
+        "think_end",
+        "end_of_sequence",
+        "repeated_step",
+        "token_budget",
+        "max_steps",
     }
     for index, step in enumerate(result["steps"]):
         assert step["index"] == index
@@ -107,11 +111,32 @@ async def test_unknown_model_lists_the_served_ones(server_context):
 
 def test_cli_ask_json_returns_a_complete_result(server_context):
     completed = subprocess.run(
-        [sys.executable, "-m", "glimprouter.cli", "ask", QUESTION, "--json",
-         "--small-url", server_context.small_base_url, "--large-url", server_context.large_base_url,
-         "--threshold", "0.9", "--token-budget", "96", "--step-max-tokens", "32",
-         "--answer-max-tokens", "32", "--seed", "1"],
-        capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "glimprouter.cli",
+            "ask",
+            QUESTION,
+            "--json",
+            "--small-url",
+            server_context.small_base_url,
+            "--large-url",
+            server_context.large_base_url,
+            "--threshold",
+            "0.9",
+            "--token-budget",
+            "96",
+            "--step-max-tokens",
+            "32",
+            "--answer-max-tokens",
+            "32",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout)
@@ -122,11 +147,29 @@ def test_cli_ask_json_returns_a_complete_result(server_context):
 
 def test_cli_ask_streams_the_steps_live(server_context):
     completed = subprocess.run(
-        [sys.executable, "-m", "glimprouter.cli", "ask", QUESTION,
-         "--small-url", server_context.small_base_url, "--large-url", server_context.large_base_url,
-         "--threshold", "0.9", "--token-budget", "64", "--step-max-tokens", "32",
-         "--answer-max-tokens", "24"],
-        capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "glimprouter.cli",
+            "ask",
+            QUESTION,
+            "--small-url",
+            server_context.small_base_url,
+            "--large-url",
+            server_context.large_base_url,
+            "--threshold",
+            "0.9",
+            "--token-budget",
+            "64",
+            "--step-max-tokens",
+            "32",
+            "--answer-max-tokens",
+            "24",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr
     assert "step   0" in completed.stdout and "final answer:" in completed.stdout

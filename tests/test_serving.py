@@ -295,13 +295,10 @@ def test_server_that_exits_fails_fast_with_its_log(monkeypatch, tmp_path) -> Non
 
 
 @pytest.mark.server
-def test_real_server_serves_aliases_logprobs_and_continuation() -> None:
-    model = os.environ.get("GLIMPROUTER_TEST_MODEL_DIR")
-    if not model:
-        pytest.skip("set GLIMPROUTER_TEST_MODEL_DIR to a model folder vLLM can load")
-    httpx = pytest.importorskip("httpx")
-    spec = ServerSpec(model=model, served_names=["small", "large"])
-    with VLLMServer(spec) as server, httpx.Client(base_url=server.base_url, timeout=120) as http:
+def test_real_server_serves_aliases_logprobs_and_continuation(vllm_base_url: str) -> None:
+    import httpx
+
+    with httpx.Client(base_url=vllm_base_url, timeout=120) as http:
         assert {m["id"] for m in http.get("/models").json()["data"]} >= {"small", "large"}
         question = {"role": "user", "content": "What is 12 * 7?"}
         probe = http.post(

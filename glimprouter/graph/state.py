@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Literal, NotRequired, TypedDict
+from typing import Annotated, Literal, NotRequired
+
+from typing_extensions import TypedDict  # pydantic (Studio schemas) needs it before 3.12
 
 from glimprouter.graph.context import ModelRole
 

