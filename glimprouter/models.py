@@ -48,7 +48,13 @@ class Completion:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
-    first_token_top_logprobs: list[TopLogprob] | None
+    token_logprobs: list[dict[str, Any]]
+    """Per generated token, when logprobs were asked: {token, logprob, bytes, top_logprobs}."""
+
+    @property
+    def first_token_top_logprobs(self) -> list[TopLogprob]:
+        """The top-k candidates of the first generated token."""
+        return self.token_logprobs[0]["top_logprobs"]
 
     def usage(self, role: ModelRole) -> dict[str, ModelUsage]:
         """This request as a usage delta for the state's per-model totals."""
@@ -133,22 +139,19 @@ def _completion(
 ) -> Completion:
     usage = message.usage_metadata or {}
     metadata = message.response_metadata
-    first: list[TopLogprob] | None = None
-    if want_logprobs:
-        content = (metadata.get("logprobs") or {}).get("content") or []
-        first = content[0].get("top_logprobs") if content else None
-        if not first:
-            raise EndpointError(
-                f"the {role} model server at {context.endpoint(role)[0]} returned no "
-                f"logprobs: point {_url_setting(role)} at a vLLM (or other) server that returns "
-                "top_logprobs"
-            )
+    token_logprobs = (metadata.get("logprobs") or {}).get("content") or []
+    if want_logprobs and not (token_logprobs and token_logprobs[0].get("top_logprobs")):
+        raise EndpointError(
+            f"the {role} model server at {context.endpoint(role)[0]} returned no "
+            f"logprobs: point {_url_setting(role)} at a vLLM (or other) server that returns "
+            "top_logprobs"
+        )
     return Completion(
         text=message.content if isinstance(message.content, str) else str(message.content),
         finish_reason=metadata.get("finish_reason"),
         prompt_tokens=int(usage.get("input_tokens", 0)),
         completion_tokens=int(usage.get("output_tokens", 0)),
-        first_token_top_logprobs=first,
+        token_logprobs=token_logprobs,
     )
 
 

@@ -29,10 +29,32 @@ TEMPLATES: dict[str, str] = {
     "code": (
         "Write code to solve the following problem and return ONLY the code.\n"
         "You will generate a correct Python program that matches the specification and passes "
-        "all tests.\n\nQuestion: {question}\n\n"
+        "all tests.\n\nQuestion: {question}"
     ),
     "plain": "{question}",
 }
+
+
+# The code template ends at the question because the reference appends one of these after it.
+CODE_STARTER_INSTRUCTION = (
+    "You will use the following starter code to write the solution to the problem and enclose "
+    "your code within delimiters.\n```python\n{starter_code}\n```\n\n"
+)
+CODE_STDIN_INSTRUCTION = (
+    "Read the inputs from stdin solve the problem and write the answer to stdout (do not "
+    "directly test on the sample inputs). Enclose your code within delimiters as follows.\n"
+    "```python\n# YOUR CODE HERE\n```\n\n"
+)
+
+
+def code_question(content: str, starter_code: str) -> str:
+    """A LiveCodeBench problem as the {question} of the code template, with the reference's
+    instruction for starter-code (functional) or stdin problems."""
+    if starter_code:
+        instruction = CODE_STARTER_INSTRUCTION.replace("{starter_code}", starter_code)
+    else:
+        instruction = CODE_STDIN_INSTRUCTION
+    return f"{content}\n\n{instruction}"
 
 
 def render_question(question: str, task: str = "math", template: str | None = None) -> str:
@@ -89,3 +111,24 @@ def answer_messages(
     return continuation_messages(
         render_question(question, task, template), answer_prefix(step_texts)
     )
+
+
+# SpecReason's judge (Pan et al., 2025), worded as in its code so scores compare.
+JUDGE_INSTRUCTION = (
+    "Evaluate the last reasoning step solely based on factual correctness and logical validity. "
+    "Ignore style, phrasing, or overall usefulness—only judge whether the step is objectively "
+    "correct and logically follows from prior steps. Assign a score from 0 to 9."
+)
+JUDGE_ANSWER_PREFIX = "<think>I think the quality score is: "
+
+
+def judge_messages(
+    question: str, step_texts: Sequence[str], task: str = "math", template: str | None = None
+) -> list[dict[str, str]]:
+    """The request in which the large model scores the last of `step_texts` from 0 to 9."""
+    return [
+        {"role": "user", "content": render_question(question, task, template)},
+        {"role": "assistant", "content": thinking_prefix(step_texts)},
+        {"role": "user", "content": JUDGE_INSTRUCTION},
+        {"role": "assistant", "content": JUDGE_ANSWER_PREFIX},
+    ]

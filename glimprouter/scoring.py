@@ -44,3 +44,36 @@ def entropy_of_logprobs(logprobs: Sequence[float]) -> float:
     probs /= probs.sum()
     nonzero = probs[probs > 0]
     return float(-(nonzero * np.log(nonzero)).sum())
+
+
+def mean_token_entropy(per_token_top_logprobs: Sequence[Iterable[TopLogprob]]) -> float:
+    """Mean over a step's tokens of each token's top-k entropy: the paper's H_step ablation."""
+    if not per_token_top_logprobs:
+        raise ValueError("a step without tokens has no entropy")
+    return float(np.mean([top_k_entropy(top) for top in per_token_top_logprobs]))
+
+
+def perplexity(token_logprobs: Sequence[float]) -> float:
+    """exp of the mean negative log-probability of the sampled tokens: the PPL_step ablation."""
+    values = np.asarray(token_logprobs, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("a step without tokens has no perplexity")
+    return float(np.exp(-values.mean()))
+
+
+def judge_score(top_logprobs: Iterable[TopLogprob]) -> float:
+    """SpecReason's score: the expected digit 0-9 under the judge's renormalised top-k digits.
+
+    0 when no digit is among the candidates (the judge did not answer with a score).
+    """
+    digits: dict[int, float] = {}
+    for entry in top_logprobs:
+        token = entry["token"].strip()
+        if len(token) == 1 and token.isdigit() and np.isfinite(entry["logprob"]):
+            digits.setdefault(int(token), float(entry["logprob"]))
+    if not digits:
+        return 0.0
+    values = np.array(list(digits.values()))
+    probs = np.exp(values - values.max())
+    probs /= probs.sum()
+    return float(np.dot(list(digits.keys()), probs))

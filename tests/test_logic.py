@@ -7,12 +7,13 @@ import pytest
 from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext, resolve_context
 from glimprouter.graph.state import add_usage
-from glimprouter.nodes.decide import choose_writer, route_to_writer
+from glimprouter.nodes.decide import route_to_writer
 from glimprouter.nodes.step import step_allowance
 from glimprouter.nodes.termination import route_after_check, stop_reason
 from glimprouter.parsing import last_boxed, split_step
 from glimprouter.prompts import answer_prefix, render_question, thinking_prefix
 from glimprouter.scoring import entropy_of_logprobs, top_k_entropy
+from glimprouter.strategies import choose_writer
 
 
 def entries(logprobs, tokens=None, byte_values=None):
@@ -209,7 +210,7 @@ class TestContext:
         assert resolve_context(None).threshold == 1.0
 
     def test_recursion_limit_follows_the_step_budget(self):
-        assert RouterContext(max_steps=10).recursion_limit == 48
+        assert RouterContext(max_steps=10).recursion_limit == 68
 
 
 def test_usage_sums_per_model():

@@ -183,3 +183,44 @@ def test_successive_event_loops_reuse_nothing_stale(server_context):
     first = asyncio.run(run(context))
     second = asyncio.run(run(context))
     assert first["steps"] and second["steps"]
+
+
+@pytest.mark.parametrize(
+    ("method", "threshold", "rewrites"),
+    [
+        ("step-entropy", 0.0, True),
+        ("step-ppl", 1e9, False),
+        ("specreason", 10.0, True),
+        ("specreason", 0.0, False),
+    ],
+)
+async def test_reviewing_methods_keep_or_rewrite_the_small_draft(
+    server_context, method, threshold, rewrites
+):
+    context = dataclasses.replace(
+        server_context, method=method, threshold=threshold, token_budget=64, step_max_tokens=24
+    )
+    result = await run(context)
+    steps = result["steps"]
+    assert steps
+    assert all(step["entropy"] is None for step in steps)  # reviewing methods do not glimpse
+    if rewrites:
+        assert {step["model"] for step in steps} == {"large"}
+        assert all(step["draft"] is not None for step in steps)
+    else:
+        assert {step["model"] for step in steps} == {"small"}
+        assert all(step["draft"] is None and step["score"] is not None for step in steps)
+    judged = method == "specreason"
+    large_requests = result["usage"].get("large", {}).get("requests", 0)
+    expected = (len(steps) if judged else 0) + (len(steps) if rewrites else 0) + 1
+    assert large_requests == expected
+
+
+@pytest.mark.parametrize(("large_rate", "writers"), [(0.0, {"small"}), (1.0, {"large"})])
+async def test_random_routing_follows_its_rate(server_context, large_rate, writers):
+    context = dataclasses.replace(
+        server_context, method="random", large_rate=large_rate, token_budget=48
+    )
+    result = await run(context)
+    assert {step["model"] for step in result["steps"]} == writers
+    assert "small" not in result["usage"] or large_rate == 0.0  # no glimpse requests

@@ -18,7 +18,8 @@ from glimprouter.graph.state import InputState, OutputState, RouterState
 from glimprouter.nodes.answer import answer
 from glimprouter.nodes.decide import decide, route_to_writer
 from glimprouter.nodes.glimpse import glimpse
-from glimprouter.nodes.step import large_step, small_step
+from glimprouter.nodes.review import review, route_after_review
+from glimprouter.nodes.step import large_step, route_after_step, small_step
 from glimprouter.nodes.termination import check_termination, route_after_check
 
 
@@ -34,18 +35,20 @@ def build_graph(checkpointer: Checkpointer = None) -> CompiledStateGraph:
     builder.add_node("decide", decide)
     builder.add_node("small_step", small_step)
     builder.add_node("large_step", large_step)
+    builder.add_node("review", review)
     builder.add_node("check_termination", check_termination)
     builder.add_node("answer", answer)
 
     builder.add_edge(START, "glimpse")
     builder.add_edge("glimpse", "decide")
     builder.add_conditional_edges("decide", route_to_writer, ["small_step", "large_step", "answer"])
-    builder.add_edge("small_step", "check_termination")
+    builder.add_conditional_edges("small_step", route_after_step, ["review", "check_termination"])
+    builder.add_conditional_edges("review", route_after_review, ["large_step", "check_termination"])
     builder.add_edge("large_step", "check_termination")
     builder.add_conditional_edges("check_termination", route_after_check, ["glimpse", "answer"])
     builder.add_edge("answer", END)
 
-    # Four super-steps per reasoning step: enough for the largest max_steps a context allows.
+    # Enough super-steps for the largest max_steps a context allows.
     compiled = builder.compile(checkpointer=checkpointer, name="GlimpRouter")
     return compiled.with_config(recursion_limit=RouterContext.recursion_limit_for(MAX_STEPS_LIMIT))
 

@@ -48,12 +48,25 @@ class RouterContext:
     large_api_key: str = field(
         default="EMPTY", metadata=_describe("API key of the large model's server.")
     )
+    method: str = field(
+        default="glimprouter",
+        metadata=_describe(
+            "Routing strategy: glimprouter, small-only, large-only, random, step-entropy, "
+            "step-ppl or specreason."
+        ),
+    )
     threshold: float = field(
         default=1.0,
         metadata=_describe(
-            "Glimpse entropy (nats) at or above which the large model writes the step; "
-            "0 sends every step to the large model."
+            "The strategy's cut. glimprouter: glimpse entropy (nats) at or above which the large "
+            "model writes the step (0: always large). step-entropy / step-ppl: draft score at or "
+            "above which the large model rewrites. specreason: judge score (0-9) below which it "
+            "rewrites."
         ),
+    )
+    large_rate: float = field(
+        default=0.5,
+        metadata=_describe("random method: probability that a step goes to the large model."),
     )
     top_k: int = field(
         default=20,
@@ -116,6 +129,11 @@ class RouterContext:
                 "threshold",
                 "is negative: entropies are >= 0, use 0 to route every step to the large model",
             )
+        from glimprouter.strategies import get_strategy  # strategies build on this module
+
+        get_strategy(self.method)
+        if not 0 <= self.large_rate <= 1:
+            raise bad("large_rate", "must be a probability in [0, 1]")
         if self.top_k < 1:
             raise bad("top_k", "must be at least 1")
         for name in ("step_max_tokens", "token_budget", "max_steps", "answer_max_tokens"):
@@ -157,8 +175,9 @@ class RouterContext:
 
     @staticmethod
     def recursion_limit_for(max_steps: int) -> int:
-        """Four super-steps per reasoning step (glimpse, decide, step, check), plus the answer."""
-        return 4 * max_steps + 8
+        """Up to six super-steps per reasoning step (glimpse, decide, draft, review, step, check),
+        plus the answer."""
+        return 6 * max_steps + 8
 
 
 def _parse_env(env_name: str, raw: str, annotation: Any) -> Any:

@@ -23,12 +23,21 @@ StopReason = Literal[
 StepFinish = Literal["separator", "end_of_sequence", "length"]
 
 
+class Draft(TypedDict):
+    """A small-model draft that a reviewing strategy handed to the large model."""
+
+    text: str
+    completion_tokens: int
+
+
 class Step(TypedDict):
     """One reasoning step as written, with who wrote it and why."""
 
     index: int
     model: ModelRole
-    entropy: float  # entropy (nats) of the small model's glimpse before this step
+    entropy: float | None  # entropy (nats) of the small model's glimpse (glimpsing methods)
+    score: float | None  # review score of the small draft (reviewing methods)
+    draft: Draft | None  # the rejected small draft this step replaced
     text: str  # the step, without its "\n\n" separator
     finish: StepFinish
     completion_tokens: int
@@ -79,3 +88,4 @@ class RouterState(InputState, OutputState):
 
     glimpse_entropy: float | None  # entropy of the glimpse for the step about to be written
     writer: ModelRole | None  # the model chosen to write that step
+    draft: Step | None  # a small draft awaiting review (reviewing methods)

@@ -1,4 +1,4 @@
-"""decide: the threshold rule that picks the writer of the next step."""
+"""decide: the routing strategy picks the writer of the next step."""
 
 from __future__ import annotations
 
@@ -6,21 +6,22 @@ from typing import Any, Literal
 
 from langgraph.runtime import Runtime
 
-from glimprouter.graph.context import ModelRole, RouterContext
+from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState
-from glimprouter.nodes.common import run_context
-
-
-def choose_writer(entropy: float, threshold: float) -> ModelRole:
-    """The paper's rule: an entropy at or above the threshold goes to the large model."""
-    return "large" if entropy >= threshold else "small"
+from glimprouter.nodes.common import run_strategy, steps_of
 
 
 async def decide(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
-    """Pick the model that writes the next step."""
+    """Pick the model that writes (or, for reviewing methods, drafts) the next step."""
     if state.get("stop_reason"):
         return {}
-    return {"writer": choose_writer(state["glimpse_entropy"], run_context(runtime).threshold)}
+    context, strategy = run_strategy(runtime)
+    # Seeded per run, question and step, so a random baseline repeats exactly.
+    key = f"{context.seed}|{state['question']}|{len(steps_of(state))}"
+    writer = strategy.choose(
+        state.get("glimpse_entropy"), context.threshold, context.large_rate, key
+    )
+    return {"writer": writer}
 
 
 def route_to_writer(state: RouterState) -> Literal["small_step", "large_step", "answer"]:

@@ -9,20 +9,22 @@ from langgraph.runtime import Runtime
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState
 from glimprouter.models import ContextOverflow, complete
-from glimprouter.nodes.common import prompt_args, run_context, steps_of
+from glimprouter.nodes.common import prompt_args, run_strategy, step_texts
 from glimprouter.prompts import next_step_messages
 from glimprouter.scoring import top_k_entropy
 
 
 async def glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
-    """Score how unsure the small model is about how to start the next step."""
-    context = run_context(runtime)
-    texts = [step["text"] for step in steps_of(state)]
+    """Score how unsure the small model is about how to start the next step (for the methods
+    that glimpse; the others go straight on)."""
+    context, strategy = run_strategy(runtime)
+    if not strategy.glimpses:
+        return {"glimpse_entropy": None}
     try:
         probe = await complete(
             context,
             "small",
-            next_step_messages(step_texts=texts, **prompt_args(state)),
+            next_step_messages(step_texts=step_texts(state), **prompt_args(state)),
             max_tokens=1,
             temperature=0.0,
             top_logprobs=context.top_k,
@@ -31,6 +33,6 @@ async def glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[s
     except ContextOverflow:
         return {"stop_reason": "context_length"}
     return {
-        "glimpse_entropy": top_k_entropy(probe.first_token_top_logprobs or []),
+        "glimpse_entropy": top_k_entropy(probe.first_token_top_logprobs),
         "usage": probe.usage("small"),
     }

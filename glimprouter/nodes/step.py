@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
-from langgraph.config import get_stream_writer
 from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import ModelRole, RouterContext
 from glimprouter.graph.state import RouterState, Step
 from glimprouter.models import ContextOverflow, complete
-from glimprouter.nodes.common import prompt_args, reasoning_tokens, run_context, steps_of
+from glimprouter.nodes.common import (
+    commit_step,
+    prompt_args,
+    reasoning_tokens,
+    run_strategy,
+    steps_of,
+)
 from glimprouter.parsing import split_step
 from glimprouter.prompts import STEP_SEPARATOR, next_step_messages
 
@@ -25,41 +30,58 @@ def step_allowance(step_max_tokens: int, token_budget: int, tokens_used: int) ->
 
 
 def make_step_node(role: ModelRole) -> StepNode:
-    """The node in which `role` writes one step, ending at a blank line."""
+    """The node in which `role` writes one step, ending at a blank line.
+
+    Under a reviewing method the small model's step is a draft, held for review instead of
+    joining the chain; a large step written after a rejected draft replaces it and records it.
+    """
 
     async def write_step(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
-        context = run_context(runtime)
+        context, strategy = run_strategy(runtime)
         steps = steps_of(state)
+        drafting = role == "small" and strategy.review != "none"
+        scored_by_logprobs = drafting and strategy.review == "logprobs"
         started = time.perf_counter()
         try:
             result = await complete(
                 context,
                 role,
-                next_step_messages(
-                    step_texts=[step["text"] for step in steps], **prompt_args(state)
-                ),
+                next_step_messages(step_texts=[s["text"] for s in steps], **prompt_args(state)),
                 max_tokens=step_allowance(
                     context.step_max_tokens, context.token_budget, reasoning_tokens(steps)
                 ),
                 temperature=context.temperature,
                 top_p=context.top_p,
                 stop=[STEP_SEPARATOR],
+                top_logprobs=context.top_k if scored_by_logprobs else None,
             )
         except ContextOverflow:
-            return {"stop_reason": "context_length"}
+            return {"stop_reason": "context_length", "draft": None}
         text, finish = split_step(result.text, result.finish_reason)
         step: Step = {
             "index": len(steps),
             "model": role,
-            "entropy": state["glimpse_entropy"],
+            "entropy": state.get("glimpse_entropy"),
+            "score": None,
+            "draft": None,
             "text": text,
             "finish": finish,
             "completion_tokens": result.completion_tokens,
             "prompt_tokens": result.prompt_tokens,
             "wall_s": round(time.perf_counter() - started, 4),
         }
-        get_stream_writer()({"event": "step", **step})
-        return {"steps": [step], "usage": result.usage(role)}
+        usage = result.usage(role)
+        if drafting:
+            if scored_by_logprobs and result.token_logprobs:
+                step["score"] = strategy.score_draft(result.token_logprobs)
+            return {"draft": step, "usage": usage}
+        if rejected := state.get("draft"):
+            step["score"] = rejected["score"]
+            step["draft"] = {
+                "text": rejected["text"],
+                "completion_tokens": rejected["completion_tokens"],
+            }
+        return {**commit_step(step), "draft": None, "usage": usage}
 
     write_step.__name__ = write_step.__qualname__ = f"{role}_step"
     write_step.__doc__ = f"The {role} model writes the next reasoning step."
@@ -68,3 +90,8 @@ def make_step_node(role: ModelRole) -> StepNode:
 
 small_step = make_step_node("small")
 large_step = make_step_node("large")
+
+
+def route_after_step(state: RouterState) -> Literal["review", "check_termination"]:
+    """Edge after a step: a held draft goes to review, a written step to the termination check."""
+    return "review" if state.get("draft") else "check_termination"

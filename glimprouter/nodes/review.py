@@ -1,0 +1,49 @@
+"""review: score the small model's draft, then keep it or hand the step to the large model."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from langgraph.runtime import Runtime
+
+from glimprouter.graph.context import RouterContext
+from glimprouter.graph.state import RouterState
+from glimprouter.models import ContextOverflow, complete
+from glimprouter.nodes.common import commit_step, prompt_args, run_strategy, step_texts
+from glimprouter.prompts import judge_messages
+from glimprouter.scoring import judge_score
+
+JUDGE_TOP_LOGPROBS = 10  # SpecReason reads the judge's top 10 candidates
+
+
+async def review(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
+    """Keep the draft as the next step, or leave it for the large model to rewrite."""
+    context, strategy = run_strategy(runtime)
+    draft = state["draft"]
+    score = draft["score"]
+    usage: dict[str, Any] = {}
+    if strategy.review == "judge":
+        try:
+            verdict = await complete(
+                context,
+                "large",
+                judge_messages(
+                    step_texts=[*step_texts(state), draft["text"]], **prompt_args(state)
+                ),
+                max_tokens=1,
+                temperature=0.0,
+                top_logprobs=JUDGE_TOP_LOGPROBS,
+                stream=False,
+            )
+        except ContextOverflow:
+            return {"stop_reason": "context_length", "draft": None}
+        score = judge_score(verdict.first_token_top_logprobs)
+        usage = verdict.usage("large")
+    if score is not None and strategy.rewrite(score, context.threshold):
+        return {"draft": {**draft, "score": score}, "writer": "large", "usage": usage}
+    return {**commit_step({**draft, "score": score}), "draft": None, "usage": usage}
+
+
+def route_after_review(state: RouterState) -> Literal["large_step", "check_termination"]:
+    """Edge after review: a rejected draft goes to the large model."""
+    return "large_step" if state.get("draft") else "check_termination"
