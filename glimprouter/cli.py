@@ -37,7 +37,9 @@ CONTEXT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--large-url", "large_base_url", str, "large model's base URL, e.g. http://127.0.0.1:8002/v1"),
     ("--large-model", "large_model", str, "large model's served name"),
     ("--large-api-key", "large_api_key", str, "large model server's API key"),
+    ("--method", "method", str, "routing strategy (default glimprouter; see the README)"),
     ("--threshold", "threshold", float, "glimpse entropy at or above which the large model writes"),
+    ("--large-rate", "large_rate", float, "random method: probability of a large step"),
     ("--top-k", "top_k", int, "top log-probabilities the glimpse entropy is computed over"),
     ("--token-budget", "token_budget", int, "most reasoning tokens over all steps"),
     ("--step-max-tokens", "step_max_tokens", int, "most tokens of one step"),
@@ -90,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     from glimprouter.serving.cli import add_serving_commands
 
     add_serving_commands(commands, add_context_flags)
+
+    from glimprouter.evals.cli import add_eval_commands
+
+    add_eval_commands(commands, add_context_flags, context_from_args)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Evaluating GlimpRouter and its baselines: benchmarks, graders, methods, runner, report."""
