@@ -40,6 +40,12 @@ CONTEXT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--method", "method", str, "routing strategy (default glimprouter; see the README)"),
     ("--threshold", "threshold", float, "glimpse entropy at or above which the large model writes"),
     ("--large-rate", "large_rate", float, "random method: probability of a large step"),
+    (
+        "--glimpse-mode",
+        "glimpse_mode",
+        str,
+        "stream (default: one request per small step) or probe",
+    ),
     ("--top-k", "top_k", int, "top log-probabilities the glimpse entropy is computed over"),
     ("--token-budget", "token_budget", int, "most reasoning tokens over all steps"),
     ("--step-max-tokens", "step_max_tokens", int, "most tokens of one step"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +100,28 @@ def chat_client(context: RouterContext, role: ModelRole) -> ChatOpenAI:
     return clients[key]
 
 
+def _request_params(
+    context: RouterContext,
+    *,
+    max_tokens: int,
+    temperature: float,
+    top_p: float | None,
+    top_logprobs: int | None,
+) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "extra_body": CONTINUATION,
+    }
+    if top_p is not None:
+        params["top_p"] = top_p
+    if context.seed is not None:
+        params["seed"] = context.seed
+    if top_logprobs is not None:
+        params.update(logprobs=True, top_logprobs=top_logprobs)
+    return params
+
+
 async def complete(
     context: RouterContext,
     role: ModelRole,
@@ -113,17 +136,13 @@ async def complete(
 ) -> Completion:
     """Continue the assistant prefix in `messages` with one model; `stream=False` keeps the
     request out of LangGraph's token stream (the glimpse)."""
-    params: dict[str, Any] = {
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "extra_body": CONTINUATION,
-    }
-    if top_p is not None:
-        params["top_p"] = top_p
-    if context.seed is not None:
-        params["seed"] = context.seed
-    if top_logprobs is not None:
-        params.update(logprobs=True, top_logprobs=top_logprobs)
+    params = _request_params(
+        context,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_logprobs=top_logprobs,
+    )
     config = None if stream else {"tags": [TAG_NOSTREAM]}
     try:
         message = await chat_client(context, role).ainvoke(
@@ -134,6 +153,93 @@ async def complete(
     return _completion(message, top_logprobs is not None, context, role)
 
 
+@dataclass(frozen=True)
+class GlimpsedStep:
+    """A step streamed with logprobs: the first token's candidates, and the step if it was kept."""
+
+    first_token_top_logprobs: list[TopLogprob]
+    completion: Completion | None  # None: cancelled after the first token
+    prompt_tokens: int
+    completion_tokens: int  # generated before the end or the cancellation
+
+    def usage(self, role: ModelRole) -> dict[str, ModelUsage]:
+        """This request as a usage delta, whether it ran to the end or was cancelled."""
+        return {
+            role: {
+                "requests": 1,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+            }
+        }
+
+
+async def stream_with_glimpse(
+    context: RouterContext,
+    role: ModelRole,
+    messages: list[dict[str, str]],
+    keep: Callable[[list[TopLogprob]], bool],
+    *,
+    max_tokens: int,
+    temperature: float,
+    top_p: float | None,
+    stop: list[str],
+    top_logprobs: int,
+) -> GlimpsedStep:
+    """Stream a step with logprobs on; after the first token ask `keep` whether this model should
+    write the step. If not, close the stream at once (vLLM aborts the request on disconnect).
+
+    vLLM reports log-probabilities before temperature and top-p, so the first token's candidates
+    are those a greedy one-token probe on the same prefix sees: the same routing decision, and
+    one request (one prefill) for a kept step instead of two.
+    """
+    params = _request_params(
+        context,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_logprobs=top_logprobs,
+    )
+    # Usage on every chunk (a vLLM option): a cancelled request still reports its prompt size.
+    params["extra_body"] = {
+        **CONTINUATION,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    chunks = chat_client(context, role).astream(messages, stop=stop, **params)
+    first: list[TopLogprob] | None = None
+    text: list[str] = []
+    finish_reason = None
+    cancelled = False
+    usage: dict[str, Any] = {}
+    try:
+        async for chunk in chunks:
+            usage = chunk.usage_metadata or usage
+            metadata = chunk.response_metadata
+            finish_reason = metadata.get("finish_reason") or finish_reason
+            text.append(chunk.content if isinstance(chunk.content, str) else "")
+            token_logprobs = (metadata.get("logprobs") or {}).get("content") or []
+            if first is None and token_logprobs:
+                first = token_logprobs[0]["top_logprobs"]
+                if not keep(first):
+                    cancelled = True
+                    break
+    except openai.APIError as error:
+        raise await _explain(error, context, role) from None
+    finally:
+        await chunks.aclose()
+    if not first:
+        raise _no_logprobs(context, role)
+    prompt_tokens = int(usage.get("input_tokens", 0))
+    completion_tokens = int(usage.get("output_tokens", 0))
+    return GlimpsedStep(
+        first_token_top_logprobs=first,
+        completion=None
+        if cancelled
+        else Completion("".join(text), finish_reason, prompt_tokens, completion_tokens, []),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
+
+
 def _completion(
     message: AIMessage, want_logprobs: bool, context: RouterContext, role: ModelRole
 ) -> Completion:
@@ -141,11 +247,7 @@ def _completion(
     metadata = message.response_metadata
     token_logprobs = (metadata.get("logprobs") or {}).get("content") or []
     if want_logprobs and not (token_logprobs and token_logprobs[0].get("top_logprobs")):
-        raise EndpointError(
-            f"the {role} model server at {context.endpoint(role)[0]} returned no "
-            f"logprobs: point {_url_setting(role)} at a vLLM (or other) server that returns "
-            "top_logprobs"
-        )
+        raise _no_logprobs(context, role)
     return Completion(
         text=message.content if isinstance(message.content, str) else str(message.content),
         finish_reason=metadata.get("finish_reason"),
@@ -171,7 +273,8 @@ async def _explain(error: openai.APIError, context: RouterContext, role: ModelRo
         return _bad_key(context, role)
     if isinstance(error, openai.NotFoundError):
         return _unknown_model(context, role, await served_models(context, role))
-    if isinstance(error, openai.BadRequestError):
+    # A refused request arrives as a 400, or inside a stream as a plain APIError: read the text.
+    if isinstance(error, openai.BadRequestError) or type(error) is openai.APIError:
         if "logprobs" in detail.lower():
             return EndpointError(
                 f"the {role} model server at {base_url} allows fewer top logprobs than "
@@ -222,6 +325,14 @@ async def check_endpoints(context: RouterContext) -> None:
 
 def _url_setting(role: ModelRole) -> str:
     return f"--{role}-url / GLIMPROUTER_{role.upper()}_BASE_URL"
+
+
+def _no_logprobs(context: RouterContext, role: ModelRole) -> EndpointError:
+    return EndpointError(
+        f"the {role} model server at {context.endpoint(role)[0]} returned no "
+        f"logprobs: point {_url_setting(role)} at a vLLM (or other) server that returns "
+        "top_logprobs"
+    )
 
 
 def _unreachable(context: RouterContext, role: ModelRole) -> EndpointError:

@@ -73,24 +73,41 @@ class NoLogprobsServer(BaseHTTPRequestHandler):
         )
 
     def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self._send(
-            {
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        usage = {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}
+        if not request.get("stream"):
+            self._send(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "small",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "The"},
+                            "finish_reason": "length",
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for delta, finish in (({"role": "assistant", "content": "The"}, None), ({}, "length")):
+            chunk = {
                 "id": "x",
-                "object": "chat.completion",
+                "object": "chat.completion.chunk",
                 "created": 0,
                 "model": "small",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "The"},
-                        "finish_reason": "length",
-                        "logprobs": None,
-                    }
-                ],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "usage": usage,
             }
-        )
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
 
     def log_message(self, *args):
         pass
@@ -105,7 +122,8 @@ def no_logprobs_url():
     server.shutdown()
 
 
-def test_server_without_logprobs(capsys, no_logprobs_url):
+@pytest.mark.parametrize("mode", ["stream", "probe"])
+def test_server_without_logprobs(capsys, no_logprobs_url, mode):
     status, err = run_cli(
         capsys,
         "ask",
@@ -116,6 +134,8 @@ def test_server_without_logprobs(capsys, no_logprobs_url):
         no_logprobs_url,
         "--max-retries",
         "0",
+        "--glimpse-mode",
+        mode,
     )
     assert_one_line(status, err, "returned no logprobs", "--small-url")
 

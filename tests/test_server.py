@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import subprocess
@@ -33,16 +34,25 @@ async def test_threshold_zero_sends_every_step_to_the_large_model(server_context
     assert result["usage"]["large"]["requests"] == len(result["steps"]) + 1
 
 
-async def test_huge_threshold_sends_every_step_to_the_small_model(server_context):
-    result = await run(dataclasses.replace(server_context, threshold=1e9, answer_model="small"))
+@pytest.mark.parametrize(("mode", "requests_per_small_step"), [("stream", 1), ("probe", 2)])
+async def test_huge_threshold_sends_every_step_to_the_small_model(
+    server_context, mode, requests_per_small_step
+):
+    result = await run(
+        dataclasses.replace(server_context, threshold=1e9, answer_model="small", glimpse_mode=mode)
+    )
     assert result["steps"]
     assert {step["model"] for step in result["steps"]} == {"small"}
     assert "large" not in result["usage"]
-    assert result["usage"]["small"]["requests"] == 2 * len(result["steps"]) + 1
+    steps = len(result["steps"])
+    assert result["usage"]["small"]["requests"] == requests_per_small_step * steps + 1
 
 
-async def test_recorded_entropy_matches_a_separate_logprobs_request(server_context):
-    result = await run(dataclasses.replace(server_context, threshold=0.8))
+@pytest.mark.parametrize("mode", ["stream", "probe"])
+async def test_recorded_entropy_matches_a_separate_logprobs_request(server_context, mode):
+    # The streamed glimpse reads the first token of a sampled step; the probe is greedy and
+    # separate. Both must see the same candidates on the same prefix, so decide the same.
+    result = await run(dataclasses.replace(server_context, threshold=0.8, glimpse_mode=mode))
     texts = [step["text"] for step in result["steps"]]
     async with httpx.AsyncClient(base_url=server_context.small_base_url, timeout=60) as http:
         for step in result["steps"]:
@@ -65,6 +75,30 @@ async def test_recorded_entropy_matches_a_separate_logprobs_request(server_conte
             assert step["entropy"] == pytest.approx(top_k_entropy(top), abs=2e-2)
             expected = "large" if step["entropy"] >= 0.8 else "small"
             assert step["model"] == expected
+
+
+async def generated_tokens(base_url: str) -> float:
+    async with httpx.AsyncClient(timeout=30) as http:
+        metrics = (await http.get(base_url.removesuffix("/v1") + "/metrics")).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("vllm:generation_tokens_total")
+    )
+
+
+async def test_a_cancelled_glimpse_stream_stops_the_server_generating(server_context):
+    before = await generated_tokens(server_context.small_base_url)
+    context = dataclasses.replace(server_context, threshold=0.0, step_max_tokens=40)
+    result = await run(context)
+    await asyncio.sleep(1.0)
+    generated = await generated_tokens(server_context.small_base_url) - before
+    large = result["usage"]["large"]["completion_tokens"]
+    steps = len(result["steps"])
+    # Every step's small stream was cut after its first token; had the server gone on, each
+    # would have added up to 40 tokens.
+    assert result["usage"]["small"]["requests"] == steps
+    assert generated - large <= 3 * steps, (generated, large, steps)
 
 
 async def test_token_budget_is_never_overshot(server_context):
@@ -177,8 +211,6 @@ def test_cli_ask_streams_the_steps_live(server_context):
 
 def test_successive_event_loops_reuse_nothing_stale(server_context):
     # A notebook or script calling asyncio.run twice: clients of a closed loop must not leak in.
-    import asyncio
-
     context = dataclasses.replace(server_context, token_budget=16, answer_max_tokens=8)
     first = asyncio.run(run(context))
     second = asyncio.run(run(context))

@@ -68,6 +68,14 @@ class RouterContext:
         default=0.5,
         metadata=_describe("random method: probability that a step goes to the large model."),
     )
+    glimpse_mode: Literal["stream", "probe"] = field(
+        default="stream",
+        metadata=_describe(
+            "stream: the small model starts the step with logprobs on and is cut off after the "
+            "first token if the large model must write it (one request per small step); probe: "
+            "a separate one-token request before every step, as the reference code does."
+        ),
+    )
     top_k: int = field(
         default=20,
         metadata=_describe(
@@ -134,6 +142,8 @@ class RouterContext:
         get_strategy(self.method)
         if not 0 <= self.large_rate <= 1:
             raise bad("large_rate", "must be a probability in [0, 1]")
+        if self.glimpse_mode not in ("stream", "probe"):
+            raise bad("glimpse_mode", "must be one of ['stream', 'probe']")
         if self.top_k < 1:
             raise bad("top_k", "must be at least 1")
         for name in ("step_max_tokens", "token_budget", "max_steps", "answer_max_tokens"):

@@ -89,3 +89,4 @@ class RouterState(InputState, OutputState):
     glimpse_entropy: float | None  # entropy of the glimpse for the step about to be written
     writer: ModelRole | None  # the model chosen to write that step
     draft: Step | None  # a small draft awaiting review (reviewing methods)
+    streamed_step: Step | None  # a small step the streamed glimpse already wrote

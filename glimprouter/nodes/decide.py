@@ -16,12 +16,17 @@ async def decide(state: RouterState, runtime: Runtime[RouterContext]) -> dict[st
     if state.get("stop_reason"):
         return {}
     context, strategy = run_strategy(runtime)
-    # Seeded per run, question and step, so a random baseline repeats exactly.
-    key = f"{context.seed}|{state['question']}|{len(steps_of(state))}"
+    key = routing_key(context, state["question"], len(steps_of(state)))
     writer = strategy.choose(
         state.get("glimpse_entropy"), context.threshold, context.large_rate, key
     )
     return {"writer": writer}
+
+
+def routing_key(context: RouterContext, question: str, step_index: int) -> str:
+    """Seed of a step's random choice: per run, question and step, so a random baseline
+    repeats exactly."""
+    return f"{context.seed}|{question}|{step_index}"
 
 
 def route_to_writer(state: RouterState) -> Literal["small_step", "large_step", "answer"]:

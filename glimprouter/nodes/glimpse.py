@@ -1,15 +1,24 @@
-"""glimpse: the small model writes one token of the next step; its top-k entropy is the score."""
+"""glimpse: the small model writes one token of the next step; its top-k entropy is the score.
+
+Two ways, same decisions. "stream" (default): the small model starts the step itself, streamed
+with logprobs; after the first token the rule decides, and the stream either runs on (the small
+step costs one request) or is cut off for the large model. "probe": a separate one-token request
+before every step, as the reference code does.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState
-from glimprouter.models import ContextOverflow, complete
-from glimprouter.nodes.common import prompt_args, run_strategy, step_texts
+from glimprouter.models import ContextOverflow, complete, stream_with_glimpse
+from glimprouter.nodes.common import prompt_args, run_strategy, step_texts, steps_of
+from glimprouter.nodes.decide import routing_key
+from glimprouter.nodes.step import new_step, step_request
 from glimprouter.prompts import next_step_messages
 from glimprouter.scoring import top_k_entropy
 
@@ -21,6 +30,8 @@ async def glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[s
     if not strategy.glimpses:
         return {"glimpse_entropy": None}
     try:
+        if context.glimpse_mode == "stream":
+            return await _streamed(state, context, strategy)
         probe = await complete(
             context,
             "small",
@@ -36,3 +47,29 @@ async def glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[s
         "glimpse_entropy": top_k_entropy(probe.first_token_top_logprobs),
         "usage": probe.usage("small"),
     }
+
+
+async def _streamed(state: RouterState, context: RouterContext, strategy) -> dict[str, Any]:
+    key = routing_key(context, state["question"], len(steps_of(state)))
+
+    def small_keeps_it(top_logprobs) -> bool:
+        entropy = top_k_entropy(top_logprobs)
+        return strategy.choose(entropy, context.threshold, context.large_rate, key) == "small"
+
+    started = time.perf_counter()
+    glimpsed = await stream_with_glimpse(
+        context,
+        "small",
+        keep=small_keeps_it,
+        top_logprobs=context.top_k,
+        **step_request(state, context),
+    )
+    update: dict[str, Any] = {
+        "glimpse_entropy": top_k_entropy(glimpsed.first_token_top_logprobs),
+        "usage": glimpsed.usage("small"),
+    }
+    if glimpsed.completion is not None:
+        update["streamed_step"] = new_step(
+            {**state, **update}, "small", glimpsed.completion, started
+        )
+    return update

@@ -10,7 +10,7 @@ from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import ModelRole, RouterContext
 from glimprouter.graph.state import RouterState, Step
-from glimprouter.models import ContextOverflow, complete
+from glimprouter.models import Completion, ContextOverflow, complete
 from glimprouter.nodes.common import (
     commit_step,
     prompt_args,
@@ -29,16 +29,49 @@ def step_allowance(step_max_tokens: int, token_budget: int, tokens_used: int) ->
     return max(0, min(step_max_tokens, token_budget - tokens_used))
 
 
+def step_request(state: RouterState, context: RouterContext) -> dict[str, Any]:
+    """The messages and sampling of the next step's request, whichever model writes it."""
+    steps = steps_of(state)
+    return {
+        "messages": next_step_messages(step_texts=[s["text"] for s in steps], **prompt_args(state)),
+        "max_tokens": step_allowance(
+            context.step_max_tokens, context.token_budget, reasoning_tokens(steps)
+        ),
+        "temperature": context.temperature,
+        "top_p": context.top_p,
+        "stop": [STEP_SEPARATOR],
+    }
+
+
+def new_step(state: RouterState, role: ModelRole, result: Completion, started: float) -> Step:
+    """The trace record of a step `role` just wrote."""
+    text, finish = split_step(result.text, result.finish_reason)
+    return {
+        "index": len(steps_of(state)),
+        "model": role,
+        "entropy": state.get("glimpse_entropy"),
+        "score": None,
+        "draft": None,
+        "text": text,
+        "finish": finish,
+        "completion_tokens": result.completion_tokens,
+        "prompt_tokens": result.prompt_tokens,
+        "wall_s": round(time.perf_counter() - started, 4),
+    }
+
+
 def make_step_node(role: ModelRole) -> StepNode:
     """The node in which `role` writes one step, ending at a blank line.
 
-    Under a reviewing method the small model's step is a draft, held for review instead of
-    joining the chain; a large step written after a rejected draft replaces it and records it.
+    A small step the streamed glimpse already wrote is only recorded. Under a reviewing method
+    the small model's step is a draft, held for review instead of joining the chain; a large
+    step written after a rejected draft replaces it and records it.
     """
 
     async def write_step(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
+        if streamed := state.get("streamed_step"):
+            return {**commit_step(streamed), "streamed_step": None}
         context, strategy = run_strategy(runtime)
-        steps = steps_of(state)
         drafting = role == "small" and strategy.review != "none"
         scored_by_logprobs = drafting and strategy.review == "logprobs"
         started = time.perf_counter()
@@ -46,30 +79,12 @@ def make_step_node(role: ModelRole) -> StepNode:
             result = await complete(
                 context,
                 role,
-                next_step_messages(step_texts=[s["text"] for s in steps], **prompt_args(state)),
-                max_tokens=step_allowance(
-                    context.step_max_tokens, context.token_budget, reasoning_tokens(steps)
-                ),
-                temperature=context.temperature,
-                top_p=context.top_p,
-                stop=[STEP_SEPARATOR],
                 top_logprobs=context.top_k if scored_by_logprobs else None,
+                **step_request(state, context),
             )
         except ContextOverflow:
             return {"stop_reason": "context_length", "draft": None}
-        text, finish = split_step(result.text, result.finish_reason)
-        step: Step = {
-            "index": len(steps),
-            "model": role,
-            "entropy": state.get("glimpse_entropy"),
-            "score": None,
-            "draft": None,
-            "text": text,
-            "finish": finish,
-            "completion_tokens": result.completion_tokens,
-            "prompt_tokens": result.prompt_tokens,
-            "wall_s": round(time.perf_counter() - started, 4),
-        }
+        step = new_step(state, role, result, started)
         usage = result.usage(role)
         if drafting:
             if scored_by_logprobs and result.token_logprobs:

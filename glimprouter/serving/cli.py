@@ -21,6 +21,8 @@ from glimprouter.serving.launcher import (
 )
 
 DEFAULT_PORTS = {"small": 8001, "large": 8002}
+# The local pair decodes at a few tokens per second on one core each: keep the demo to minutes.
+DEMO_TOKEN_BUDGET = 1024
 
 
 def add_serving_commands(
@@ -71,6 +73,8 @@ def add_serving_commands(
     demo = commands.add_parser(
         "demo",
         help="serve the local pair and answer a sample question, step by step",
+        description="Serve the local model pair and answer one question with the routed steps "
+        f"shown live (token budget {DEMO_TOKEN_BUDGET} unless --token-budget is given).",
     )
     demo.add_argument("--question", help="the question (default: a sample math word problem)")
     add_context_flags(demo)
@@ -143,6 +147,8 @@ def print_endpoints(servers: list[VLLMServer]) -> None:
 def _demo_command(args: argparse.Namespace) -> int:
     from glimprouter.cli import SAMPLE_QUESTION, ask, context_from_args
 
+    if args.token_budget is None:
+        args.token_budget = DEMO_TOKEN_BUDGET
     context = context_from_args(args)  # validate the flags before minutes of model start-up
     question = args.question or SAMPLE_QUESTION
     _log("preparing the local model pair and starting vLLM (first run: downloads and converts)")

