@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--thresholds", default="0.5,1.0")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--token-budget", type=int, default=1024)
+    parser.add_argument("--answer-max-tokens", type=int, default=256)
     parser.add_argument("--output", type=Path, default=Path("runs/local-pair"))
     parser.add_argument(
         "--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -94,7 +95,8 @@ def main() -> None:
     lines += [
         "",
         f"{len(problems)} MATH-500 level 1-2 problems, token budget "
-        f"{args.token_budget}, concurrency {args.concurrency}, streamed glimpse. Target: "
+        f"{args.token_budget}, answer {args.answer_max_tokens} tokens, concurrency "
+        f"{args.concurrency}, streamed glimpse. Target: "
         "GlimpRouter at or under 0.7x large-only latency.",
         "",
         "Peak memory: " + ", ".join(f"{name} {gib:.1f} GiB" for name, gib in memory.items()),

@@ -41,6 +41,19 @@ class ContextOverflow(Exception):
     """The server refused a request because prompt plus output exceed the model's context."""
 
 
+def one_request(
+    role: ModelRole, prompt_tokens: int, completion_tokens: int
+) -> dict[str, ModelUsage]:
+    """A usage delta of one request, for the state's per-model totals."""
+    return {
+        role: {
+            "requests": 1,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+        }
+    }
+
+
 @dataclass(frozen=True)
 class Completion:
     """What one request produced."""
@@ -59,13 +72,7 @@ class Completion:
 
     def usage(self, role: ModelRole) -> dict[str, ModelUsage]:
         """This request as a usage delta for the state's per-model totals."""
-        return {
-            role: {
-                "requests": 1,
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-            }
-        }
+        return one_request(role, self.prompt_tokens, self.completion_tokens)
 
 
 # ChatOpenAI's async HTTP client belongs to the event loop it first ran on, so clients are shared
@@ -164,13 +171,7 @@ class GlimpsedStep:
 
     def usage(self, role: ModelRole) -> dict[str, ModelUsage]:
         """This request as a usage delta, whether it ran to the end or was cancelled."""
-        return {
-            role: {
-                "requests": 1,
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-            }
-        }
+        return one_request(role, self.prompt_tokens, self.completion_tokens)
 
 
 async def stream_with_glimpse(

@@ -143,34 +143,36 @@ async def test_unknown_model_lists_the_served_ones(server_context):
         await ask(QUESTION, dataclasses.replace(server_context, large_model="qwen-72b"))
 
 
+def cli_ask(context, *flags: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "glimprouter.cli",
+        "ask",
+        QUESTION,
+        "--small-url",
+        context.small_base_url,
+        "--large-url",
+        context.large_base_url,
+        *flags,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+
+
 def test_cli_ask_json_returns_a_complete_result(server_context):
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "glimprouter.cli",
-            "ask",
-            QUESTION,
-            "--json",
-            "--small-url",
-            server_context.small_base_url,
-            "--large-url",
-            server_context.large_base_url,
-            "--threshold",
-            "0.9",
-            "--token-budget",
-            "96",
-            "--step-max-tokens",
-            "32",
-            "--answer-max-tokens",
-            "32",
-            "--seed",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    completed = cli_ask(
+        server_context,
+        "--json",
+        "--threshold",
+        "0.9",
+        "--token-budget",
+        "96",
+        "--step-max-tokens",
+        "32",
+        "--answer-max-tokens",
+        "32",
+        "--seed",
+        "1",
     )
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout)
@@ -180,30 +182,16 @@ def test_cli_ask_json_returns_a_complete_result(server_context):
 
 
 def test_cli_ask_streams_the_steps_live(server_context):
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "glimprouter.cli",
-            "ask",
-            QUESTION,
-            "--small-url",
-            server_context.small_base_url,
-            "--large-url",
-            server_context.large_base_url,
-            "--threshold",
-            "0.9",
-            "--token-budget",
-            "64",
-            "--step-max-tokens",
-            "32",
-            "--answer-max-tokens",
-            "24",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    completed = cli_ask(
+        server_context,
+        "--threshold",
+        "0.9",
+        "--token-budget",
+        "64",
+        "--step-max-tokens",
+        "32",
+        "--answer-max-tokens",
+        "24",
     )
     assert completed.returncode == 0, completed.stderr
     assert "step   0" in completed.stdout and "final answer:" in completed.stdout

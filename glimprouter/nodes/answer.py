@@ -10,7 +10,7 @@ from langgraph.runtime import Runtime
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState
 from glimprouter.models import ContextOverflow, complete
-from glimprouter.nodes.common import prompt_args, run_context, steps_of
+from glimprouter.nodes.common import prompt_args, run_context, step_texts
 from glimprouter.parsing import last_boxed
 from glimprouter.prompts import STEP_SEPARATOR, answer_messages
 
@@ -19,7 +19,7 @@ async def answer(state: RouterState, runtime: Runtime[RouterContext]) -> dict[st
     """Write the answer after </think>; the final answer is its last \\boxed{}, else the
     thinking's."""
     context = run_context(runtime)
-    texts = [step["text"] for step in steps_of(state)]
+    texts = step_texts(state)
     thinking_answer = last_boxed(STEP_SEPARATOR.join(texts))
     role = context.answer_model
     try:

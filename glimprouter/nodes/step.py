@@ -16,6 +16,7 @@ from glimprouter.nodes.common import (
     prompt_args,
     reasoning_tokens,
     run_strategy,
+    step_texts,
     steps_of,
 )
 from glimprouter.parsing import split_step
@@ -33,7 +34,7 @@ def step_request(state: RouterState, context: RouterContext) -> dict[str, Any]:
     """The messages and sampling of the next step's request, whichever model writes it."""
     steps = steps_of(state)
     return {
-        "messages": next_step_messages(step_texts=[s["text"] for s in steps], **prompt_args(state)),
+        "messages": next_step_messages(step_texts=step_texts(state), **prompt_args(state)),
         "max_tokens": step_allowance(
             context.step_max_tokens, context.token_budget, reasoning_tokens(steps)
         ),
