@@ -23,6 +23,7 @@ from glimprouter.evals.datasets import load_problems
 from glimprouter.evals.report import load_rows, markdown, pareto_plot
 from glimprouter.evals.runner import run_eval
 from glimprouter.serving.launcher import local_pair_specs, serve
+from glimprouter.serving.local_models import LOCAL_MODELS, LOCAL_PAIR
 
 
 def peak_rss_gib(pid: int) -> float:
@@ -51,6 +52,9 @@ def main() -> None:
     parser.add_argument("--answer-max-tokens", type=int, default=256)
     parser.add_argument("--output", type=Path, default=Path("runs/local-pair"))
     parser.add_argument(
+        "--pair", default=",".join(LOCAL_PAIR), help=f"small,large among {sorted(LOCAL_MODELS)}"
+    )
+    parser.add_argument(
         "--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
     )
     args = parser.parse_args()
@@ -58,7 +62,8 @@ def main() -> None:
     methods = [("small-only", 1.0), ("large-only", 1.0)] + [
         ("glimprouter", float(t)) for t in args.thresholds.split(",")
     ]
-    with serve(local_pair_specs()) as (small, large):
+    pair = tuple(args.pair.split(","))
+    with serve(local_pair_specs(pair=pair)) as (small, large):
         base = RouterContext(
             small_base_url=small.base_url,
             large_base_url=large.base_url,

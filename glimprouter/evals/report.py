@@ -75,9 +75,9 @@ def summarise(config: dict[str, Any], records: Sequence[dict[str, Any]]) -> Row:
 
 
 def load_rows(directories: Sequence[Path]) -> list[Row]:
-    return [
-        summarise(json.loads((d / CONFIG_FILE).read_text()), read_results(d)) for d in directories
-    ]
+    """One row per results directory that holds at least one record."""
+    loaded = [(json.loads((d / CONFIG_FILE).read_text()), read_results(d)) for d in directories]
+    return [summarise(config, records) for config, records in loaded if records]
 
 
 def markdown(rows: Sequence[Row]) -> str:

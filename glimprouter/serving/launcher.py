@@ -308,8 +308,11 @@ def serve(specs: Iterable[ServerSpec], timeout: float = 900.0) -> Iterator[list[
             server.stop()
 
 
-def local_pair_specs(log: Callable[[str], None] = print) -> list[ServerSpec]:
-    """Specs for the local default pair (small, large), served as "small" and "large".
+def local_pair_specs(
+    log: Callable[[str], None] = print, pair: tuple[str, str] = LOCAL_PAIR
+) -> list[ServerSpec]:
+    """Specs for a local pair (small, large), by default LOCAL_PAIR, served as "small" and
+    "large".
 
     Prepares both models on first use. On CPU each server gets its own half of the cores and 3
     GiB of KV cache; on one GPU each gets under half of its memory.
@@ -329,7 +332,7 @@ def local_pair_specs(log: Callable[[str], None] = print) -> list[ServerSpec]:
             kv_cache_gib=3,
             extra_args=list(extra),
         )
-        for role, name, bind in zip(("small", "large"), LOCAL_PAIR, binds, strict=True)
+        for role, name, bind in zip(("small", "large"), pair, binds, strict=True)
     ]
 
 
