@@ -24,6 +24,11 @@ def run_cli(capsys, *argv):
     return status, captured.err.strip()
 
 
+def ask_both_at(capsys, url, *flags):
+    """`glimprouter ask` with both models at `url`."""
+    return run_cli(capsys, "ask", "What is 1+1?", "--small-url", url, "--large-url", url, *flags)
+
+
 def assert_one_line(status, err, *needles):
     assert status == 2
     assert len(err.splitlines()) == 1, err
@@ -124,32 +129,10 @@ def no_logprobs_url():
 
 @pytest.mark.parametrize("mode", ["stream", "probe"])
 def test_server_without_logprobs(capsys, no_logprobs_url, mode):
-    status, err = run_cli(
-        capsys,
-        "ask",
-        "What is 1+1?",
-        "--small-url",
-        no_logprobs_url,
-        "--large-url",
-        no_logprobs_url,
-        "--max-retries",
-        "0",
-        "--glimpse-mode",
-        mode,
-    )
+    status, err = ask_both_at(capsys, no_logprobs_url, "--max-retries", "0", "--glimpse-mode", mode)
     assert_one_line(status, err, "returned no logprobs", "--small-url")
 
 
 def test_unknown_model_lists_served_ones(capsys, no_logprobs_url):
-    status, err = run_cli(
-        capsys,
-        "ask",
-        "What is 1+1?",
-        "--small-url",
-        no_logprobs_url,
-        "--large-url",
-        no_logprobs_url,
-        "--small-model",
-        "tiny",
-    )
+    status, err = ask_both_at(capsys, no_logprobs_url, "--small-model", "tiny")
     assert_one_line(status, err, "does not serve 'tiny'", "['small', 'large']", "--small-model")
