@@ -4,12 +4,21 @@ The compiled LangGraph workflow is `graph`; its settings are a `RouterContext`.
 
     from glimprouter import graph, RouterContext
     result = await graph.ainvoke({"question": "What is 2 + 3?"}, context=RouterContext())
+
+Durable chains, saved after every step and resumed under the same thread id:
+
+    async with durable_graph("threads.sqlite") as durable:
+        config = thread_config(context, "my-thread")
+        result = await durable.ainvoke({"question": q}, context=context, config=config,
+                                       durability="sync")
+        # after a crash: await durable.ainvoke(None, context=context, config=config)
 """
 
 from glimprouter.errors import ConfigError, EndpointError, GlimpRouterError
 from glimprouter.graph.builder import build_graph, graph, run_config
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import InputState, OutputState, Step
+from glimprouter.graph.threads import durable_graph, thread_config
 
 __all__ = [
     "ConfigError",
@@ -20,6 +29,8 @@ __all__ = [
     "RouterContext",
     "Step",
     "build_graph",
+    "durable_graph",
     "graph",
     "run_config",
+    "thread_config",
 ]

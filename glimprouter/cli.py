@@ -9,20 +9,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from langgraph.graph.state import CompiledStateGraph
 from rich.console import Console
 from rich.markup import escape
 
-from glimprouter.errors import GlimpRouterError
+from glimprouter.errors import ConfigError, GlimpRouterError
 from glimprouter.graph.builder import graph, run_config
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import OutputState
+from glimprouter.graph.threads import DURABILITY, durable_graph, plan_thread, thread_config
 from glimprouter.models import check_endpoints
 from glimprouter.prompts import TEMPLATES, render_question
+from glimprouter.serving.local_models import cache_dir
 
 SAMPLE_QUESTION = (
     "A bakery sells muffins for $3 each and cookies for $2 each. Maya buys 4 muffins and "
@@ -87,10 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ask = commands.add_parser("ask", help="answer one question, showing each routed step")
-    ask.add_argument("question", help="the question to reason about")
+    ask.add_argument(
+        "question",
+        nargs="?",
+        help="the question to reason about (leave it out to resume --thread-id)",
+    )
     ask.add_argument("--task", default="math", choices=sorted(TEMPLATES), help="prompt family")
     ask.add_argument(
         "--json", action="store_true", help="print only the result, as one JSON object"
+    )
+    ask.add_argument(
+        "--thread-id",
+        help="save the chain after every step under this id; run again to resume it",
+    )
+    ask.add_argument(
+        "--checkpoint-db",
+        default=None,
+        help="SQLite file of saved chains (default: GLIMPROUTER_CHECKPOINT_DB or "
+        "~/.cache/glimprouter/threads.sqlite)",
     )
     add_context_flags(ask)
     ask.set_defaults(handler=_ask_command)
@@ -119,40 +138,99 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _ask_command(args: argparse.Namespace) -> int:
+    if args.question is None and args.thread_id is None:
+        raise ConfigError("give a question, or --thread-id to resume a saved chain")
     context = context_from_args(args)
     console = None if args.json else Console(highlight=False)
-    result = asyncio.run(ask(args.question, context, task=args.task, console=console))
+    result = asyncio.run(
+        ask(
+            args.question,
+            context,
+            task=args.task,
+            console=console,
+            thread_id=args.thread_id,
+            checkpoint_db=args.checkpoint_db,
+        )
+    )
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     return 0
 
 
+def default_checkpoint_db() -> Path:
+    """Where `ask --thread-id` saves chains unless told otherwise."""
+    if env := os.environ.get("GLIMPROUTER_CHECKPOINT_DB"):
+        return Path(env)
+    return cache_dir() / "threads.sqlite"
+
+
 async def ask(
-    question: str,
+    question: str | None,
     context: RouterContext,
     *,
     task: str = "math",
     console: Console | None = None,
+    thread_id: str | None = None,
+    checkpoint_db: str | Path | None = None,
 ) -> OutputState:
-    """Run the graph on one question, printing each step as it is written when `console` is set."""
-    render_question(question, task)  # refuse an empty question before contacting any server
-    await check_endpoints(context)
+    """Run the graph on one question, printing each step as it is written when `console` is set.
+
+    With `thread_id` the chain is saved after every step in `checkpoint_db`: asking again under
+    the same id resumes it from its last finished step (`question` None resumes only).
+    """
+    if question is not None:
+        render_question(question, task)  # refuse an empty question before contacting a server
+    if thread_id is None:
+        await check_endpoints(context)
+        run_input = {"question": question, "task": task}
+        return await _stream_run(graph, run_input, run_config(context), context, console)
+    async with durable_graph(checkpoint_db or default_checkpoint_db()) as durable:
+        plan = await plan_thread(durable, thread_id, question, task)
+        config = thread_config(context, thread_id)
+        if plan.state == "finished":
+            saved = output_of((await durable.aget_state(config)).values)
+            if console is not None:
+                console.print(f"thread {thread_id} is finished; its saved result:")
+                show_summary(console, saved, 0.0)
+            return saved
+        await check_endpoints(context)
+        if console is not None and plan.state == "unfinished":
+            console.print(f"resuming thread {thread_id} after {plan.steps_done} saved steps")
+        return await _stream_run(
+            durable, plan.run_input, config, context, console, durability=DURABILITY
+        )
+
+
+async def _stream_run(
+    runnable: CompiledStateGraph,
+    run_input: dict[str, Any] | None,
+    config: dict[str, Any],
+    context: RouterContext,
+    console: Console | None,
+    **stream_options: Any,
+) -> OutputState:
     started = time.perf_counter()
     final: dict[str, Any] = {}
-    async for mode, chunk in graph.astream(
-        {"question": question, "task": task},
+    async for mode, chunk in runnable.astream(
+        run_input,
         context=context,
-        config=run_config(context),
+        config=config,
         stream_mode=["custom", "values"],
+        **stream_options,
     ):
         if mode == "values":
             final = chunk
         elif console is not None:
             show_event(console, chunk, context.threshold)
-    result: OutputState = {key: final.get(key) for key in OutputState.__annotations__}  # type: ignore[assignment]
+    result = output_of(final)
     if console is not None:
         show_summary(console, result, time.perf_counter() - started)
     return result
+
+
+def output_of(values: dict[str, Any]) -> OutputState:
+    """The output fields of a run's final state."""
+    return {key: values.get(key) for key in OutputState.__annotations__}  # type: ignore[return-value]
 
 
 def show_event(console: Console, event: dict[str, Any], threshold: float) -> None:

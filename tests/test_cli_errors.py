@@ -136,3 +136,24 @@ def test_server_without_logprobs(capsys, no_logprobs_url, mode):
 def test_unknown_model_lists_served_ones(capsys, no_logprobs_url):
     status, err = ask_both_at(capsys, no_logprobs_url, "--small-model", "tiny")
     assert_one_line(status, err, "does not serve 'tiny'", "['small', 'large']", "--small-model")
+
+
+def test_resuming_an_unknown_thread_says_so(capsys, tmp_path):
+    status, err = run_cli(
+        capsys, "ask", "--thread-id", "nope", "--checkpoint-db", str(tmp_path / "t.sqlite")
+    )
+    assert_one_line(status, err, "no chain is saved under thread id 'nope'", "--checkpoint-db")
+
+
+def test_ask_needs_a_question_or_a_thread(capsys):
+    status, err = run_cli(capsys, "ask")
+    assert_one_line(status, err, "give a question, or --thread-id")
+
+
+def test_unwritable_checkpoint_db_names_the_setting(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    status, err = run_cli(
+        capsys, "ask", "Q?", "--thread-id", "t", "--checkpoint-db", str(blocker / "sub" / "t.db")
+    )
+    assert_one_line(status, err, "--checkpoint-db")

@@ -1,0 +1,91 @@
+"""Durable chains: a run saved in SQLite after every step, resumable under its thread id.
+
+A thread holds one question's chain. Killing the process loses at most the step in flight:
+running the same thread id again continues from the last finished step, and a finished thread
+gives back its result without asking any model again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.graph.state import CompiledStateGraph
+
+from glimprouter.errors import ConfigError
+from glimprouter.graph.builder import build_graph, run_config
+from glimprouter.graph.context import RouterContext
+from glimprouter.graph.state import InputState
+
+# Write each checkpoint before the next step starts, so a kill never loses a finished step.
+DURABILITY = "sync"
+
+
+@asynccontextmanager
+async def durable_graph(path: str | Path) -> AsyncIterator[CompiledStateGraph]:
+    """The routing graph with its checkpoints in the SQLite file at `path` (created if new)."""
+    path = Path(path).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create the folder of the checkpoint database {path}: {error.strerror}; "
+            "set --checkpoint-db / GLIMPROUTER_CHECKPOINT_DB to a writable path"
+        ) from None
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+        yield build_graph(checkpointer=saver)
+
+
+def thread_config(context: RouterContext, thread_id: str) -> dict[str, Any]:
+    """The run config of one durable thread."""
+    return run_config(context, configurable={"thread_id": thread_id})
+
+
+ThreadState = Literal["new", "unfinished", "finished"]
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """What running a thread will do: start it, resume it, or read back its result."""
+
+    state: ThreadState
+    steps_done: int
+    question: str
+    run_input: InputState | None
+    """The graph input: the question for a new thread, None to continue a saved one."""
+
+
+async def plan_thread(
+    graph: CompiledStateGraph,
+    thread_id: str,
+    question: str | None,
+    task: str,
+) -> ThreadPlan:
+    """Decide how to run `thread_id`; `question` None means resume only.
+
+    Refuses an unknown thread when resuming, and a thread that holds another question.
+    """
+    snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+    saved = snapshot.values
+    if not saved:
+        if question is None:
+            raise ConfigError(
+                f"no chain is saved under thread id {thread_id!r}: start one with "
+                f"glimprouter ask QUESTION --thread-id {thread_id}, or check --checkpoint-db"
+            )
+        return ThreadPlan("new", 0, question, {"question": question, "task": task})
+    if question is not None and question != saved["question"]:
+        raise ConfigError(
+            f"thread id {thread_id!r} holds another question ({_head(saved['question'])}): "
+            "leave the question out to resume it, or pick a new --thread-id"
+        )
+    state: ThreadState = "unfinished" if snapshot.next else "finished"
+    return ThreadPlan(state, len(saved.get("steps") or []), saved["question"], None)
+
+
+def _head(text: str, width: int = 60) -> str:
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
