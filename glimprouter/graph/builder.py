@@ -7,7 +7,8 @@ START -> glimpse -> decide -> small_step | large_step -> check_termination
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -21,6 +22,21 @@ from glimprouter.nodes.glimpse import glimpse
 from glimprouter.nodes.review import review, route_after_review
 from glimprouter.nodes.step import large_step, route_after_step, small_step
 from glimprouter.nodes.termination import check_termination, route_after_check
+
+Route = TypeVar("Route")
+
+
+def inline(
+    edge: Callable[[RouterState], Route],
+) -> Callable[[RouterState], Coroutine[Any, Any, Route]]:
+    """Run a routing function on the event loop: LangGraph hands a plain function to a worker
+    thread, and the hop costs more than these few comparisons (three per step)."""
+
+    async def route(state: RouterState) -> Route:
+        return edge(state)
+
+    route.__name__ = route.__qualname__ = edge.__name__
+    return route
 
 
 def build_graph(checkpointer: Checkpointer = None) -> CompiledStateGraph:
@@ -41,11 +57,19 @@ def build_graph(checkpointer: Checkpointer = None) -> CompiledStateGraph:
 
     builder.add_edge(START, "glimpse")
     builder.add_edge("glimpse", "decide")
-    builder.add_conditional_edges("decide", route_to_writer, ["small_step", "large_step", "answer"])
-    builder.add_conditional_edges("small_step", route_after_step, ["review", "check_termination"])
-    builder.add_conditional_edges("review", route_after_review, ["large_step", "check_termination"])
+    builder.add_conditional_edges(
+        "decide", inline(route_to_writer), ["small_step", "large_step", "answer"]
+    )
+    builder.add_conditional_edges(
+        "small_step", inline(route_after_step), ["review", "check_termination"]
+    )
+    builder.add_conditional_edges(
+        "review", inline(route_after_review), ["large_step", "check_termination"]
+    )
     builder.add_edge("large_step", "check_termination")
-    builder.add_conditional_edges("check_termination", route_after_check, ["glimpse", "answer"])
+    builder.add_conditional_edges(
+        "check_termination", inline(route_after_check), ["glimpse", "answer"]
+    )
     builder.add_edge("answer", END)
 
     # Enough super-steps for the largest max_steps a context allows.
