@@ -23,7 +23,7 @@ from langgraph.constants import TAG_NOSTREAM
 from glimprouter.errors import EndpointError
 from glimprouter.graph.context import MODEL_ROLES, ModelRole, RouterContext
 from glimprouter.graph.state import ModelUsage
-from glimprouter.scoring import TopLogprob
+from glimprouter.scoring import TopLogprob, has_mass
 
 # vLLM continues the final assistant message verbatim only with both flags (the generation
 # prompt defaults to on and may not be combined with continuation). The stop string is kept in
@@ -219,16 +219,17 @@ async def stream_with_glimpse(
             text.append(chunk.content if isinstance(chunk.content, str) else "")
             token_logprobs = (metadata.get("logprobs") or {}).get("content") or []
             if first is None and token_logprobs:
-                first = token_logprobs[0]["top_logprobs"]
-                if not keep(first):
+                first = token_logprobs[0].get("top_logprobs") or []
+                if not has_mass(first) or not keep(first):
                     cancelled = True
                     break
     except openai.APIError as error:
         raise await _explain(error, context, role) from None
     finally:
         await chunks.aclose()
-    if not first:
+    if first is None or not has_mass(first):
         raise _no_logprobs(context, role)
+    _check_finish(finish_reason, context, role)
     prompt_tokens = int(usage.get("input_tokens", 0))
     completion_tokens = int(usage.get("output_tokens", 0))
     return GlimpsedStep(
@@ -247,8 +248,11 @@ def _completion(
     usage = message.usage_metadata or {}
     metadata = message.response_metadata
     token_logprobs = (metadata.get("logprobs") or {}).get("content") or []
-    if want_logprobs and not (token_logprobs and token_logprobs[0].get("top_logprobs")):
+    if want_logprobs and not (
+        token_logprobs and has_mass(token_logprobs[0].get("top_logprobs") or [])
+    ):
         raise _no_logprobs(context, role)
+    _check_finish(metadata.get("finish_reason"), context, role)
     return Completion(
         text=message.content if isinstance(message.content, str) else str(message.content),
         finish_reason=metadata.get("finish_reason"),
@@ -330,10 +334,22 @@ def _url_setting(role: ModelRole) -> str:
 
 def _no_logprobs(context: RouterContext, role: ModelRole) -> EndpointError:
     return EndpointError(
-        f"the {role} model server at {context.endpoint(role)[0]} returned no "
+        f"the {role} model server at {context.endpoint(role)[0]} returned no usable "
         f"logprobs: point {_url_setting(role)} at a vLLM (or other) server that returns "
         "top_logprobs"
     )
+
+
+# Finish reasons of a request the server gave up on: its text is not a step.
+_FAILED_FINISH = ("abort", "error")
+
+
+def _check_finish(finish_reason: str | None, context: RouterContext, role: ModelRole) -> None:
+    if finish_reason in _FAILED_FINISH:
+        raise EndpointError(
+            f"the {role} model server at {context.endpoint(role)[0]} gave up on a request "
+            f"(finish_reason {finish_reason!r}): check the server's log"
+        )
 
 
 def _unreachable(context: RouterContext, role: ModelRole) -> EndpointError:

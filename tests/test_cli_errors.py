@@ -130,7 +130,7 @@ def no_logprobs_url():
 @pytest.mark.parametrize("mode", ["stream", "probe"])
 def test_server_without_logprobs(capsys, no_logprobs_url, mode):
     status, err = ask_both_at(capsys, no_logprobs_url, "--max-retries", "0", "--glimpse-mode", mode)
-    assert_one_line(status, err, "returned no logprobs", "--small-url")
+    assert_one_line(status, err, "returned no usable logprobs", "--small-url")
 
 
 def test_unknown_model_lists_served_ones(capsys, no_logprobs_url):

@@ -22,6 +22,7 @@ from glimprouter.evals.datasets import Problem
 from glimprouter.evals.grading import grade
 from glimprouter.graph.builder import graph, run_config
 from glimprouter.graph.context import RouterContext
+from glimprouter.graph.invoke import run_question
 from glimprouter.models import check_endpoints
 from glimprouter.prompts import STEP_SEPARATOR
 
@@ -203,12 +204,22 @@ async def solve(
     }
     started = time.perf_counter()
     try:
-        result = await graph.ainvoke(
+        result = await run_question(
+            graph,
             {"question": problem.question, "task": problem.task},
-            context=run_context,
-            config=run_config(run_context),
+            run_context,
+            run_config(run_context),
         )
         latency = time.perf_counter() - started
+        if result.get("error"):
+            # A server failed mid-chain: record it with the partial trace; a rerun retries it.
+            return {
+                **base,
+                "error": result["error"],
+                "latency_s": round(latency, 3),
+                "stop_reason": result["stop_reason"],
+                "trace": result["steps"] or [],
+            }
         graded = await grade(problem, gradable_text(problem, result), result["final_answer"])
     except GlimpRouterError as error:
         return {**base, "error": str(error), "latency_s": time.perf_counter() - started}

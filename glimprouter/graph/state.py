@@ -18,6 +18,7 @@ StopReason = Literal[
     "token_budget",  # the reasoning tokens reached token_budget
     "max_steps",  # the chain reached max_steps
     "context_length",  # the server refused the prompt: the model's context is full
+    "endpoint_error",  # a model server failed mid-chain after its retries (see `error`)
 ]
 
 StepFinish = Literal["separator", "end_of_sequence", "length"]
@@ -81,6 +82,7 @@ class OutputState(TypedDict):
     steps: Annotated[list[Step], operator.add]
     usage: Annotated[dict[str, ModelUsage], add_usage]
     stop_reason: StopReason | None
+    error: NotRequired[str | None]  # why a model server failed, with stop_reason "endpoint_error"
 
 
 class RouterState(InputState, OutputState):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -89,7 +90,9 @@ def make_step_node(role: ModelRole) -> StepNode:
         usage = result.usage(role)
         if drafting:
             if scored_by_logprobs and result.token_logprobs:
-                step["score"] = strategy.score_draft(result.token_logprobs)
+                # A draft whose logprobs hold nothing to score is kept, as an unscored one is.
+                with contextlib.suppress(ValueError):
+                    step["score"] = strategy.score_draft(result.token_logprobs)
             return {"draft": step, "usage": usage}
         if rejected := state.get("draft"):
             step["score"] = rejected["score"]
