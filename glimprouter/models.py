@@ -205,14 +205,43 @@ async def stream_with_glimpse(
         **CONTINUATION,
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
+    # A stream the server cuts off (it died mid-step) is asked again, as the client retries a
+    # request that failed before its first byte.
+    for attempt in range(context.max_retries + 1):
+        try:
+            return await _stream_once(context, role, messages, keep, stop, params)
+        except _StreamCut:
+            if attempt == context.max_retries:
+                raise EndpointError(
+                    f"the {role} model server at {context.endpoint(role)[0]} cut off "
+                    f"{context.max_retries + 1} streamed step(s) before they ended: check it is "
+                    "up and its log, or raise max_retries (GLIMPROUTER_MAX_RETRIES)"
+                ) from None
+    raise AssertionError("unreachable")
+
+
+class _StreamCut(Exception):
+    """The stream ended before the server said how the step finished."""
+
+
+async def _stream_once(
+    context: RouterContext,
+    role: ModelRole,
+    messages: list[dict[str, str]],
+    keep: Callable[[list[TopLogprob]], bool],
+    stop: list[str],
+    params: dict[str, Any],
+) -> GlimpsedStep:
     chunks = chat_client(context, role).astream(messages, stop=stop, **params)
     first: list[TopLogprob] | None = None
     text: list[str] = []
     finish_reason = None
     cancelled = False
     usage: dict[str, Any] = {}
+    received = False
     try:
         async for chunk in chunks:
+            received = True
             usage = chunk.usage_metadata or usage
             metadata = chunk.response_metadata
             finish_reason = metadata.get("finish_reason") or finish_reason
@@ -224,9 +253,17 @@ async def stream_with_glimpse(
                     cancelled = True
                     break
     except openai.APIError as error:
+        if received and isinstance(error, openai.APIConnectionError):
+            raise _StreamCut from None
         raise await _explain(error, context, role) from None
+    except httpx.HTTPError:
+        if received:
+            raise _StreamCut from None
+        raise _unreachable(context, role) from None
     finally:
         await chunks.aclose()
+    if not cancelled and finish_reason is None:
+        raise _StreamCut
     if first is None or not has_mass(first):
         raise _no_logprobs(context, role)
     _check_finish(finish_reason, context, role)
@@ -252,6 +289,12 @@ def _completion(
         token_logprobs and has_mass(token_logprobs[0].get("top_logprobs") or [])
     ):
         raise _no_logprobs(context, role)
+    if metadata.get("finish_reason") is None:
+        # Only a reply streamed under a LangGraph token stream and cut off lacks one.
+        raise EndpointError(
+            f"the {role} model server at {context.endpoint(role)[0]} cut off a reply before it "
+            "ended: check it is up and its log"
+        )
     _check_finish(metadata.get("finish_reason"), context, role)
     return Completion(
         text=message.content if isinstance(message.content, str) else str(message.content),

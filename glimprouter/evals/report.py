@@ -107,13 +107,13 @@ def markdown(rows: Sequence[Row]) -> str:
 
 def pareto_plot(rows: Sequence[Row], path: Path) -> Path:
     """Accuracy against latency and against large-token share, one panel pair per dataset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure draws without pyplot, so the caller's backend (a notebook's inline one) is
+    # left alone.
+    from matplotlib.figure import Figure
 
     datasets = sorted({row.dataset for row in rows})
-    figure, axes = plt.subplots(len(datasets), 2, figsize=(11, 4.2 * len(datasets)), squeeze=False)
+    figure = Figure(figsize=(11, 4.2 * len(datasets)))
+    axes = figure.subplots(len(datasets), 2, squeeze=False)
     for (latency_axis, share_axis), dataset in zip(axes, datasets, strict=True):
         subset = [row for row in rows if row.dataset == dataset]
         for axis, x_of, x_label in (
@@ -140,7 +140,6 @@ def pareto_plot(rows: Sequence[Row], path: Path) -> Path:
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 

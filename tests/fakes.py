@@ -1,0 +1,150 @@
+"""A fake OpenAI-compatible model server for fast tests: plausible steps and logprobs, and the
+faults and malformed replies a real server can produce, on demand."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+# What a fault hook may answer for a request: None (answer normally), "500" (an error status),
+# "hang" (accept and never answer), "drop" (start the stream, then cut the connection) or a dict
+# of overrides for a well-formed reply ({"content": ..., "finish_reason": ..., "top_logprob":
+# ..., "candidates": ...}).
+Fault = Callable[[int, dict[str, Any]], Any]
+
+
+class FakeModelServer(BaseHTTPRequestHandler):
+    """An OpenAI-compatible model server in miniature.
+
+    Steps name the question they were asked about (so runs cannot be mixed up unseen): two that
+    end at the separator, then one that ends the sequence. Step k's first token has k + 2 equally
+    likely candidates, so its glimpse entropy is ln(k + 2): 0.69, 1.10, 1.39 nats. A token is a
+    word with its trailing space; max_tokens cuts the text with finish_reason "length".
+    """
+
+    def do_GET(self):
+        self._json(200, {"object": "list", "data": [{"id": "small"}, {"id": "large"}]})
+
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.server.lock:
+            index = len(self.server.requests)
+            self.server.requests.append(request)
+        time.sleep(self.server.delay_s)
+        fault = self.server.fault(index, request) if self.server.fault else None
+        if request["model"] == self.server.fail_model or fault == "500":
+            self._json(500, {"error": {"message": "the fake model crashed"}})
+            return
+        if fault == "hang":
+            self.server.released.wait()
+            return
+        overrides = fault if isinstance(fault, dict) else {}
+        messages = request["messages"]
+        tag = hashlib.sha1(messages[0]["content"].encode("utf-8", "surrogatepass")).hexdigest()
+        prefix = messages[-1]["content"]
+        steps_done = prefix.removeprefix("<think>\n").count("\n\n")
+        if prefix.endswith("</think>\n\n"):
+            text = f"The answer to {tag[:8]} is \\boxed{{4}}."
+        elif steps_done < 2:
+            text = f"Step {steps_done} on {tag[:8]}.\n\n"
+        else:
+            text = f"Last step on {tag[:8]}."
+        text = overrides.get("content", text)
+        tokens = re.findall(r"\S+\s*", text)
+        max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
+        finish = "length" if len(tokens) > max_tokens else "stop"
+        finish = overrides.get("finish_reason", finish)
+        tokens = tokens[:max_tokens]
+        usage = {
+            "prompt_tokens": sum(len(m["content"].split()) for m in messages),
+            "completion_tokens": len(tokens),
+            "total_tokens": 0,
+        }
+        candidates = overrides.get(
+            "candidates", min(steps_done + 2, request.get("top_logprobs") or 1)
+        )
+        logprob = overrides.get("top_logprob", -math.log(steps_done + 2))
+
+        def logprobs(token):
+            if not request.get("logprobs"):
+                return None
+            top = [
+                {"token": f"t{i}", "logprob": logprob, "bytes": [116, 48 + i]}
+                for i in range(candidates)
+            ]
+            entry = {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+            return {"content": [{**entry, "top_logprobs": top}]}
+
+        head = {"id": "fake", "created": 0, "model": request["model"]}
+        if not request.get("stream"):
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(tokens)},
+                "logprobs": logprobs(tokens[0] if tokens else ""),
+                "finish_reason": finish,
+            }
+            self._json(
+                200, {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+            )
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        chunks = [({"content": token}, None, logprobs(token)) for token in tokens or [""]]
+        chunks.append(({}, finish, None))
+        try:
+            for position, (delta, finish_reason, token_logprobs) in enumerate(chunks):
+                if fault == "drop" and position == 1:
+                    self.connection.shutdown(2)  # the server died in the middle of the step
+                    return
+                choice = {
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": token_logprobs,
+                    "finish_reason": finish_reason,
+                }
+                chunk = {**head, "object": "chat.completion.chunk", "choices": [choice]}
+                self.wfile.write(f"data: {json.dumps(chunk | {'usage': usage})}\n\n".encode())
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the glimpse closed the stream after the first token: the large model writes
+
+    def _json(self, status, payload):
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def fake_model_server(
+    delay_s: float = 0.0, fail_model: str | None = None, fault: Fault | None = None
+) -> Iterator[Any]:
+    """Serve the fake on a free loopback port; `server.url` is its base URL and
+    `server.requests` every request body it received. `server.fault` may be changed live."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeModelServer)
+    server.daemon_threads = True
+    server.requests, server.delay_s, server.fail_model = [], delay_s, fail_model
+    server.fault, server.lock, server.released = fault, threading.Lock(), threading.Event()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.released.set()
+        server.shutdown()
+        server.server_close()
