@@ -1,5 +1,6 @@
 """Pure logic of the routing loop: scores, decisions, prefixes, termination, answers."""
 
+import dataclasses
 import math
 
 import pytest
@@ -189,6 +190,14 @@ class TestContext:
         context = RouterContext()
         assert context.threshold == 0.25 and context.seed == 7
         assert RouterContext(threshold=2.0).threshold == 2.0
+
+    def test_an_explicit_default_value_beats_the_environment(self, monkeypatch):
+        # `--threshold 1.0` or a request's threshold=1.0 must not turn into the env's value.
+        monkeypatch.setenv("GLIMPROUTER_THRESHOLD", "0.25")
+        assert RouterContext(threshold=1.0).threshold == 1.0
+        assert resolve_context({"threshold": 1.0}).threshold == 1.0
+        assert dataclasses.replace(RouterContext(), threshold=1.0).threshold == 1.0
+        assert dataclasses.replace(RouterContext(), top_k=5).threshold == 0.25
 
     def test_bad_environment_value_names_the_variable(self, monkeypatch):
         monkeypatch.setenv("GLIMPROUTER_TOP_K", "many")

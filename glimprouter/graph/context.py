@@ -1,7 +1,7 @@
 """Run settings of the routing graph: one dataclass, every knob documented and env-settable.
 
-Each field falls back to the environment variable ``GLIMPROUTER_<FIELD>`` (upper case) when it is
-left at its default, so a notebook, the CLI, LangGraph Studio and a deployment share one source of
+Each field the caller does not set falls back to the environment variable ``GLIMPROUTER_<FIELD>``
+(upper case), so a notebook, the CLI, LangGraph Studio and a deployment share one source of
 configuration. Studio shows the field descriptions.
 """
 
@@ -117,11 +117,19 @@ class RouterContext:
         metadata=_describe("Sampling seed sent with every request, for repeatable runs."),
     )
 
+    def __new__(cls, *args: Any, **given: Any) -> RouterContext:
+        # Note which fields the caller set (subclasses too): the environment fills only the
+        # others, so an explicit value equal to the default still wins.
+        context = super().__new__(cls)
+        context.__dict__["_given"] = frozenset(given)
+        return context
+
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))
+        given = self.__dict__.pop("_given", ())
         for f in fields(self):
             env_name = ENV_PREFIX + f.name.upper()
-            if getattr(self, f.name) == f.default and env_name in os.environ:
+            if f.name not in given and env_name in os.environ:
                 setattr(self, f.name, _parse_env(env_name, os.environ[env_name], hints[f.name]))
         self._validate()
 
