@@ -100,6 +100,9 @@ def chat_client(context: RouterContext, role: ModelRole) -> ChatOpenAI:
             model=model,
             api_key=api_key,
             timeout=context.request_timeout,
+            # langchain-openai's own gap limit between streamed chunks (120 s by default) would
+            # cut off a request queued behind many others: one timeout knob governs both.
+            stream_chunk_timeout=context.request_timeout,
             max_retries=context.max_retries,
             use_responses_api=False,
             stream_usage=True,
@@ -157,6 +160,8 @@ async def complete(
         )
     except openai.APIError as error:
         raise await _explain(error, context, role) from None
+    except TimeoutError:
+        raise _timed_out(context, role) from None
     return _completion(message, top_logprobs is not None, context, role)
 
 
@@ -260,6 +265,8 @@ async def _stream_once(
         if received:
             raise _StreamCut from None
         raise _unreachable(context, role) from None
+    except TimeoutError:
+        raise _timed_out(context, role) from None
     finally:
         await chunks.aclose()
     if not cancelled and finish_reason is None:
@@ -310,11 +317,7 @@ async def _explain(error: openai.APIError, context: RouterContext, role: ModelRo
     base_url = context.endpoint(role)[0]
     detail = _error_detail(error)
     if isinstance(error, openai.APITimeoutError):
-        return EndpointError(
-            f"the {role} model server at {base_url} did not answer within "
-            f"{context.request_timeout:g} s: check it is up, or raise request_timeout "
-            "(GLIMPROUTER_REQUEST_TIMEOUT)"
-        )
+        return _timed_out(context, role)
     if isinstance(error, openai.APIConnectionError):
         return _unreachable(context, role)
     if isinstance(error, openai.AuthenticationError):
@@ -373,6 +376,14 @@ async def check_endpoints(context: RouterContext) -> None:
 
 def _url_setting(role: ModelRole) -> str:
     return f"--{role}-url / GLIMPROUTER_{role.upper()}_BASE_URL"
+
+
+def _timed_out(context: RouterContext, role: ModelRole) -> EndpointError:
+    return EndpointError(
+        f"the {role} model server at {context.endpoint(role)[0]} did not answer within "
+        f"{context.request_timeout:g} s: check it is up, or raise request_timeout "
+        "(GLIMPROUTER_REQUEST_TIMEOUT)"
+    )
 
 
 def _no_logprobs(context: RouterContext, role: ModelRole) -> EndpointError:

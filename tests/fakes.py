@@ -15,7 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 # What a fault hook may answer for a request: None (answer normally), "500" (an error status),
-# "hang" (accept and never answer), "drop" (start the stream, then cut the connection) or a dict
+# "hang" (accept and never answer), "drop" (start the stream, then cut the connection), "stall"
+# (start the stream, then send nothing more) or a dict
 # of overrides for a well-formed reply ({"content": ..., "finish_reason": ..., "top_logprob":
 # ..., "candidates": ...}).
 Fault = Callable[[int, dict[str, Any]], Any]
@@ -104,6 +105,9 @@ class FakeModelServer(BaseHTTPRequestHandler):
             for position, (delta, finish_reason, token_logprobs) in enumerate(chunks):
                 if fault == "drop" and position == 1:
                     self.connection.shutdown(2)  # the server died in the middle of the step
+                    return
+                if fault == "stall" and position == 1:
+                    self.server.released.wait()  # alive, but no more tokens ever come
                     return
                 choice = {
                     "index": 0,

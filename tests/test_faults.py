@@ -86,6 +86,15 @@ async def test_a_hanging_server_is_given_up_on_after_the_timeout():
     assert len(result["steps"]) == 1
 
 
+async def test_a_stream_that_stalls_mid_step_is_given_up_on_after_the_timeout():
+    with fake_model_server(fault=after_first_step("stall")) as server:
+        context = context_at(server.url, request_timeout=1, max_retries=0, threshold=100.0)
+        result = await run(context)
+    assert result["stop_reason"] == "endpoint_error"
+    assert "did not answer within 1 s" in result["error"]
+    assert len(result["steps"]) == 1
+
+
 async def test_with_a_checkpointer_the_run_resumes_once_the_server_is_back(tmp_path):
     # Requests: 0 small step 0, 1 small glimpse of step 1 (cut), 2 large step 1: fails.
     with fake_model_server(fault=lambda index, _: "500" if index >= 2 else None) as server:

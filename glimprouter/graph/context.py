@@ -36,7 +36,9 @@ class RouterContext:
         default="small", metadata=_describe("Served model name of the small model.")
     )
     small_api_key: str = field(
-        default="EMPTY", metadata=_describe("API key of the small model's server.")
+        default="EMPTY",
+        repr=False,  # kept out of logs and error messages
+        metadata=_describe("API key of the small model's server."),
     )
     large_base_url: str = field(
         default="http://127.0.0.1:8002/v1",
@@ -46,7 +48,9 @@ class RouterContext:
         default="large", metadata=_describe("Served model name of the large model.")
     )
     large_api_key: str = field(
-        default="EMPTY", metadata=_describe("API key of the large model's server.")
+        default="EMPTY",
+        repr=False,  # kept out of logs and error messages
+        metadata=_describe("API key of the large model's server."),
     )
     method: str = field(
         default="glimprouter",
