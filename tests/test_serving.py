@@ -19,6 +19,7 @@ from glimprouter.serving.launcher import (
     VLLMServer,
     build_command,
     build_env,
+    cpu_dtype,
     needs_verbatim_template,
     resolve_chat_template,
 )
@@ -132,7 +133,8 @@ def model_dir(tmp_path) -> Path:
     return folder
 
 
-def test_command_has_the_required_flags_and_no_reasoning_parser(model_dir) -> None:
+def test_command_has_the_required_flags_and_no_reasoning_parser(model_dir, monkeypatch) -> None:
+    monkeypatch.setattr(launcher, "cpu_dtype", lambda: "bfloat16")
     spec = ServerSpec(model=model_dir, served_names=["small", "large"], port=8123)
     cmd = build_command(spec, cpu_only=True)
     assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
@@ -327,3 +329,13 @@ def test_real_server_serves_aliases_logprobs_and_continuation(vllm_base_url: str
             },
         ).json()
         assert step["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "dtype"),
+    [("fpu avx2 avx512f", "float32"), ("avx2 avx512_bf16", "bfloat16"), ("amx_bf16", "bfloat16")],
+)
+def test_cpu_dtype_is_bf16_only_where_the_cpu_computes_it(tmp_path, flags, dtype) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert cpu_dtype(cpuinfo) == dtype

@@ -88,6 +88,23 @@ def is_cpu_only() -> bool:
         return shutil.which("nvidia-smi") is None and shutil.which("rocm-smi") is None
 
 
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_dtype(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """bfloat16 where the CPU computes it natively, else float32.
+
+    Without AVX512-BF16 or AMX, vLLM's bf16 matmuls fall back to a slow path: on a 2-core AVX2
+    machine 32 concurrent SmolLM2 requests decoded 9.7 tok/s in bf16 and 47.5 tok/s in fp32
+    (single-request speed is the same).
+    """
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        return "bfloat16"
+    return "bfloat16" if flags & set(CPU_BF16_FLAGS) else "float32"
+
+
 def needs_verbatim_template(model: str | Path) -> bool:
     """Whether the model's stock template would not continue an assistant message verbatim.
 
@@ -144,7 +161,7 @@ def build_command(spec: ServerSpec, cpu_only: bool) -> list[str]:
             "--no-enable-chunked-prefill",
             "--max-num-batched-tokens", str(max(spec.max_model_len, 8192)),
         ]  # fmt: skip
-    dtype = spec.dtype or ("bfloat16" if cpu_only else None)
+    dtype = spec.dtype or (cpu_dtype() if cpu_only else None)
     if dtype:
         cmd += ["--dtype", dtype]
     if template := resolve_chat_template(spec):
