@@ -100,9 +100,11 @@ async def test_64_concurrent_questions_complete_with_their_own_traces(server_con
     )
     assert all(result["error"] is None for result in results), [r["error"] for r in results]
     assert all(result["steps"] and result["stop_reason"] for result in results)
-    for question, result, sent in zip(questions, results, recorders, strict=True):
+    for question, result, recorder in zip(questions, results, recorders, strict=True):
         # Every request of a run asked about its own question, and its answer request carried
         # exactly its own chain of steps.
+        sent = recorder.sent
+        assert len(sent) >= len(result["steps"]) + 1
         assert all(render_question(question) == messages[0]["content"] for messages in sent)
         own = answer_messages(question, [step["text"] for step in result["steps"]])
         assert sent[-1] == own, question

@@ -596,3 +596,32 @@ async def test_concurrent_sdk_requests_run_together_with_their_own_knobs(router_
     async with httpx.AsyncClient() as http:
         health = (await http.get(router_url.removesuffix("/v1") + "/health")).json()
     assert health["running"] == 0 and health["peak_running"] == 4
+
+
+@pytest.mark.server
+async def test_64_concurrent_sdk_requests_complete_with_their_own_routing(router_url):
+    sdk = openai.AsyncOpenAI(base_url=router_url, api_key="-", max_retries=0, timeout=1200)
+    thresholds = [0 if n % 2 else 1e9 for n in range(64)]
+    replies = await asyncio.gather(
+        *(
+            sdk.chat.completions.create(
+                **chat(f"Question {n:02d}: what is {n} + 7?"),
+                extra_body={
+                    "threshold": threshold,
+                    "step_max_tokens": 8,
+                    "token_budget": 16,
+                    "answer_max_tokens": 8,
+                },
+            )
+            for n, threshold in enumerate(thresholds)
+        )
+    )
+    assert len({reply.id for reply in replies}) == 64
+    for threshold, reply in zip(thresholds, replies, strict=True):
+        routing = reply.usage.model_extra["glimprouter"]
+        assert routing["steps"] >= 1 and routing["stop_reason"]
+        # Each reply was routed by its own request's threshold: nothing crossed over.
+        assert routing["large_steps"] == (routing["steps"] if threshold == 0 else 0)
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(router_url.removesuffix("/v1") + "/health")).json()
+    assert health["running"] == 0 and health["peak_running"] == 64
