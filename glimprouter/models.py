@@ -100,9 +100,11 @@ def chat_client(context: RouterContext, role: ModelRole) -> ChatOpenAI:
             model=model,
             api_key=api_key,
             timeout=context.request_timeout,
-            # langchain-openai's own gap limit between streamed chunks (120 s by default) would
-            # cut off a request queued behind many others: one timeout knob governs both.
-            stream_chunk_timeout=context.request_timeout,
+            # No second clock on streams: langchain-openai's per-chunk limit (120 s by default)
+            # cut off requests queued behind many others and costs a task per token; the HTTP
+            # read timeout (request_timeout) already bounds every gap, as vLLM sends no
+            # keep-alive chunks.
+            stream_chunk_timeout=None,
             max_retries=context.max_retries,
             use_responses_api=False,
             stream_usage=True,
@@ -258,15 +260,16 @@ async def _stream_once(
                     cancelled = True
                     break
     except openai.APIError as error:
-        if received and isinstance(error, openai.APIConnectionError):
+        timed_out = isinstance(error, openai.APITimeoutError)
+        if received and isinstance(error, openai.APIConnectionError) and not timed_out:
             raise _StreamCut from None
         raise await _explain(error, context, role) from None
+    except (httpx.TimeoutException, TimeoutError):
+        raise _timed_out(context, role) from None
     except httpx.HTTPError:
         if received:
             raise _StreamCut from None
         raise _unreachable(context, role) from None
-    except TimeoutError:
-        raise _timed_out(context, role) from None
     finally:
         await chunks.aclose()
     if not cancelled and finish_reason is None:
