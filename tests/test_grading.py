@@ -1,12 +1,7 @@
-"""Graders: math-verify equivalences, GPQA letters, and code run in the sandbox."""
+"""Graders: math-verify equivalences, GPQA letters, and code run in the sandbox (whose
+containment of hostile programs test_sandbox_hostile.py tests)."""
 
 from __future__ import annotations
-
-import asyncio
-import os
-import socket
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -110,30 +105,6 @@ async def test_code_failures(source: str, detail: str) -> None:
     assert result.detail.startswith(detail), result.detail
 
 
-@pytest.fixture
-def listening_port() -> Iterator[int]:
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        yield server.getsockname()[1]
-
-
-async def test_code_has_no_network(listening_port: int) -> None:
-    source = (
-        f"import socket\nsocket.create_connection(('127.0.0.1', {listening_port}), 1)\n"
-        "print('connected')"
-    )
-    problem = Problem("test", "net", "q", "code", "", tests=(CodeTest("", "connected", "stdin"),))
-    result = await grade(problem, _code(source), limits=FAST)
-    assert not result.correct and "runtime error" in result.detail, result.detail
-
-
-async def test_code_does_not_see_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
-    source = "import os\nprint(os.environ.get('OPENAI_API_KEY'), os.environ['HOME'] == os.getcwd())"
-    problem = Problem("test", "env", "q", "code", "", tests=(CodeTest("", "None True", "stdin"),))
-    result = await grade(problem, _code(source), limits=FAST)
-    assert result.correct, result.detail
-
-
 async def test_code_functional() -> None:
     problem = Problem(
         "test",
@@ -156,30 +127,3 @@ async def test_code_functional() -> None:
     assert result.correct, result.detail
     wrong = await grade(problem, _code(source.replace("x + k", "x - k")), limits=FAST)
     assert wrong.detail.startswith("test 1/2: wrong answer: returned [-1, 0]"), wrong.detail
-
-
-def _live_sandbox_processes() -> list[str]:
-    """Processes still running sandbox_child.py (zombies have no command line)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if b"sandbox_child.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
-async def test_fork_bomb_is_contained() -> None:
-    source = (
-        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
-    )
-    result = await grade(
-        SECOND_LARGEST, _code(source), limits=SandboxLimits(time_s=1.0, max_processes=4)
-    )
-    assert not result.correct and "time limit exceeded" in result.detail
-    for _ in range(50):  # SIGKILLed processes take a moment to disappear
-        if not _live_sandbox_processes():
-            break
-        await asyncio.sleep(0.1)
-    assert _live_sandbox_processes() == []

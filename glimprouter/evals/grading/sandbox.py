@@ -1,11 +1,34 @@
 """Running untrusted Python (a model's solution) in a confined subprocess.
 
-Each run gets a fresh temporary working directory (removed afterwards) as its HOME, an
-environment without the caller's variables (API keys stay out), its own session, killed as a
-whole at the time limit, and limits on memory, CPU time, processes, file size and core dumps
-(set by sandbox_child.py). Network: a new network namespace when the grader runs as root (the
-child then also turns into `nobody`, so the process limit holds); otherwise a socket stand-in
-that only stops code using Python's socket module.
+Every run gets a fresh temporary working directory (removed afterwards) as its HOME and TMPDIR,
+an environment without the caller's variables (API keys stay out), a session of its own that is
+killed as a whole at the wall-clock limit, limits on memory, CPU time, processes, the size of each
+file and core dumps, and no gaining privileges through setuid programs (sandbox_child.py confines
+it). Its output is read back through the grader's own descriptors, never by path, so a symlink it
+leaves in their place reads nothing of the host.
+
+As root, where namespaces can be made (CAP_SYS_ADMIN), the run also has PID, mount, network and
+IPC namespaces of its own and runs as `nobody` without capabilities. It then cannot
+- read or write the host's files: its root is a tmpfs holding /usr, /etc, /bin, /lib*, /sbin and
+  the interpreter's prefixes (read-only; world-readable files there stay readable), null, zero,
+  full, random and urandom, its own /proc, and its working directory, the one place it can write.
+  The user's home, /tmp, /var/tmp, /dev/shm, /run, /home and the repository are not there, bar
+  the empty directories that lead to the interpreter and to the working directory;
+- connect anywhere: its network has only a loopback, which is down; the host's Unix sockets are
+  not in its file system, and abstract ones not in its network namespace;
+- signal any process outside the run: it sees none (its parent, PID 1, is a root-owned init);
+- leave anything behind, or outlive the grader: when the init ends (with the solution, or killed
+  with the session or the grader), the kernel kills the rest of the namespace, daemons
+  included, and the IPC namespace takes any SysV shared memory along;
+- fork beyond `max_processes`.
+Not as root it runs as the grader's user with the limits above only: it can read and write what
+that user can (the home directory too), signal the user's processes (the grader too), reach the
+network other than through Python's socket module (a stand-in blocks only that: _socket, ctypes
+and other processes get around it), and leave behind processes that start a session of their own.
+As root where namespaces cannot be made, it runs as `nobody` keeping the right to read any file
+(the interpreter may be under /root), behind the same socket stand-in; it can write where
+`nobody` may (world-writable directories such as /tmp) and signal `nobody`'s processes (other
+runs).
 """
 
 from __future__ import annotations
@@ -18,7 +41,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 
@@ -51,7 +74,10 @@ async def run_python(
 ) -> RunResult:
     """Run `source` as a program reading `stdin`, or, given `fn_name`, call that function (or
     method of `Solution`) with the JSON values on `stdin`'s lines and print its JSON result."""
-    with tempfile.TemporaryDirectory(prefix="glimprouter-sandbox-") as workdir:
+    # A process that escaped the session may still write there: leave the directory then.
+    with tempfile.TemporaryDirectory(
+        prefix="glimprouter-sandbox-", ignore_cleanup_errors=True
+    ) as workdir:
         work = Path(workdir)
         (work / "solution.py").write_text(source, encoding="utf-8")
         (work / "stdin").write_text(stdin, encoding="utf-8")
@@ -59,8 +85,8 @@ async def run_python(
         # Files, not pipes: the output-size limit then applies and nothing can fill a pipe.
         with (
             open(work / "stdin", "rb") as stdin_file,
-            open(work / "stdout", "wb") as stdout_file,
-            open(work / "stderr", "wb") as stderr_file,
+            open(work / "stdout", "w+b") as stdout_file,
+            open(work / "stderr", "w+b") as stderr_file,
         ):
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -87,13 +113,28 @@ async def run_python(
             finally:
                 _kill_session(process.pid)  # also whatever it left running
                 await process.wait()
-        stdout = (work / "stdout").read_text(encoding="utf-8", errors="replace")
-        stderr = (work / "stderr").read_text(encoding="utf-8", errors="replace")
-    if timed_out or process.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+            stdout, stderr = (_read_back(file) for file in (stdout_file, stderr_file))
+    code = process.returncode
+    killed_by = _signal_of(code)
+    if timed_out or killed_by == signal.SIGXCPU:
         return RunResult("timeout", stdout, stderr)
-    if process.returncode != 0:
+    if killed_by:
+        stderr += f"\nkilled by signal {killed_by} ({signal.strsignal(killed_by)})"
+    if code != 0:
         return RunResult("memory" if "MemoryError" in stderr else "error", stdout, stderr)
     return RunResult("ok", stdout, stderr)
+
+
+def _read_back(file: BinaryIO) -> str:
+    file.seek(0)
+    return file.read().decode("utf-8", errors="replace")
+
+
+def _signal_of(returncode: int) -> int:
+    """The signal that ended the solution, or 0: the child's own (a negative code) or, from
+    inside the namespaces, passed on as 128 + n, as a shell does."""
+    number = -returncode if returncode < 0 else returncode - 128
+    return number if number in signal.valid_signals() else 0
 
 
 def _kill_session(session_id: int) -> None:

@@ -4,20 +4,46 @@ Started by sandbox.py as `python -I sandbox_child.py SETTINGS_JSON` and never im
 depends on the standard library only. The confinement happens here, in a fresh single-threaded
 interpreter, rather than in a preexec_fn of the grading process (whose threads make code
 between fork and exec unsafe).
+
+As root, where namespaces can be made, the run is three processes: this one stays outside and
+passes on how the solution ended; its child, the init (PID 1) of new PID, mount, network and IPC
+namespaces, builds the run's file system, chroots into it and reaps; the init's child turns into
+`nobody`, without any capability, and runs the solution. When the init ends (after the solution,
+or killed with the session or the grader) the kernel kills whatever is left in the namespace.
 """
 
 import ctypes
 import json
 import os
 import resource
+import signal
 import socket
 import sys
 
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+PR_SET_PDEATHSIG = 1
 PR_SET_KEEPCAPS = 8
+PR_SET_NO_NEW_PRIVS = 38
 CAP_DAC_READ_SEARCH = 2
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 NOBODY = 65534
+
+# All the solution sees of the host's files (read-only), besides the interpreter's directories and
+# its working directory: what the dynamic loader and the standard library read.
+SYSTEM_DIRS = ("/bin", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/sbin", "/usr")
+DEVICES = ("null", "zero", "full", "random", "urandom")
+DEVICE_LINKS = {"fd": "/proc/self/fd", "stdin": "fd/0", "stdout": "fd/1", "stderr": "fd/2"}
 
 # LiveCodeBench runs every solution after these imports (lcb_runner/evaluation/testing_util.py),
 # so solutions that use, say, List or defaultdict without importing them pass there: same here.
@@ -56,17 +82,89 @@ class NoNetworkSocket(socket.socket):
         raise PermissionError("network access is disabled in the grading sandbox")
 
 
-def isolate_network(libc) -> None:
-    """A new network namespace (only a down loopback), else the socket stand-in."""
-    if libc.unshare(CLONE_NEWNET) != 0:
-        socket.socket = NoNetworkSocket
+def confine(libc) -> int:
+    """In the namespaces just made, fork the init and from it the solution's process, the only
+    one to return: as `nobody`, with the number of tasks `nobody` runs, itself included."""
+    init = os.fork()
+    if init:
+        os._exit(exit_code(os.waitpid(init, 0)[1]))
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # and the namespace with it
+    running = tasks_of(NOBODY) + 1  # counted before /proc shows only this namespace
+    build_root(libc)
+    solution = os.fork()
+    if solution:
+        while True:  # as init, also reap the orphans the solution leaves
+            pid, status = os.wait()
+            if pid == solution:
+                os._exit(exit_code(status))
+    os.chown(".", NOBODY, NOBODY)
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)  # and with it go all capabilities
+    return running
 
 
-def drop_root(libc) -> None:
-    """As root, become `nobody`: the process limit binds only non-root users. The right to read
-    any file is kept so the interpreter's own modules (possibly under /root) stay importable."""
-    if os.geteuid() != 0:
-        return
+def exit_code(status: int) -> int:
+    """The exit code that passes a wait status on: death by signal n as 128 + n, as a shell
+    reports it (an init cannot die of a signal it sends itself)."""
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+def build_root(libc) -> None:
+    """Chroot into a fresh tmpfs holding read-only binds of the system directories and the
+    interpreter's, the working directory (writable) at its own path, the harmless devices and
+    this PID namespace's /proc. The tmpfs goes over the working directory itself, so the bind of
+    that comes from a descriptor opened before."""
+    work = os.getcwd()
+    work_fd = os.open(work, os.O_PATH | os.O_DIRECTORY)
+    mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # so that nothing below reaches the host
+    mount(libc, "tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
+    kept: list[str] = []
+    for path in sorted({*SYSTEM_DIRS, sys.base_prefix, sys.prefix}):
+        if os.path.islink(path):  # /bin -> usr/bin where /usr is merged
+            os.symlink(os.readlink(path), work + path)
+        elif os.path.isdir(path) and not any(path.startswith(f"{k}/") for k in kept):
+            kept.append(path)
+            bind(libc, path, work + path, read_only=True)
+    bind(libc, f"/proc/self/fd/{work_fd}", work + work, read_only=False)
+    os.close(work_fd)
+    os.mkdir(work + "/dev")
+    for name in DEVICES:
+        open(f"{work}/dev/{name}", "x").close()
+        bind(libc, f"/dev/{name}", f"{work}/dev/{name}", read_only=False)
+    for name, target in DEVICE_LINKS.items():
+        os.symlink(target, f"{work}/dev/{name}")
+    os.mkdir(work + "/proc")
+    mount(libc, "proc", work + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.chroot(work)
+    os.chdir(work)
+
+
+def bind(libc, source: str, target: str, *, read_only: bool) -> None:
+    """Bind one mount's `source` alone: with the mounts below it (MS_REC), the working directory
+    would bring along the tmpfs over it."""
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    mount(libc, source, target, None, MS_BIND)
+    if read_only:  # a bind has the flags of the source's mount until remounted
+        mount(libc, None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def mount(
+    libc, source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
+    arguments = (source, target, fstype)
+    encoded = [None if text is None else text.encode() for text in arguments]
+    if libc.mount(*encoded, ctypes.c_ulong(flags), data and data.encode()) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"sandbox: cannot mount {target}: {os.strerror(error)}")
+
+
+def drop_root_keeping_reads(libc) -> None:
+    """As root without namespaces, become `nobody` (the process limit binds only non-root users),
+    keeping the right to read any file so the interpreter's modules (maybe under /root) stay
+    importable: the user's files stay readable too."""
     os.chown(".", NOBODY, NOBODY)
     libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
     os.setgroups([])
@@ -92,16 +190,15 @@ def tasks_of(uid: int) -> int:
     return count
 
 
-def limit(settings: dict) -> None:
+def limit(settings: dict, running: int) -> None:
     memory = settings["memory_mb"] << 20
     cpu = int(settings["time_s"]) + 1  # a backstop: the parent enforces the wall-clock limit
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL
     resource.setrlimit(resource.RLIMIT_FSIZE, (settings["output_mb"] << 20,) * 2)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # Relative to what the user runs already: the grader, servers, other sandboxes, and the
     # zombies a container whose init does not reap them keeps after a forking solution.
-    processes = tasks_of(os.getuid()) + settings["max_processes"]
+    processes = running + settings["max_processes"]
     resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
 
 
@@ -133,9 +230,18 @@ def run(settings: dict) -> None:
 def main() -> None:
     settings = json.loads(sys.argv[1])
     libc = ctypes.CDLL(None, use_errno=True)
-    isolate_network(libc)
-    drop_root(libc)
-    limit(settings)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # should the grader die first
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid programs (sudo, su) stay ours
+    namespaces = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC
+    if os.geteuid() == 0 and libc.unshare(namespaces) == 0:
+        running = confine(libc)
+    else:
+        socket.socket = NoNetworkSocket
+        if os.geteuid() == 0:
+            drop_root_keeping_reads(libc)
+        running = tasks_of(os.getuid())
+    limit(settings, running)
     run(settings)
 
 
