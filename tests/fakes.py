@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from glimprouter import RouterContext
+
 # What a fault hook may answer for a request: None (answer normally), "500" (an error status),
 # "hang" (accept and never answer), "drop" (start the stream, then cut the connection), "stall"
 # (start the stream, then send nothing more) or a dict
@@ -152,3 +154,17 @@ def fake_model_server(
         server.released.set()
         server.shutdown()
         server.server_close()
+
+
+def context_at(url: str, **overrides: Any) -> RouterContext:
+    """Both models on the fake at `url`, with small budgets, no retries and a short timeout."""
+    settings = {
+        "small_base_url": url,
+        "large_base_url": url,
+        "step_max_tokens": 16,
+        "token_budget": 64,
+        "answer_max_tokens": 16,
+        "max_retries": 0,
+        "request_timeout": 10,
+    }
+    return RouterContext(**{**settings, **overrides})

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from fakes import fake_model_server
+from fakes import context_at, fake_model_server
 
 from glimprouter import RouterContext, graph, run_config
 from glimprouter.evals.datasets import Problem
@@ -17,19 +17,6 @@ from glimprouter.graph.threads import DURABILITY, durable_graph, thread_config
 
 QUESTION = "What is 2 + 2?"
 GUARD_S = 120  # a hung run fails the test instead of hanging the suite
-
-
-def context_at(url: str, **overrides: Any) -> RouterContext:
-    settings = {
-        "small_base_url": url,
-        "large_base_url": url,
-        "step_max_tokens": 16,
-        "token_budget": 64,
-        "answer_max_tokens": 16,
-        "max_retries": 1,
-        "request_timeout": 10,
-    }
-    return RouterContext(**{**settings, **overrides})
 
 
 async def run(context: RouterContext, runnable=graph, config=None, run_input=None):

@@ -18,13 +18,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from fakes import fake_model_server
+from fakes import context_at, fake_model_server
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from glimprouter.errors import ConfigError
-from glimprouter.graph.context import RouterContext
 from glimprouter.prompts import render_question
 from glimprouter.router_server import (
     MAX_BODY_BYTES,
@@ -40,19 +39,6 @@ def tag_of(question: str, task: str = "math") -> str:
     """What the fake model server calls a question in the steps it writes (the first 8 hex
     digits of the rendered question's SHA-1)."""
     return hashlib.sha1(render_question(question, task).encode()).hexdigest()[:8]
-
-
-def context_at(url: str, **overrides: Any) -> RouterContext:
-    return RouterContext(
-        small_base_url=url,
-        large_base_url=url,
-        step_max_tokens=16,
-        token_budget=64,
-        answer_max_tokens=16,
-        max_retries=0,
-        request_timeout=10,
-        **overrides,
-    )
 
 
 def chat(question: str = QUESTION, **fields: Any) -> dict[str, Any]:

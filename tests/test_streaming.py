@@ -3,20 +3,9 @@
 
 from __future__ import annotations
 
-from fakes import fake_model_server
+from fakes import context_at, fake_model_server
 
 from glimprouter import RouterContext, graph, run_config
-
-
-def context_at(url: str, **overrides) -> RouterContext:
-    return RouterContext(
-        small_base_url=url,
-        large_base_url=url,
-        step_max_tokens=16,
-        token_budget=64,
-        answer_max_tokens=16,
-        **overrides,
-    )
 
 
 async def stream(context: RouterContext) -> list[tuple[str, object]]:
