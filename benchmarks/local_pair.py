@@ -68,6 +68,7 @@ def main() -> None:
             small_base_url=small.base_url,
             large_base_url=large.base_url,
             token_budget=args.token_budget,
+            answer_max_tokens=args.answer_max_tokens,
             seed=0,
         )
         directories = []

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -294,6 +296,45 @@ def test_server_that_exits_fails_fast_with_its_log(monkeypatch, tmp_path) -> Non
     with pytest.raises(EndpointError, match=r"(?s)exited with code 1.*boom: bad --max-logprobs"):
         server.wait_ready(timeout=30)
     server.stop()
+
+
+LAUNCHER_KILLED = """
+import sys
+import time
+from glimprouter.serving import launcher
+launcher.build_command = lambda spec, cpu_only: [sys.executable, "-c", "import time; time.sleep(600)"]
+server = launcher.VLLMServer(launcher.ServerSpec(model="org/model", served_names=["m"]),
+                             log_dir=launcher.Path(sys.argv[1]))
+server.start()
+print(server.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in {"Z", "X"}  # a zombie has exited; only its parent may reap it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_server_dies_with_a_launcher_killed_by_sigkill(tmp_path) -> None:
+    launcher_process = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER_KILLED, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    server_pid = int(launcher_process.stdout.readline())
+    assert _alive(server_pid)
+    launcher_process.kill()  # no finally, no atexit: only the kernel can stop the server now
+    launcher_process.wait()
+    deadline = time.monotonic() + 10
+    while _alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(server_pid), "the server outlived the process that started it"
 
 
 # --- a real vLLM server -----------------------------------------------------------------------

