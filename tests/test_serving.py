@@ -300,9 +300,9 @@ def test_server_that_exits_fails_fast_with_its_log(monkeypatch, tmp_path) -> Non
 
 LAUNCHER_KILLED = """
 import sys
-import time
 from glimprouter.serving import launcher
-launcher.build_command = lambda spec, cpu_only: [sys.executable, "-c", "import time; time.sleep(600)"]
+sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+launcher.build_command = lambda spec, cpu_only: sleeper
 server = launcher.VLLMServer(launcher.ServerSpec(model="org/model", served_names=["m"]),
                              log_dir=launcher.Path(sys.argv[1]))
 server.start()
