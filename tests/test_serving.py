@@ -23,7 +23,9 @@ from glimprouter.serving.launcher import (
     build_env,
     cpu_dtype,
     needs_verbatim_template,
+    plan_pair_memory,
     resolve_chat_template,
+    server_footprint_gib,
 )
 from glimprouter.serving.local_models import LOCAL_MODELS, LOCAL_PAIR, LocalModel, prepare
 
@@ -380,3 +382,35 @@ def test_cpu_dtype_is_bf16_only_where_the_cpu_computes_it(tmp_path, flags, dtype
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     assert cpu_dtype(cpuinfo) == dtype
+
+
+def _bf16_folder(root: Path, name: str, gib: float) -> Path:
+    folder = root / name
+    folder.mkdir()
+    with (folder / "model.safetensors").open("wb") as weights:  # sparse: no disk used
+        weights.truncate(int(gib * 2**30))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("memory_gib", "preferred", "kv_cache_gib", "dtypes"),
+    [
+        (64, "float32", 3, ("float32", "float32")),
+        (23.5, "float32", 1, ("float32", "float32")),  # this machine: 23.1 GiB used with 3 GiB
+        (20, "float32", 1, ("float32", "bfloat16")),
+        (16, "float32", 1, ("bfloat16", "bfloat16")),
+        (20, "bfloat16", 2, ("bfloat16", "bfloat16")),
+        (8, "bfloat16", 1, ("bfloat16", "bfloat16")),  # nothing smaller to fall back to
+    ],
+)
+def test_pair_memory_plan_shrinks_the_kv_cache_then_gives_way_to_bf16_from_the_large_model(
+    tmp_path, memory_gib, preferred, kv_cache_gib, dtypes
+) -> None:
+    # The local pair's bf16 folders: Qwen2.5-Coder 0.5B and 1.5B.
+    models = [_bf16_folder(tmp_path, "small", 1.17), _bf16_folder(tmp_path, "large", 3.31)]
+    logged: list[str] = []
+    assert plan_pair_memory(models, memory_gib, preferred, logged.append) == (kv_cache_gib, dtypes)
+    assert all("fit in memory" in line for line in logged)
+    assert bool(logged) == (kv_cache_gib < 3)
+    assert any("may not fit" in line for line in logged) == (memory_gib <= 16)
+    assert server_footprint_gib(models[1], "float32", 3) == pytest.approx(4.7 + 3 + 6.62)
