@@ -1,23 +1,38 @@
-"""Appending a benchmark's figures to benchmarks/RESULTS.md with the command, date and machine."""
+"""Shared by the benchmark scripts: timing a coroutine, and appending figures to
+benchmarks/RESULTS.md with the command, date and machine."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import platform
 import shlex
 import sys
+import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
+
+from glimprouter.serving.launcher import machine_memory_gib
+
+T = TypeVar("T")
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def machine() -> str:
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
-        f"{platform.machine()}, {os.cpu_count()} cores, {memory_gib:.0f} GiB, "
+        f"{platform.machine()}, {os.cpu_count()} cores, {machine_memory_gib():.0f} GiB, "
         f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}"
     )
+
+
+def timed(work: Coroutine[Any, Any, T]) -> tuple[float, float, T]:
+    """Wall seconds, this process's CPU seconds, and the result of running `work`."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = asyncio.run(work)
+    return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
 def record(title: str, lines: list[str]) -> None:

@@ -15,17 +15,14 @@ local-pair eval), to put the overhead in proportion.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing
 import socket
 import time
-from collections.abc import Coroutine
-from typing import Any, TypeVar
 
 import openai
 import uvicorn
-from _record import record
+from _record import record, timed
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -33,8 +30,6 @@ from starlette.routing import Route
 
 from glimprouter import RouterContext, graph, run_config
 from glimprouter.models import complete, stream_with_glimpse
-
-T = TypeVar("T")
 
 TOP = [{"token": t, "logprob": -0.6931, "bytes": [ord(t)]} for t in "ab"]  # entropy ln 2
 
@@ -128,13 +123,6 @@ def start(steps_per_chain: int) -> str:
 
 def _serve(steps_per_chain: int, port: int) -> None:
     uvicorn.run(fake_server(steps_per_chain), port=port, log_level="error")
-
-
-def timed(work: Coroutine[Any, Any, T]) -> tuple[float, float, T]:
-    """Wall seconds, this process's CPU seconds, and the result of running `work`."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = asyncio.run(work)
-    return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
 async def bare_loop(url: str, questions: int, steps: int) -> int:

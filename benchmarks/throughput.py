@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import openai
-from _record import record
+from _record import record, timed
 
 from glimprouter import RouterContext
 from glimprouter.evals.datasets import Problem, load_problems
@@ -84,12 +84,11 @@ def timed_eval(
     problems: list[Problem], context: RouterContext, output: Path, concurrency: int
 ) -> tuple[float, float]:
     """Wall seconds and this process's CPU seconds of one eval."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    tally = asyncio.run(
+    wall, cpu, tally = timed(
         run_eval(problems, context, output, dataset="math500", concurrency=concurrency)
     )
     assert tally.done == len(problems) and not tally.failed, tally
-    return time.perf_counter() - wall, time.process_time() - cpu
+    return wall, cpu
 
 
 def main() -> None:

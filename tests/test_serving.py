@@ -19,6 +19,7 @@ from glimprouter.serving.launcher import (
     VERBATIM_TEMPLATE,
     ServerSpec,
     VLLMServer,
+    bf16_weights_gib,
     build_command,
     build_env,
     cpu_dtype,
@@ -413,4 +414,6 @@ def test_pair_memory_plan_shrinks_the_kv_cache_then_gives_way_to_bf16_from_the_l
     assert all("fit in memory" in line for line in logged)
     assert bool(logged) == (kv_cache_gib < 3)
     assert any("may not fit" in line for line in logged) == (memory_gib <= 16)
-    assert server_footprint_gib(models[1], "float32", 3) == pytest.approx(4.7 + 3 + 6.62)
+    assert server_footprint_gib(bf16_weights_gib(models[1]), "float32", 3) == pytest.approx(
+        4.7 + 3 + 6.62
+    )

@@ -413,10 +413,14 @@ def machine_memory_gib() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
-def server_footprint_gib(model: Path, dtype: str, kv_cache_gib: float) -> float:
-    """Estimated resident memory of a CPU server for a local folder of bf16 safetensors."""
-    bf16_bytes = sum(file.stat().st_size for file in model.glob("*.safetensors"))
-    return SERVER_RUNTIME_GIB + kv_cache_gib + (2 if dtype == "float32" else 1) * bf16_bytes / 2**30
+def bf16_weights_gib(model: Path) -> float:
+    """Size of a local folder's bf16 safetensors in GiB."""
+    return sum(file.stat().st_size for file in model.glob("*.safetensors")) / 2**30
+
+
+def server_footprint_gib(bf16_weights: float, dtype: str, kv_cache_gib: float) -> float:
+    """Estimated resident memory of a CPU server whose bf16 weights take `bf16_weights` GiB."""
+    return SERVER_RUNTIME_GIB + kv_cache_gib + (2 if dtype == "float32" else 1) * bf16_weights
 
 
 def plan_pair_memory(
@@ -435,12 +439,13 @@ def plan_pair_memory(
     large model) first.
     """
     dtypes = [preferred] * len(models)
+    weights = [bf16_weights_gib(model) for model in models]
     budget = MEMORY_SHARE * memory_gib
 
     def planned(kv_cache_gib: int) -> float:
         return sum(
-            server_footprint_gib(model, dtype, kv_cache_gib)
-            for model, dtype in zip(models, dtypes, strict=True)
+            server_footprint_gib(size, dtype, kv_cache_gib)
+            for size, dtype in zip(weights, dtypes, strict=True)
         )
 
     kv_cache_gib = next((kv for kv in (3, 2, 1) if planned(kv) <= budget), 1)
