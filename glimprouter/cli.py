@@ -7,18 +7,18 @@ serving package. Every GlimpRouterError becomes one line on stderr and exit stat
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 import time
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from glimprouter.errors import ConfigError, GlimpRouterError
 from glimprouter.graph.builder import graph, run_config
@@ -29,6 +29,7 @@ from glimprouter.graph.threads import DURABILITY, durable_graph, plan_thread, th
 from glimprouter.models import check_endpoints
 from glimprouter.prompts import TEMPLATES, render_question
 from glimprouter.serving.local_models import cache_dir
+from glimprouter.stopping import exit_status, run, sigterm_stops
 
 SAMPLE_QUESTION = (
     "A bakery sells muffins for $3 each and cookies for $2 each. Maya buys 4 muffins and "
@@ -130,16 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `glimprouter` console script."""
+    """Entry point of the `glimprouter` console script.
+
+    Exit status: 0 done (and a server command stopped by Ctrl-C or SIGTERM), 1 an eval with
+    failed problems, 2 an error, 130 / 143 a job stopped by Ctrl-C / SIGTERM (rerun it to
+    resume: finished work is kept).
+    """
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with sigterm_stops():
+            return args.handler(args)
     except GlimpRouterError as error:
         print(f"glimprouter: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("glimprouter: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        print(f"glimprouter: stopped ({interrupt or 'Ctrl-C'})", file=sys.stderr)
+        return exit_status(interrupt)
 
 
 def _ask_command(args: argparse.Namespace) -> int:
@@ -147,7 +154,7 @@ def _ask_command(args: argparse.Namespace) -> int:
         raise ConfigError("give a question, or --thread-id to resume a saved chain")
     context = context_from_args(args)
     console = None if args.json else Console(highlight=False)
-    result = asyncio.run(
+    result = run(
         ask(
             args.question,
             context,
@@ -237,20 +244,42 @@ def show_event(console: Console, event: dict[str, Any], threshold: float) -> Non
         colour = "cyan" if event["model"] == "small" else "magenta"
         console.print(
             f"[bold {colour}]step {event['index']:>3}  {event['model']:<5}[/]  "
-            f"H={event['entropy']:.3f} ({'>=' if event['entropy'] >= threshold else '<'} "
-            f"{threshold:g})  {event['completion_tokens']} tok  {event['wall_s']:.2f} s"
+            f"{routing_note(event, threshold)}  {event['completion_tokens']} tok  "
+            f"{event['wall_s']:.2f} s"
         )
-        console.print(escape(event["text"]), style="dim")
+        console.print(model_text(event["text"], style="dim"))
     elif event.get("event") == "answer":
         console.rule(f"answer ({event['model']} model)")
-        console.print(escape(event["text"]))
+        console.print(model_text(event["text"]))
+
+
+def routing_note(step: dict[str, Any], threshold: float) -> str:
+    """Why the step went to its writer: the glimpse entropy against the threshold, the review
+    score of a reviewing method, or nothing for a fixed or random writer."""
+    if step.get("entropy") is not None:
+        entropy = step["entropy"]
+        return f"H={entropy:.3f} ({'>=' if entropy >= threshold else '<'} {threshold:g})"
+    if step.get("score") is not None:
+        return f"score={step['score']:.3f}"
+    return "no glimpse"
+
+
+def model_text(text: str, style: str = "") -> Text:
+    """Model output exactly as written: never read as rich markup (a step may hold `\\[` or
+    `[bold]`), and with control characters shown as escapes, so it cannot drive the terminal."""
+    visible = "".join(
+        char if char in "\n\t" or unicodedata.category(char) != "Cc" else f"\\x{ord(char):02x}"
+        for char in text
+    )
+    return Text(visible, style=style)
 
 
 def show_summary(console: Console, result: OutputState, seconds: float) -> None:
     steps = result["steps"] or []
     large = sum(step["model"] == "large" for step in steps)
     console.rule()
-    console.print(f"[bold]final answer:[/] {escape(str(result['final_answer']))}")
+    final = model_text(str(result["final_answer"]))
+    console.print(Text.assemble(("final answer: ", "bold"), final))
     console.print(
         f"{len(steps)} steps ({large} large, {len(steps) - large} small), "
         f"stop: {result['stop_reason']}, {seconds:.1f} s"

@@ -836,6 +836,6 @@ def _serve_router_command(
             served_model_name=args.served_model_name,
             task=args.task,
         )
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down: a normal stop
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C or SIGTERM once it has shut down: a stop
         pass
     return 0

@@ -1,13 +1,19 @@
-"""Shared fixtures: a real vLLM server (SmolLM2-135M from its PyPI package) for the server tests.
+"""Shared fixtures: a real vLLM server (SmolLM2-135M from its PyPI package) for the server tests,
+an environment the user's GLIMPROUTER_* settings cannot leak into, and a session that leaves no
+process behind.
 
 The server is started once per session through `glimprouter serve --model`, so every server test
-also exercises the serve command: one model served under the names "small" and "large", and at
-the end a Ctrl-C that must stop vLLM cleanly. Set GLIMPROUTER_TEST_BASE_URL to use a server that
-is already running instead.
+also exercises the serve command: one model served under the names "small" and "large", started
+with SIGINT ignored (as a shell starts a background job, as CI does) and stopped at the end with
+SIGTERM, which must stop vLLM cleanly. Set GLIMPROUTER_TEST_BASE_URL to use a server that is
+already running instead, and GLIMPROUTER_TEST_CHUNK_DELAY_S to put a proxy in front of the server
+that holds every chunk it sends back that many seconds: the whole real-server suite must pass at
+any speed of the model.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -15,24 +21,117 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+from processes import Lines, start, stop
+from proxy import KillableProxy
 
-from glimprouter.graph.context import RouterContext
+from glimprouter.graph.context import ENV_PREFIX, RouterContext
+from glimprouter.serving.local_models import cache_dir
 
 SERVE_TIMEOUT_S = 900
+PR_SET_CHILD_SUBREAPER = 36
+# Settings of the user's shell that would change what the tests run (`glimprouter serve` prints
+# `export GLIMPROUTER_...` lines to paste); the cache and venv locations are kept.
+USER_SETTINGS = [ENV_PREFIX + f.name.upper() for f in fields(RouterContext)] + [
+    "GLIMPROUTER_CHECKPOINT_DB",
+    "GLIMPROUTER_RESULTS",
+]
+
+# Failing examples are kept for the next run, outside the repository.
+settings.register_profile(
+    "glimprouter", database=DirectoryBasedExampleDatabase(cache_dir() / "hypothesis")
+)
+settings.load_profile("glimprouter")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in USER_SETTINGS:
+        os.environ.pop(name, None)
+    # Orphans of the processes the tests start (an engine whose API server died) become this
+    # process's children, so the session's end finds them.
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session if any process it started is still running; stop those processes."""
+    left = _stop_descendants()
+    if left:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = "processes started by the test session outlived it (now killed):\n" + "\n".join(
+            f"  {pid} {command}" for pid, command in left
+        )
+        if reporter is not None:
+            reporter.write_line(message, red=True, bold=True)
+        else:
+            print(message, file=sys.stderr)
+
+
+def _descendants() -> list[tuple[int, str]]:
+    """Live processes below this one, with their command lines."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if state not in ("Z", "X"):
+            parents[int(entry)] = int(ppid)
+            commands[int(entry)] = command.replace(b"\0", b" ").decode(errors="replace")[:160]
+    me = os.getpid()
+
+    def below_me(pid: int) -> bool:
+        while pid in parents and pid != me:
+            pid = parents[pid]
+        return pid == me
+
+    return [(pid, commands[pid]) for pid in parents if pid != me and below_me(pid)]
+
+
+def _stop_descendants() -> list[tuple[int, str]]:
+    left = _descendants()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid, _ in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while _descendants() and time.monotonic() < deadline:
+            _reap()
+            time.sleep(0.1)
+    _reap()
+    return left
+
+
+def _reap() -> None:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
 
 
 @pytest.fixture(scope="session")
 def vllm_base_url() -> Iterator[str]:
     if os.environ.get("GLIMPROUTER_TEST_BASE_URL"):
-        yield os.environ["GLIMPROUTER_TEST_BASE_URL"]
+        yield from _slowed(os.environ["GLIMPROUTER_TEST_BASE_URL"])
         return
     from glimprouter.serving.launcher import free_port
     from glimprouter.serving.local_models import prepare
 
     port = free_port()
-    serve = subprocess.Popen(
+    serve = start(
         [
             sys.executable,
             "-m",
@@ -43,32 +142,41 @@ def vllm_base_url() -> Iterator[str]:
             "--small-port",
             str(port),
         ],
+        ignore_sigint=True,
         stdout=subprocess.PIPE,
         text=True,
-        start_new_session=True,
     )
     try:
-        yield _wait_for_endpoint(serve, "large:")
+        assert serve.stdout is not None
+        printed = Lines(serve.stdout)
+        url = printed.wait_for(
+            lambda line: line.split()[1] if line.startswith("large:") else None,
+            SERVE_TIMEOUT_S,
+            "'large:' endpoint from glimprouter serve (vLLM log under ~/.cache/glimprouter/logs)",
+        )
+        yield from _slowed(url)
     finally:
-        serve.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        exit_code = serve.wait(timeout=120)
-    assert exit_code == 0, f"glimprouter serve exited {exit_code} on Ctrl-C"
+        serve.send_signal(signal.SIGTERM)  # what CI runners and service managers send
+        try:
+            exit_code = serve.wait(timeout=120)
+        finally:
+            stop(serve)  # the whole group, should anything have outlived `serve`
+    assert exit_code == 0, f"glimprouter serve exited {exit_code} on SIGTERM"
     assert not _port_open(port), "vLLM still listens after glimprouter serve stopped"
 
 
-def _wait_for_endpoint(serve: subprocess.Popen, role_prefix: str) -> str:
-    deadline = time.monotonic() + SERVE_TIMEOUT_S
-    assert serve.stdout is not None
-    for line in serve.stdout:
-        if line.startswith(role_prefix):
-            return line.split()[1]
-        if time.monotonic() > deadline:
-            break
-    serve.kill()
-    raise RuntimeError(
-        f"glimprouter serve printed no {role_prefix!r} endpoint (exit "
-        f"{serve.poll()}); see the vLLM log under ~/.cache/glimprouter/logs"
-    )
+def _slowed(url: str) -> Iterator[str]:
+    """`url`, or with GLIMPROUTER_TEST_CHUNK_DELAY_S the URL of a proxy in front of it that
+    delays every chunk the server sends back."""
+    delay = float(os.environ.get("GLIMPROUTER_TEST_CHUNK_DELAY_S") or 0)
+    if not delay:
+        yield url
+        return
+    proxy = KillableProxy(urlparse(url).port, chunk_delay_s=delay)
+    try:
+        yield proxy.url
+    finally:
+        proxy.close()
 
 
 def _port_open(port: int) -> bool:

@@ -8,6 +8,8 @@ import hashlib
 import json
 import math
 import re
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +19,8 @@ from typing import Any
 from glimprouter import RouterContext
 
 # What a fault hook may answer for a request: None (answer normally), "500" (an error status),
-# "hang" (accept and never answer), "drop" (start the stream, then cut the connection), "stall"
+# "hang" (accept and never answer), "until_closed" (never answer, and record in `closed` when the
+# client closes the connection), "drop" (start the stream, then cut the connection), "stall"
 # (start the stream, then send nothing more) or a dict
 # of overrides for a well-formed reply ({"content": ..., "finish_reason": ..., "top_logprob":
 # ..., "candidates": ...}).
@@ -41,6 +44,7 @@ class FakeModelServer(BaseHTTPRequestHandler):
         with self.server.lock:
             index = len(self.server.requests)
             self.server.requests.append(request)
+            self.server.headers.append({k.lower(): v for k, v in self.headers.items()})
         time.sleep(self.server.delay_s)
         fault = self.server.fault(index, request) if self.server.fault else None
         if request["model"] == self.server.fail_model or fault == "500":
@@ -48,6 +52,9 @@ class FakeModelServer(BaseHTTPRequestHandler):
             return
         if fault == "hang":
             self.server.released.wait()
+            return
+        if fault == "until_closed":
+            self._wait_for_the_client_to_close(index)
             return
         overrides = fault if isinstance(fault, dict) else {}
         messages = request["messages"]
@@ -124,6 +131,14 @@ class FakeModelServer(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the glimpse closed the stream after the first token: the large model writes
 
+    def _wait_for_the_client_to_close(self, index: int) -> None:
+        while not self.server.released.is_set():
+            readable, _, _ = select.select([self.connection], [], [], 0.05)
+            if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                with self.server.lock:
+                    self.server.closed.append(index)
+                return
+
     def _json(self, status, payload):
         body = json.dumps(payload).encode()
         self.send_response(status)
@@ -140,11 +155,14 @@ class FakeModelServer(BaseHTTPRequestHandler):
 def fake_model_server(
     delay_s: float = 0.0, fail_model: str | None = None, fault: Fault | None = None
 ) -> Iterator[Any]:
-    """Serve the fake on a free loopback port; `server.url` is its base URL and
-    `server.requests` every request body it received. `server.fault` may be changed live."""
+    """Serve the fake on a free loopback port; `server.url` is its base URL, `server.requests`
+    every request body it received, `server.headers` their headers (names in lower case), and
+    `server.closed` the requests whose client closed the connection while an "until_closed"
+    fault held them. `server.fault` may be changed live."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeModelServer)
     server.daemon_threads = True
     server.requests, server.delay_s, server.fail_model = [], delay_s, fail_model
+    server.headers, server.closed = [], []
     server.fault, server.lock, server.released = fault, threading.Lock(), threading.Event()
     server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
+from processes import running, signal_group, wait_until
+from proxy import KillableProxy
+
+from glimprouter.evals.datasets import load_problems
 
 pytestmark = pytest.mark.server
 
@@ -88,6 +91,11 @@ def test_eval_math_and_code_with_two_methods_then_report(vllm_base_url, tmp_path
 
 def test_rerun_after_kill_9_loses_and_duplicates_nothing(vllm_base_url, tmp_path):
     output = tmp_path / "run"
+    first_two = [p.question for p in load_problems("math500", data_dir=DATA_DIR, levels={1})[:2]]
+    proxy = KillableProxy(urlparse(vllm_base_url).port)
+    # Only the first two problems may finish before the kill, however fast the model is: the
+    # others wait in the proxy (two at a time, taking the eval's two slots).
+    proxy.hold(lambda number, body: not any(q in body["messages"][0]["content"] for q in first_two))
     command = [
         sys.executable,
         "-m",
@@ -107,24 +115,27 @@ def test_rerun_after_kill_9_loses_and_duplicates_nothing(vllm_base_url, tmp_path
         "glimprouter",
         "--output",
         str(output),
-        *endpoints(vllm_base_url),
+        *endpoints(proxy.url),
         *TINY_BUDGET,
     ]
-    victim = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
     results = output / "results.jsonl"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and victim.poll() is None:
-        if results.exists() and results.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.2)
-    os.killpg(victim.pid, signal.SIGKILL)
-    victim.wait()
-    before = records(output)
-    assert 2 <= len(before) < 6, "the kill should land mid-run"
+    try:
+        with running(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as victim:
+            wait_until(
+                lambda: results.exists() and results.read_text().count("\n") >= 2,
+                600,
+                "two recorded problems",
+            )
+            wait_until(lambda: proxy.held() == 2, 600, "the next two problems waiting")
+            signal_group(victim.pid, signal.SIGKILL)
+            victim.wait()
+        before = records(output)
+        assert len(before) == 2, "the kill should land mid-run"
 
-    again = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
+        proxy.release()
+        again = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
+    finally:
+        proxy.close()
     assert again.returncode == 0, again.stderr
     after = records(output)
     assert after[: len(before)] == before  # nothing recorded was lost or rewritten

@@ -42,19 +42,15 @@ async def test_small_server_killed_mid_step_stops_the_run_then_it_resumes(
         max_retries=1,
     )
     config = thread_config(context, "killed")
-
-    async def kill_during_the_second_step() -> None:
-        while len(proxy.chat_requests()) < 2:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(1.0)  # a few tokens into the step
-        proxy.kill()
+    # The second step's stream dies after its role chunk and first token, before the chunk that
+    # would say how the step ended: mid-step however fast the model writes.
+    proxy.cut_response(request_number=2, after_events=2)
 
     async with durable_graph(tmp_path / "threads.sqlite") as durable:
-        killer = asyncio.create_task(kill_during_the_second_step())
         failed = await run_question(
             durable, {"question": QUESTION}, context, config, durability=DURABILITY
         )
-        await killer
+        assert proxy.died.is_set(), f"the chain ended before its second step: {failed}"
         assert failed["stop_reason"] == "endpoint_error", failed
         assert f"small model server at {proxy.url}" in failed["error"]
         assert len(failed["steps"]) == 1

@@ -7,6 +7,7 @@ so the checks find a cell's outputs by tag rather than by position.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -20,6 +21,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+from processes import running
 
 from glimprouter.evals.report import load_rows, markdown
 from glimprouter.evals.runner import results_dirs
@@ -183,38 +185,41 @@ def test_quickstart_routes_streams_tabulates_plots_and_moves_the_threshold(vllm_
 @pytest.mark.server
 def test_analysis_reports_recorded_evals(vllm_base_url, kernels, tmp_path):
     runs = tmp_path / "runs"
-    evals = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "glimprouter.cli",
-                "eval",
-                "--dataset",
-                "math500",
-                "--data-dir",
-                str(DATA_DIR),
-                "--levels",
-                "1",
-                "--limit",
-                "1",
-                *method,
-                "--output",
-                str(runs / name),
-            ],
-            env=kernel_env(server_env(vllm_base_url)),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, method in (
-            ("glimprouter-t0.8", ["--method", "glimprouter", "--threshold", "0.8"]),
-            ("small-only", ["--method", "small-only"]),
-        )
-    ]
-    for process in evals:
-        _, errors = process.communicate(timeout=600)
-        assert process.returncode == 0, errors
+    with contextlib.ExitStack() as stack:
+        evals = [
+            stack.enter_context(
+                running(
+                    [
+                        sys.executable,
+                        "-m",
+                        "glimprouter.cli",
+                        "eval",
+                        "--dataset",
+                        "math500",
+                        "--data-dir",
+                        str(DATA_DIR),
+                        "--levels",
+                        "1",
+                        "--limit",
+                        "1",
+                        *method,
+                        "--output",
+                        str(runs / name),
+                    ],
+                    env=kernel_env(server_env(vllm_base_url)),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            for name, method in (
+                ("glimprouter-t0.8", ["--method", "glimprouter", "--threshold", "0.8"]),
+                ("small-only", ["--method", "small-only"]),
+            )
+        ]
+        for process in evals:
+            _, errors = process.communicate(timeout=600)
+            assert process.returncode == 0, errors
 
     patterns = os.pathsep.join([str(runs / "glimprouter*"), str(runs / "small-only")])
     notebook = run_notebook("analysis", {"GLIMPROUTER_RESULTS": patterns}, kernels)

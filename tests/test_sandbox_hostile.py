@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from processes import wait_until_async
 
 from glimprouter.evals.datasets import CodeTest, Problem
 from glimprouter.evals.grading import Grade, SandboxLimits, grade, sandbox
@@ -99,11 +101,8 @@ def _live_sandbox_processes() -> list[str]:
 
 
 async def _no_sandbox_processes_left() -> None:
-    for _ in range(50):  # SIGKILLed processes take a moment to disappear
-        if not _live_sandbox_processes():
-            return
-        await asyncio.sleep(0.1)
-    assert _live_sandbox_processes() == []
+    # SIGKILLed processes take a moment to disappear.
+    await wait_until_async(lambda: not _live_sandbox_processes(), 60, "no sandbox process left")
 
 
 async def test_fork_bomb_is_contained() -> None:
@@ -310,14 +309,43 @@ async def test_killing_the_parent_or_the_grader(kill: str, error: str) -> None:
     await _grading_still_works()
 
 
+SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
+
+
+def _runs_catching_sigusr1() -> list[int]:
+    """This test's confined solution processes that have a SIGUSR1 handler in place."""
+    found = []
+    for pid in map(int, _live_sandbox_processes()):
+        try:
+            status = dict(
+                line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            )
+        except OSError:
+            continue
+        if int(status["SigCgt"], 16) & SIGUSR1_BIT:
+            found.append(pid)
+    return found
+
+
 @needs_namespaces
 async def test_killing_every_process_spares_other_runs() -> None:
-    hostile = f"{NOT_AS_ROOT}time.sleep(0.5)\nos.kill(-1, signal.SIGKILL)\nprint('escaped')"
-    bystander = "import time\ntime.sleep(1.5)\nprint('alive')"
-    killer, other = await asyncio.gather(
-        _hostile(hostile, limits=SandboxLimits(time_s=5.0)),
-        grade(_expecting("alive"), _code(bystander), limits=SandboxLimits(time_s=5.0)),
+    hostile = f"{NOT_AS_ROOT}os.kill(-1, signal.SIGKILL)\nprint('escaped')"
+    # The bystander waits, alive, until the test has let the killer loose and then signals it.
+    bystander = (
+        "import signal, sys, time\n"
+        "def done(*_):\n    print('alive')\n    sys.exit(0)\n"
+        "signal.signal(signal.SIGUSR1, done)\nwhile True:\n    time.sleep(0.01)"
     )
+    waiting = asyncio.ensure_future(
+        grade(_expecting("alive"), _code(bystander), limits=SandboxLimits(time_s=120.0))
+    )
+    try:
+        (pid,) = await wait_until_async(_runs_catching_sigusr1, 60, "the bystander waiting")
+        killer = await _hostile(hostile, limits=SandboxLimits(time_s=30.0))
+        os.kill(pid, signal.SIGUSR1)
+        other = await waiting
+    finally:
+        waiting.cancel()
     assert killer.detail.startswith("test 1/1: runtime error: ProcessLookupError"), killer.detail
     assert other.correct, other.detail
     await _grading_still_works()
@@ -332,7 +360,7 @@ async def test_hostile_programs_do_not_stop_the_grading() -> None:
         "import sys\nsys.setrecursionlimit(10**9)\ndef f(n):\n    return f(n + 1)\nf(0)",
     ]
     if CONFINED:  # otherwise it would kill the user's (or `nobody`'s) processes, these runs too
-        hostile.append(f"{NOT_AS_ROOT}time.sleep(0.3)\nos.kill(-1, signal.SIGKILL)\nprint(3)")
+        hostile.append(f"{NOT_AS_ROOT}os.kill(-1, signal.SIGKILL)\nprint(3)")
     runs = [(SECOND_LARGEST_SOLUTION, ROOMY)] * 4
     runs += [(source, SandboxLimits(time_s=2.0, max_processes=4)) for source in hostile]
     grades = await asyncio.gather(
@@ -355,12 +383,26 @@ async def test_runs_end_with_the_grader(tmp_path: Path) -> None:
         # CHILD in the environment: in its command line the grader would look like a run.
         env=os.environ | {"CHILD": str(sandbox.CHILD), "TMPDIR": str(tmp_path)},
     )
-    for _ in range(50):
-        if _live_sandbox_processes():
-            break
-        await asyncio.sleep(0.1)
-    assert _live_sandbox_processes(), "the grader started no run"
-    await asyncio.sleep(1)  # for the run to have confined itself
-    grader.kill()
-    await grader.wait()
+    try:
+        await wait_until_async(_confined_runs, 60, "the grader's run confined as nobody")
+    finally:
+        grader.kill()
+        await grader.wait()
     await _no_sandbox_processes_left()
+
+
+def _confined_runs() -> list[str]:
+    """This test's sandbox processes that already run as `nobody` (the solution's process)."""
+    confined = []
+    for pid in _live_sandbox_processes():
+        try:
+            uids = next(
+                line
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("Uid:")
+            )
+        except (OSError, StopIteration):
+            continue
+        if uids.split()[1] == "65534":
+            confined.append(pid)
+    return confined

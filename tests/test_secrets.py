@@ -44,10 +44,15 @@ def test_ask_output_logs_and_saved_chain_hold_no_key(capsys, debug_logs, tmp_pat
         db = tmp_path / "threads.sqlite"
         status = main(["ask", "What is 2 + 2?", "--json", "--thread-id", "t", "--checkpoint-db",
                        str(db), *key_flags(server.url)])  # fmt: skip
-        sent = server.requests
+        sent = list(zip(server.requests, server.headers, strict=True))
     out, err = capsys.readouterr()
     assert status == 0 and json.loads(out)["steps"]
-    assert sent  # the keys did go to the server, in the Authorization header only
+    # Each model's key went to the server, in the Authorization header only.
+    keys = {"small": SMALL_KEY, "large": LARGE_KEY}
+    assert {body["model"] for body, _ in sent} == {"small", "large"}
+    for body, headers in sent:
+        assert headers["authorization"] == f"Bearer {keys[body['model']]}", headers
+        assert_no_key(json.dumps(body))
     assert_no_key(out, err, debug_logs.text, db.read_bytes().decode("latin-1"))
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
+from processes import Lines, running, wait_until
 
 from glimprouter.errors import ConfigError, EndpointError
 from glimprouter.serving import launcher, local_models
@@ -324,20 +326,23 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
 def test_server_dies_with_a_launcher_killed_by_sigkill(tmp_path) -> None:
-    launcher_process = subprocess.Popen(
+    with running(
         [sys.executable, "-c", LAUNCHER_KILLED, str(tmp_path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-    )
-    server_pid = int(launcher_process.stdout.readline())
-    assert _alive(server_pid)
-    launcher_process.kill()  # no finally, no atexit: only the kernel can stop the server now
-    launcher_process.wait()
-    deadline = time.monotonic() + 10
-    while _alive(server_pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(server_pid), "the server outlived the process that started it"
+    ) as launcher_process:
+        server_pid = Lines(launcher_process.stdout).wait_for(
+            lambda line: int(line), 60, "the server's pid"
+        )
+        assert _alive(server_pid)
+        try:
+            launcher_process.kill()  # no finally, no atexit: only the kernel can stop it now
+            launcher_process.wait()
+            wait_until(lambda: not _alive(server_pid), 60, "the server dies with its launcher")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server_pid, signal.SIGKILL)
 
 
 # --- a real vLLM server -----------------------------------------------------------------------

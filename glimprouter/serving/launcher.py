@@ -240,7 +240,7 @@ class VLLMServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() reaches the engine workers too
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(),
         )
 
     def wait_ready(self, timeout: float = 600.0) -> None:
@@ -315,7 +315,7 @@ class VLLMServer:
         self.stop()
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """A pre-exec hook that has the child receive SIGTERM when this process dies (Linux).
 
     `finally` blocks do not run on SIGKILL or an unhandled SIGTERM; without this the server
