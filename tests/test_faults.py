@@ -4,6 +4,7 @@ never a crash deep inside a node; an eval goes on and a rerun retries only what 
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from glimprouter import RouterContext, graph, run_config
 from glimprouter.evals.datasets import Problem
 from glimprouter.evals.runner import read_results, run_eval
 from glimprouter.graph.invoke import run_question
-from glimprouter.graph.threads import DURABILITY, durable_graph, thread_config
+from glimprouter.graph.threads import DURABILITY, durable_graph, plan_thread, thread_config
 
 QUESTION = "What is 2 + 2?"
 GUARD_S = 120  # a hung run fails the test instead of hanging the suite
@@ -154,3 +155,29 @@ async def test_malformed_replies_follow_their_rule(reply, stop_reason, needle, g
         assert needle in result["error"]
     else:
         assert result["error"] is None and result["steps"]
+
+
+async def test_a_run_stopped_mid_step_leaves_an_unfinished_thread_that_resumes(tmp_path):
+    # Stopping a run (Ctrl-C in a notebook, SIGTERM, a caller walking away) cancels the step in
+    # flight: LangGraph saves it as a failed task with nothing next, which is not a finished
+    # chain.
+    with fake_model_server() as server:
+        context = context_at(server.url)
+        config = thread_config(context, "stopped")
+        async with durable_graph(tmp_path / "threads.sqlite") as durable:
+            events = durable.astream(
+                {"question": QUESTION},
+                context=context,
+                config=config,
+                stream_mode="custom",
+                durability=DURABILITY,
+            )
+            async with aclosing(events):
+                first = await anext(events)
+            plan = await plan_thread(durable, "stopped", None, "math")
+            assert (plan.state, plan.steps_done) == ("unfinished", 1)
+            resumed = await asyncio.wait_for(
+                run_question(durable, None, context, config, durability=DURABILITY), GUARD_S
+            )
+    assert resumed["steps"][0]["text"] == first["text"]
+    assert resumed["stop_reason"] == "end_of_sequence" and len(resumed["steps"]) == 3

@@ -83,7 +83,9 @@ async def plan_thread(
             f"thread id {thread_id!r} holds another question ({_head(saved['question'])}): "
             "leave the question out to resume it, or pick a new --thread-id"
         )
-    state: ThreadState = "unfinished" if snapshot.next else "finished"
+    # A run stopped mid-step (cancelled, or its node failed) leaves that step as a task with an
+    # error and nothing next: it is unfinished too, and running the thread again retries it.
+    state: ThreadState = "unfinished" if snapshot.next or snapshot.tasks else "finished"
     return ThreadPlan(state, len(saved.get("steps") or []), saved["question"], None)
 
 
