@@ -20,7 +20,7 @@ from _record import record
 
 from glimprouter import RouterContext
 from glimprouter.evals.datasets import load_problems
-from glimprouter.evals.report import load_rows, markdown, pareto_plot
+from glimprouter.evals.report import load_rows, markdown, paired_markdown, pareto_plot
 from glimprouter.evals.runner import run_eval
 from glimprouter.serving.launcher import local_pair_specs, serve
 from glimprouter.serving.local_models import LOCAL_MODELS, LOCAL_PAIR
@@ -87,17 +87,7 @@ def main() -> None:
         memory = {"small server": peak_rss_gib(small.pid), "large server": peak_rss_gib(large.pid)}
     memory["router process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     rows = load_rows(directories)
-    large_only = next(row for row in rows if row.label == "large-only")
-    lines = [
-        markdown(rows),
-        "| method | latency p50 / large-only | accuracy |",
-        "| --- | ---: | ---: |",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row.label} | **{row.latency_p50 / large_only.latency_p50:.2f}x** | "
-            f"{100 * row.accuracy:.1f}% |"
-        )
+    lines = [markdown(rows), paired_markdown(rows, "large-only")]
     lines += [
         "",
         f"{len(problems)} MATH-500 level 1-2 problems, token budget "

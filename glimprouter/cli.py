@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +67,15 @@ CONTEXT_FLAGS: list[tuple[str, str, type, str]] = [
 ]
 
 
-def add_context_flags(parser: argparse.ArgumentParser) -> None:
+def add_context_flags(
+    parser: argparse.ArgumentParser, parsers: Mapping[str, Callable[[str], Any]] | None = None
+) -> None:
     """Routing and endpoint flags; unset flags fall back to GLIMPROUTER_* variables, then
-    defaults."""
+    defaults. `parsers` replaces the value parser of some fields (a command that accepts more,
+    such as eval's `--large-rate match:DIR`, resolves those values itself)."""
     group = parser.add_argument_group("routing and endpoints (default: GLIMPROUTER_* or built-in)")
     for flag, field_name, kind, help_text in CONTEXT_FLAGS:
+        kind = (parsers or {}).get(field_name, kind)
         group.add_argument(flag, dest=field_name, type=kind, default=None, help=help_text)
 
 

@@ -13,7 +13,7 @@ import pytest
 from processes import running, signal_group, wait_until
 from proxy import KillableProxy
 
-from glimprouter.evals.datasets import load_problems
+from glimprouter.evals.datasets import load_problems, split_problems
 
 pytestmark = pytest.mark.server
 
@@ -87,6 +87,33 @@ def test_eval_math_and_code_with_two_methods_then_report(vllm_base_url, tmp_path
         "calibrate", "--from", str(tmp_path / "math500-glimprouter"), "--target-large-share", "0.5"
     )
     assert calibrated.returncode == 0 and "threshold" in calibrated.stdout, calibrated.stderr
+
+
+def test_test_split_matched_random_and_a_paired_report(vllm_base_url, tmp_path):
+    glimp, rand = tmp_path / "glimprouter", tmp_path / "random"
+    common = ["--dataset", "math500", "--data-dir", str(DATA_DIR), "--levels", "1",
+              "--split", "test", "--limit", "3", "--seed", "3", "--concurrency", "2",
+              *endpoints(vllm_base_url), *TINY_BUDGET]  # fmt: skip
+    done = glimprouter("eval", *common, "--method", "glimprouter", "--threshold", "0.8",
+                       "--output", str(glimp))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = glimprouter("eval", *common, "--method", "random", "--large-rate", f"match:{glimp}",
+                       "--output", str(rand))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    routed = records(glimp)
+    share = sum(r["large_steps"] for r in routed) / sum(r["steps"] for r in routed)
+    config = json.loads((rand / "config.json").read_text())
+    assert config["large_rate"] == pytest.approx(share) and config["split"] == "test"
+    test_ids = {p.id for p in split_problems(load_problems("math500", data_dir=DATA_DIR,
+                                                           levels={1}), "test")}  # fmt: skip
+    assert {r["problem_id"] for r in routed} <= test_ids
+
+    report = glimprouter("report", str(glimp), str(rand), "--against", "random")
+    assert report.returncode == 0, report.stderr
+    assert "### math500 (test split)" in report.stdout
+    assert "### math500: against random p=" in report.stdout
+    assert "against random at its large share" in report.stdout
+    assert "| glimprouter t=0.8 | 3 | " in report.stdout
 
 
 def test_rerun_after_kill_9_loses_and_duplicates_nothing(vllm_base_url, tmp_path):

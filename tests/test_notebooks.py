@@ -23,7 +23,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from processes import running
 
-from glimprouter.evals.report import load_rows, markdown
+from glimprouter.evals.report import load_rows, markdown, paired_markdown
 from glimprouter.evals.runner import results_dirs
 from glimprouter.serving.launcher import free_port
 
@@ -201,7 +201,7 @@ def test_analysis_reports_recorded_evals(vllm_base_url, kernels, tmp_path):
                         "--levels",
                         "1",
                         "--limit",
-                        "1",
+                        "2",
                         *method,
                         "--output",
                         str(runs / name),
@@ -222,14 +222,19 @@ def test_analysis_reports_recorded_evals(vllm_base_url, kernels, tmp_path):
             assert process.returncode == 0, errors
 
     patterns = os.pathsep.join([str(runs / "glimprouter*"), str(runs / "small-only")])
-    notebook = run_notebook("analysis", {"GLIMPROUTER_RESULTS": patterns}, kernels)
+    notebook = run_notebook(
+        "analysis", {"GLIMPROUTER_RESULTS": patterns, "GLIMPROUTER_AGAINST": "small-only"}, kernels
+    )
 
     listed = stdout(cell(notebook, "results-dirs")).split()
     assert listed == [str(runs / "glimprouter-t0.8"), str(runs / "small-only")]
     (report,) = shown(cell(notebook, "report-table"), "text/markdown")
     assert report == markdown(load_rows(results_dirs([runs])))
     assert "### math500" in report
-    assert "| glimprouter t=0.8 | 1 |" in report and "| small-only | 1 |" in report
+    assert "| glimprouter t=0.8 | 2 |" in report and "| small-only | 2 |" in report
+    (paired,) = shown(cell(notebook, "paired"), "text/markdown")
+    assert paired == paired_markdown(load_rows(results_dirs([runs])), "small-only")
+    assert "### math500: against small-only" in paired and "| glimprouter t=0.8 | 2 | " in paired
     (pareto,) = shown(cell(notebook, "pareto"), "image/png")
     assert len(pareto) > 10_000  # base64 of a two-panel plot
     assert len(shown(cell(notebook, "large-share"), "image/png")) == 1

@@ -13,16 +13,48 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from glimprouter.errors import ConfigError
 from glimprouter.evals.calibrate import calibrate_threshold, recorded_entropies
-from glimprouter.evals.datasets import DATASETS, load_problems
-from glimprouter.evals.report import load_rows, markdown, pareto_plot
-from glimprouter.evals.runner import Tally, results_dirs, run_eval
+from glimprouter.evals.datasets import (
+    DATASETS,
+    DEFAULT_DEV_FRACTION,
+    SPLITS,
+    Problem,
+    load_problems,
+    split_problems,
+)
+from glimprouter.evals.report import (
+    load_rows,
+    markdown,
+    matched_markdown,
+    paired_markdown,
+    pareto_plot,
+)
+from glimprouter.evals.runner import Tally, realised_large_share, results_dirs, run_eval
 from glimprouter.graph.context import RouterContext
 from glimprouter.stopping import run
+
+MATCH = "match:"
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchedRate:
+    """`--large-rate match:DIR`: the large-step share a recorded run realised."""
+
+    source: Path
+
+
+def large_rate(text: str) -> float | MatchedRate:
+    """A probability, or `match:DIR` for the share of large steps recorded under DIR."""
+    if text.startswith(MATCH):
+        return MatchedRate(Path(text.removeprefix(MATCH)))
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a probability nor {MATCH}DIR: {text!r}") from None
 
 
 def add_eval_commands(
     commands: argparse._SubParsersAction,
-    add_context_flags: Callable[[argparse.ArgumentParser], None],
+    add_context_flags: Callable[..., None],
     context_from_args: Callable[[argparse.Namespace], RouterContext],
 ) -> None:
     """Register eval, sweep, report and calibrate on the top-level parser."""
@@ -30,14 +62,28 @@ def add_eval_commands(
     _add_run_flags(evaluate, add_context_flags)
     evaluate.set_defaults(handler=lambda args: _eval_command(args, context_from_args))
 
-    sweep = commands.add_parser("sweep", help="run one method at several thresholds")
+    sweep = commands.add_parser(
+        "sweep",
+        help="run one method at several thresholds, or at thresholds calibrated on a dev split",
+    )
     _add_run_flags(sweep, add_context_flags)
     sweep.add_argument(
         "--thresholds",
-        required=True,
         type=_floats,
         help="comma-separated thresholds, e.g. 0.5,1.0,1.5; each run goes to "
         "OUTPUT/<method>-t<threshold>",
+    )
+    sweep.add_argument(
+        "--calibrate-on-dev",
+        action="store_true",
+        help="run glimprouter on the dev split (at --threshold), pick the threshold of each "
+        "--target-large-shares value from its glimpse entropies, then run those on the test "
+        "split; the dev run goes to OUTPUT/dev/, the test runs to OUTPUT/<method>-t<threshold>",
+    )
+    sweep.add_argument(
+        "--target-large-shares",
+        type=_floats,
+        help="with --calibrate-on-dev: shares of steps the large model should write, e.g. 0.2,0.3",
     )
     sweep.set_defaults(handler=lambda args: _sweep_command(args, context_from_args))
 
@@ -47,6 +93,12 @@ def add_eval_commands(
     )
     report.add_argument(
         "--plot", type=Path, help="PNG path (default: pareto.png beside the results)"
+    )
+    report.add_argument(
+        "--against",
+        metavar="METHOD",
+        help="also compare every run with this one (a method, e.g. large-only, or a label such "
+        "as 'glimprouter t=1') on the same problems: paired intervals and p-values",
     )
     report.set_defaults(handler=_report_command)
 
@@ -59,7 +111,7 @@ def add_eval_commands(
         nargs="+",
         type=Path,
         required=True,
-        help="results of earlier glimprouter runs",
+        help="results of earlier glimprouter runs (ideally on a dev split)",
     )
     calibrate.add_argument(
         "--target-large-share",
@@ -70,9 +122,7 @@ def add_eval_commands(
     calibrate.set_defaults(handler=_calibrate_command)
 
 
-def _add_run_flags(
-    parser: argparse.ArgumentParser, add_context_flags: Callable[[argparse.ArgumentParser], None]
-) -> None:
+def _add_run_flags(parser: argparse.ArgumentParser, add_context_flags: Callable[..., None]) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help=f"one of {sorted(DATASETS)}")
     source.add_argument(
@@ -90,11 +140,24 @@ def _add_run_flags(
         type=lambda text: {int(v) for v in text.split(",")},
         help="MATH levels to keep, e.g. 1,2",
     )
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        help="run only the dev or the test part of a deterministic split of the problems (before "
+        "--limit); calibrate on dev, report on test",
+    )
+    parser.add_argument(
+        "--dev-fraction",
+        type=float,
+        default=DEFAULT_DEV_FRACTION,
+        help=f"share of the problems in the dev split (default {DEFAULT_DEV_FRACTION:g})",
+    )
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the split (default 0)")
     parser.add_argument("--limit", type=int, help="first N problems only")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=1, help="problems in flight at once")
     parser.add_argument("--output", type=Path, required=True, help="results directory")
-    add_context_flags(parser)
+    add_context_flags(parser, parsers={"large_rate": large_rate})
 
 
 def _floats(text: str) -> list[float]:
@@ -106,20 +169,45 @@ def _floats(text: str) -> list[float]:
         ) from None
 
 
-def _problems(args: argparse.Namespace):
+def _problems(args: argparse.Namespace, split: str | None) -> tuple[str, list[Problem], dict]:
+    """The dataset's label, its selected problems, and how they were selected (for the run's
+    pinned configuration)."""
     problems = load_problems(
-        args.dataset,
-        data_dir=args.data_dir,
-        data_file=args.data_file,
-        limit=args.limit,
-        levels=args.levels,
+        args.dataset, data_dir=args.data_dir, data_file=args.data_file, levels=args.levels
     )
+    selection: dict[str, Any] = {}
+    if split is not None:
+        problems = split_problems(problems, split, args.dev_fraction, args.split_seed)
+        selection = {
+            "split": split,
+            "dev_fraction": args.dev_fraction,
+            "split_seed": args.split_seed,
+        }
+    problems = problems if args.limit is None else problems[: args.limit]
     if not problems:
-        raise ConfigError("no problems selected: check --dataset/--data-file, --levels, --limit")
-    return (args.dataset or args.data_file.stem), problems
+        raise ConfigError(
+            "no problems selected: check --dataset/--data-file, --levels, --split, --limit"
+        )
+    return (args.dataset or args.data_file.stem), problems, selection
 
 
-def _run(problems, context: RouterContext, output: Path, dataset: str, args) -> Tally:
+def _context(
+    args: argparse.Namespace, context_from_args, dataset: str
+) -> tuple[RouterContext, dict[str, Any]]:
+    """The run's settings; a matched --large-rate becomes the share it names, recorded with
+    its source."""
+    rate = args.large_rate
+    if not isinstance(rate, MatchedRate):
+        return context_from_args(args), {}
+    args = argparse.Namespace(
+        **{**vars(args), "large_rate": realised_large_share([rate.source], dataset)}
+    )
+    return context_from_args(args), {"large_rate_matched_from": str(rate.source)}
+
+
+def _run(
+    problems, context: RouterContext, output: Path, dataset: str, args, selection: dict
+) -> Tally:
     console = Console(stderr=True)
     with Progress(
         TextColumn(f"{dataset} {context.method}"),
@@ -151,6 +239,7 @@ def _run(problems, context: RouterContext, output: Path, dataset: str, args) -> 
                 dataset=dataset,
                 repeats=args.repeats,
                 concurrency=args.concurrency,
+                selection=selection,
                 on_record=on_record,
             )
         )
@@ -162,21 +251,62 @@ def _run(problems, context: RouterContext, output: Path, dataset: str, args) -> 
 
 
 def _eval_command(args, context_from_args) -> int:
-    context = context_from_args(args)
-    dataset, problems = _problems(args)
-    tally = _run(problems, context, args.output, dataset, args)
+    dataset, problems, selection = _problems(args, args.split)
+    context, matched = _context(args, context_from_args, dataset)
+    tally = _run(problems, context, args.output, dataset, args, selection | matched)
     return 1 if tally.failed else 0
 
 
 def _sweep_command(args, context_from_args) -> int:
-    context = context_from_args(args)
-    dataset, problems = _problems(args)
+    if args.calibrate_on_dev:
+        return _calibrated_sweep(args, context_from_args)
+    if args.thresholds is None or args.target_large_shares is not None:
+        raise ConfigError(
+            "sweep needs --thresholds, or --calibrate-on-dev with --target-large-shares"
+        )
+    dataset, problems, selection = _problems(args, args.split)
+    context, matched = _context(args, context_from_args, dataset)
     failed = 0
     for threshold in args.thresholds:
         run_context = dataclasses.replace(context, threshold=threshold)
-        failed += _run(
-            problems, run_context, args.output / f"{context.method}-t{threshold:g}", dataset, args
-        ).failed
+        output = args.output / f"{context.method}-t{threshold:g}"
+        failed += _run(problems, run_context, output, dataset, args, selection | matched).failed
+    return 1 if failed else 0
+
+
+def _calibrated_sweep(args, context_from_args) -> int:
+    """Calibrate thresholds on the dev split, then run them on the test split."""
+    if args.target_large_shares is None or args.thresholds is not None or args.split:
+        raise ConfigError(
+            "--calibrate-on-dev takes --target-large-shares (not --thresholds or --split): it "
+            "runs the dev split, then the test split"
+        )
+    dataset, dev_problems, dev_selection = _problems(args, "dev")
+    context, matched = _context(args, context_from_args, dataset)
+    if context.method != "glimprouter":
+        raise ConfigError(
+            f"--calibrate-on-dev calibrates glimpse entropies: use --method glimprouter, not "
+            f"{context.method!r}"
+        )
+    dev_output = args.output / "dev" / f"{context.method}-t{context.threshold:g}"
+    failed = _run(dev_problems, context, dev_output, dataset, args, dev_selection | matched).failed
+    entropies = recorded_entropies([dev_output])
+    _, test_problems, test_selection = _problems(args, "test")
+    for target in args.target_large_shares:
+        threshold, share = calibrate_threshold(entropies, target)
+        print(
+            f"target large share {100 * target:.1f}%: threshold {threshold:.4f} "
+            f"({100 * share:.1f}% of {len(entropies)} dev steps)",
+            flush=True,
+        )
+        selection = test_selection | {
+            "calibrated_on": str(dev_output),
+            "target_large_share": target,
+        }
+        run_context = dataclasses.replace(context, threshold=threshold)
+        output = args.output / f"{context.method}-share{target:g}-t{threshold:.4g}"
+        failed += _run(test_problems, run_context, output, dataset, args, selection).failed
+    print(f"report the test runs with: glimprouter report {args.output}", flush=True)
     return 1 if failed else 0
 
 
@@ -184,6 +314,10 @@ def _report_command(args) -> int:
     directories = results_dirs(args.dirs)
     rows = load_rows(directories)
     print(markdown(rows))
+    if args.against:
+        print(paired_markdown(rows, args.against))
+    if matched := matched_markdown(rows):
+        print(matched)
     default_home = (
         Path(*Path(directories[0]).parts[:-1]) if len(directories) > 1 else directories[0]
     )

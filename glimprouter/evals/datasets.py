@@ -4,6 +4,7 @@ hub or from local files, as `Problem`s the prompts and graders understand."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import pickle
@@ -22,6 +23,9 @@ from glimprouter.errors import ConfigError
 from glimprouter.prompts import code_question
 
 Task = Literal["math", "multiple_choice", "code"]
+Split = Literal["dev", "test"]
+SPLITS: tuple[Split, ...] = ("dev", "test")
+DEFAULT_DEV_FRACTION = 0.2
 
 # The GPQA authors ask that the questions never sit in plain text where crawlers find them, so
 # their files are zipped with this published password and only ever unzipped in memory.
@@ -325,3 +329,26 @@ def _as_date(value: str | date) -> date:
     if isinstance(value, date):
         return value
     return datetime.fromisoformat(value).date()
+
+
+def in_dev_split(problem: Problem, dev_fraction: float, seed: int) -> bool:
+    """Whether `problem` falls in the dev part of the split `seed` makes: a hash of (seed,
+    dataset, problem id) mapped to [0, 1) below `dev_fraction`. It depends on nothing else (not
+    the order, the other problems, --limit or the machine), so a problem keeps its side."""
+    digest = hashlib.sha256(f"{seed}:{problem.dataset}:{problem.id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < dev_fraction
+
+
+def split_problems(
+    problems: Iterable[Problem],
+    split: Split,
+    dev_fraction: float = DEFAULT_DEV_FRACTION,
+    seed: int = 0,
+) -> list[Problem]:
+    """The dev or the test part of `problems` (disjoint, together all of them), in order."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; valid splits: {list(SPLITS)} (--split)")
+    if not 0 < dev_fraction < 1:
+        raise ConfigError(f"--dev-fraction {dev_fraction:g} must be between 0 and 1")
+    want_dev = split == "dev"
+    return [p for p in problems if in_dev_split(p, dev_fraction, seed) == want_dev]

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +49,14 @@ CONFIG_FIELDS = (
 )
 
 
-def run_identity(dataset: str, context: RouterContext, repeats: int) -> dict[str, Any]:
-    """The configuration a results directory is pinned to."""
+def run_identity(
+    dataset: str, context: RouterContext, repeats: int, selection: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The configuration a results directory is pinned to; `selection` adds how its problems
+    and settings were chosen (the split, a matched rate's source, a calibration)."""
     identity: dict[str, Any] = {"dataset": dataset, "repeats": repeats}
     identity.update({name: getattr(context, name) for name in CONFIG_FIELDS})
+    identity.update(selection or {})
     return identity
 
 
@@ -152,12 +156,14 @@ async def run_eval(
     dataset: str,
     repeats: int = 1,
     concurrency: int = 1,
+    selection: Mapping[str, Any] | None = None,
     on_record: Callable[[dict[str, Any], Tally, int], None] | None = None,
 ) -> Tally:
-    """Run every (problem, repeat) not yet recorded in `output_dir`, `concurrency` at a time."""
+    """Run every (problem, repeat) not yet recorded in `output_dir`, `concurrency` at a time;
+    `selection` is recorded with the configuration (see `run_identity`)."""
     if repeats < 1 or concurrency < 1:
         raise ConfigError("--repeats and --concurrency must be at least 1")
-    pin_configuration(output_dir, run_identity(dataset, context, repeats))
+    pin_configuration(output_dir, run_identity(dataset, context, repeats, selection))
     done = {record_key(r) for r in read_results(output_dir) if not r.get("error")}
     pending = [
         (problem, repeat)
@@ -269,3 +275,21 @@ def results_dirs(paths: Iterable[Path]) -> list[Path]:
             "glimprouter eval or sweep"
         )
     return found
+
+
+def realised_large_share(directories: Sequence[Path], dataset: str) -> float:
+    """The share of steps the large model wrote in the recorded runs of `dataset` under
+    `directories` (what `--large-rate match:DIR` matches)."""
+    records = [
+        record
+        for directory in results_dirs(directories)
+        for record in read_results(directory)
+        if record.get("dataset") == dataset and not record.get("error")
+    ]
+    steps = sum(record["steps"] for record in records)
+    if not steps:
+        raise ConfigError(
+            f"no recorded steps of {dataset} under {[str(d) for d in directories]}: match a run "
+            "of the same dataset (--large-rate match:DIR)"
+        )
+    return sum(record["large_steps"] for record in records) / steps
