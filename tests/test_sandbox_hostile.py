@@ -355,7 +355,7 @@ async def test_runs_end_with_the_grader(tmp_path: Path) -> None:
         # CHILD in the environment: in its command line the grader would look like a run.
         env=os.environ | {"CHILD": str(sandbox.CHILD), "TMPDIR": str(tmp_path)},
     )
-    for _ in range(50):
+    for _ in range(600):  # an upper bound: the grader first imports glimprouter (seconds)
         if _live_sandbox_processes():
             break
         await asyncio.sleep(0.1)
