@@ -351,6 +351,11 @@ def _error_detail(error: openai.APIError) -> str:
 
 async def served_models(context: RouterContext, role: ModelRole) -> list[str]:
     """Model names the server of `role` lists at /models."""
+    return [entry.get("id") for entry in await _served_entries(context, role)]
+
+
+async def _served_entries(context: RouterContext, role: ModelRole) -> list[dict[str, Any]]:
+    """The entries the server of `role` lists at /models (vLLM's give the model's `root`)."""
     base_url, _, api_key = context.endpoint(role)
     try:
         async with httpx.AsyncClient(timeout=min(context.request_timeout, 10.0)) as http:
@@ -366,15 +371,31 @@ async def served_models(context: RouterContext, role: ModelRole) -> list[str]:
             f"{base_url}/models answered HTTP {response.status_code}: is "
             f"{_url_setting(role)} the base URL of an OpenAI-compatible server (ending in /v1)?"
         )
-    return [entry.get("id") for entry in response.json().get("data", [])]
+    try:
+        entries = response.json().get("data", [])
+    except ValueError:
+        entries = None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise EndpointError(
+            f"{base_url}/models did not answer an OpenAI model list: is {_url_setting(role)} "
+            "the base URL of an OpenAI-compatible server (ending in /v1)?"
+        )
+    return entries
 
 
-async def check_endpoints(context: RouterContext) -> None:
-    """Fail fast, before any work, when an endpoint is down or does not serve its model."""
+async def check_endpoints(context: RouterContext) -> dict[ModelRole, str]:
+    """Fail fast, before any work, when an endpoint is down or does not serve its model; else
+    say which model each serves: the `root` the server reports (vLLM: the weights' path or hub
+    id, whatever the served name), or the served name where it reports none."""
+    identities: dict[ModelRole, str] = {}
     for role in MODEL_ROLES:
-        served = await served_models(context, role)
-        if context.endpoint(role)[1] not in served:
-            raise _unknown_model(context, role, served)
+        entries = await _served_entries(context, role)
+        model = context.endpoint(role)[1]
+        entry = next((e for e in entries if e.get("id") == model), None)
+        if entry is None:
+            raise _unknown_model(context, role, [e.get("id") for e in entries])
+        identities[role] = str(entry.get("root") or model)
+    return identities
 
 
 def _url_setting(role: ModelRole) -> str:

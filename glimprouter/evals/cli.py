@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from glimprouter.errors import ConfigError
 from glimprouter.evals.calibrate import calibrate_threshold, recorded_entropies
 from glimprouter.evals.datasets import DATASETS, load_problems
+from glimprouter.evals.grading import SandboxLimits
 from glimprouter.evals.report import load_rows, markdown, pareto_plot
 from glimprouter.evals.runner import Tally, results_dirs, run_eval
 from glimprouter.graph.context import RouterContext
@@ -94,6 +95,13 @@ def _add_run_flags(
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=1, help="problems in flight at once")
     parser.add_argument("--output", type=Path, required=True, help="results directory")
+    parser.add_argument(
+        "--allow-unconfined-code",
+        action="store_true",
+        help="run code problems' solutions even where the sandbox cannot isolate them (no "
+        "namespaces: they can then read your files and reach the network); also "
+        "GLIMPROUTER_ALLOW_UNCONFINED_CODE=1",
+    )
     add_context_flags(parser)
 
 
@@ -152,6 +160,7 @@ def _run(problems, context: RouterContext, output: Path, dataset: str, args) -> 
                 repeats=args.repeats,
                 concurrency=args.concurrency,
                 on_record=on_record,
+                limits=SandboxLimits(allow_unconfined=args.allow_unconfined_code),
             )
         )
     console.print(

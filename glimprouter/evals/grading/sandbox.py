@@ -105,8 +105,9 @@ async def run_python(
         prefix="glimprouter-sandbox-", ignore_cleanup_errors=True
     ) as workdir:
         work = Path(workdir)
-        (work / "solution.py").write_text(source, encoding="utf-8")
-        (work / "stdin").write_text(stdin, encoding="utf-8")
+        # Model text may hold lone surrogates, which no file can: they become "?".
+        (work / "solution.py").write_text(source, encoding="utf-8", errors="replace")
+        (work / "stdin").write_text(stdin, encoding="utf-8", errors="replace")
         status_read, status_write = os.pipe()
         settings = asdict(limits) | {
             "fn_name": fn_name,
