@@ -25,7 +25,13 @@ from glimprouter.graph.builder import graph, run_config
 from glimprouter.graph.context import MODEL_ROLES, RouterContext, read_key_file
 from glimprouter.graph.invoke import output_of, run_question
 from glimprouter.graph.state import OutputState
-from glimprouter.graph.threads import DURABILITY, durable_graph, plan_thread, thread_config
+from glimprouter.graph.threads import (
+    DURABILITY,
+    durable_graph,
+    plan_thread,
+    thread_config,
+    thread_lock,
+)
 from glimprouter.models import check_endpoints
 from glimprouter.prompts import TEMPLATES, render_question
 from glimprouter.serving.local_models import cache_dir
@@ -223,7 +229,8 @@ async def ask(
         await check_endpoints(context)
         run_input = {"question": question, "task": task}
         return await _watched_run(graph, run_input, run_config(context), context, console)
-    async with durable_graph(checkpoint_db or default_checkpoint_db()) as durable:
+    checkpoint_db = checkpoint_db or default_checkpoint_db()
+    async with durable_graph(checkpoint_db) as durable, thread_lock(checkpoint_db, thread_id):
         plan = await plan_thread(durable, thread_id, question, task)
         config = thread_config(context, thread_id)
         if plan.state == "finished":

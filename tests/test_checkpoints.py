@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from fakes import fake_model_server
@@ -62,3 +64,36 @@ def test_a_locked_database_is_one_line(tmp_path: Path, capsys) -> None:
     assert status == 2, err
     assert "is locked by another process" in err and "--checkpoint-db" in err
     assert "Traceback" not in err
+
+
+HOLDER = (
+    "import asyncio, sys\nfrom glimprouter.graph.threads import thread_lock\n"
+    "async def hold():\n    async with thread_lock(sys.argv[1], 't'):\n"
+    "        print('held', flush=True)\n        sys.stdin.read()\n"
+    "asyncio.run(hold())\n"
+)
+
+
+def test_a_thread_another_process_runs_is_refused(tmp_path: Path, capsys) -> None:
+    """Two processes resuming one thread would fork its chain: the second is told, in a line."""
+    db = tmp_path / "threads.sqlite"
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with fake_model_server() as server:
+            assert main(_ask(server.url, db)) == 2
+            err = capsys.readouterr().err
+            assert "thread 't'" in err and "another process" in err and "--thread-id" in err
+            assert server.requests == []
+            assert main(_ask(server.url, db, thread="other")) == 0  # other threads run
+    finally:
+        holder.communicate("", timeout=60)
+    with fake_model_server() as server:
+        assert main(_ask(server.url, db)) == 0  # free once the other process ends

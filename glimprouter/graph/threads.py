@@ -7,8 +7,11 @@ gives back its result without asking any model again.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import sqlite3
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -60,6 +63,30 @@ async def durable_graph(path: str | Path) -> AsyncIterator[CompiledStateGraph]:
 # LangGraph's strict msgpack mode: a checkpoint revives only the types LangGraph itself allows,
 # never a class some other module (or a forged database) names; our state is plain data.
 STRICT_SERDE = JsonPlusSerializer(allowed_msgpack_modules=None)
+
+
+@asynccontextmanager
+async def thread_lock(path: str | Path, thread_id: str) -> AsyncIterator[None]:
+    """Hold thread `thread_id` of the database at `path` while this process runs it: two
+    processes resuming one thread would fork its chain. A byte of `path`.lock (one per thread,
+    by hash) carries a POSIX lock, which the kernel drops when the process ends however it ends.
+    """
+    lock_path = Path(path).expanduser().with_name(Path(path).name + ".lock")
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, zlib.crc32(thread_id.encode()))
+    except OSError as error:
+        os.close(descriptor)
+        if error.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        raise ConfigError(
+            f"thread {thread_id!r} of {path} is being run by another process: wait for it to "
+            "end, or pick another --thread-id"
+        ) from None
+    try:
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def thread_config(context: RouterContext, thread_id: str) -> dict[str, Any]:
