@@ -4,6 +4,7 @@ files, open descriptors and processes are bounded."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fakes import fake_model_server
 from test_sandbox_hostile import needs_namespaces
 
 from glimprouter.evals.datasets import CodeTest, Problem
@@ -31,7 +33,10 @@ GRADER = (
 
 
 def _grader_without_namespaces(mode: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-c", GRADER, mode]
+    """Run GRADER in `mode` ("accept" or "refuse"), or another program, as a grader would run
+    where namespaces cannot be made."""
+    program = [GRADER, mode] if mode in ("accept", "refuse") else [mode]
+    command = [sys.executable, "-c", *program]
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("needs setpriv (util-linux) to drop CAP_SYS_ADMIN")
@@ -104,3 +109,23 @@ async def test_the_working_directory_is_not_the_hosts(tmp_path: Path) -> None:
     source = "open('left-behind', 'w').write('x')\nimport os\nprint(sorted(os.listdir('.')))"
     result = await run_python(source, "", limits=ROOMY)
     assert result.stdout == "['left-behind', 'solution.py']\n", result
+
+
+def test_a_code_eval_that_cannot_isolate_stops_before_any_work(tmp_path: Path) -> None:
+    """`glimprouter eval` of a code set says so in one line, before asking any model."""
+    tests = json.dumps([{"input": "", "output": "1\n", "testtype": "stdin"}])
+    row = {"question_id": "p1", "question_content": "Print 1.", "public_test_cases": tests,
+           "contest_date": "2024-09-01T00:00:00"}  # fmt: skip
+    (tmp_path / "lcb_v5.jsonl").write_text(json.dumps(row) + "\n")
+    with fake_model_server() as server:
+        argv = ["eval", "--dataset", "lcb_v5", "--data-dir", str(tmp_path),
+                "--output", str(tmp_path / "run"),
+                "--small-url", server.url, "--large-url", server.url]  # fmt: skip
+        command = f"import sys\nfrom glimprouter.cli import main\nsys.exit(main({argv!r}))"
+        ran = _grader_without_namespaces(command, {"GLIMPROUTER_ALLOW_UNCONFINED_CODE": "0"})
+        asked = [request for request in server.requests if request.get("messages")]
+    assert ran.returncode == 2, ran.stderr
+    line = ran.stderr.strip().splitlines()[-1]  # after the progress bar, one line
+    assert line.startswith("glimprouter: error: the code sandbox cannot isolate")
+    assert "--allow-unconfined-code" in line and "Traceback" not in ran.stderr
+    assert asked == []
