@@ -22,10 +22,16 @@ from rich.text import Text
 
 from glimprouter.errors import ConfigError, GlimpRouterError
 from glimprouter.graph.builder import graph, run_config
-from glimprouter.graph.context import RouterContext
+from glimprouter.graph.context import MODEL_ROLES, RouterContext, read_key_file
 from glimprouter.graph.invoke import output_of, run_question
 from glimprouter.graph.state import OutputState
-from glimprouter.graph.threads import DURABILITY, durable_graph, plan_thread, thread_config
+from glimprouter.graph.threads import (
+    DURABILITY,
+    durable_graph,
+    plan_thread,
+    thread_config,
+    thread_lock,
+)
 from glimprouter.models import check_endpoints
 from glimprouter.prompts import TEMPLATES, render_question
 from glimprouter.serving.local_models import cache_dir
@@ -40,10 +46,22 @@ SAMPLE_QUESTION = (
 CONTEXT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--small-url", "small_base_url", str, "small model's base URL, e.g. http://127.0.0.1:8001/v1"),
     ("--small-model", "small_model", str, "small model's served name"),
-    ("--small-api-key", "small_api_key", str, "small model server's API key"),
+    (
+        "--small-api-key",
+        "small_api_key",
+        str,
+        "small model server's API key (shows in ps: prefer --small-api-key-file or "
+        "GLIMPROUTER_SMALL_API_KEY)",
+    ),
     ("--large-url", "large_base_url", str, "large model's base URL, e.g. http://127.0.0.1:8002/v1"),
     ("--large-model", "large_model", str, "large model's served name"),
-    ("--large-api-key", "large_api_key", str, "large model server's API key"),
+    (
+        "--large-api-key",
+        "large_api_key",
+        str,
+        "large model server's API key (shows in ps: prefer --large-api-key-file or "
+        "GLIMPROUTER_LARGE_API_KEY)",
+    ),
     ("--method", "method", str, "routing strategy (default glimprouter; see the README)"),
     ("--threshold", "threshold", float, "glimpse entropy at or above which the large model writes"),
     ("--large-rate", "large_rate", float, "random method: probability of a large step"),
@@ -77,15 +95,33 @@ def add_context_flags(
     for flag, field_name, kind, help_text in CONTEXT_FLAGS:
         kind = (parsers or {}).get(field_name, kind)
         group.add_argument(flag, dest=field_name, type=kind, default=None, help=help_text)
+    for role in MODEL_ROLES:
+        group.add_argument(
+            f"--{role}-api-key-file",
+            type=Path,
+            default=None,
+            help=f"file holding the {role} model server's API key (its first line)",
+        )
 
 
 def context_from_args(args: argparse.Namespace) -> RouterContext:
-    """A RouterContext from the flags the user gave."""
+    """A RouterContext from the flags the user gave; an API key given on the command line
+    (which every user of the machine sees in ps) is used, with a warning."""
     given = {
         field_name: getattr(args, field_name)
         for _, field_name, _, _ in CONTEXT_FLAGS
         if getattr(args, field_name, None) is not None
     }
+    for role in MODEL_ROLES:
+        key_file = getattr(args, f"{role}_api_key_file", None)
+        if key_file is not None:
+            given[f"{role}_api_key"] = read_key_file(key_file, f"--{role}-api-key-file")
+        elif f"{role}_api_key" in given:
+            print(
+                f"glimprouter: warning: --{role}-api-key shows in ps to every user of this "
+                f"machine: use --{role}-api-key-file or GLIMPROUTER_{role.upper()}_API_KEY",
+                file=sys.stderr,
+            )
     return RouterContext(**given)
 
 
@@ -204,7 +240,8 @@ async def ask(
         await check_endpoints(context)
         run_input = {"question": question, "task": task}
         return await _watched_run(graph, run_input, run_config(context), context, console)
-    async with durable_graph(checkpoint_db or default_checkpoint_db()) as durable:
+    checkpoint_db = checkpoint_db or default_checkpoint_db()
+    async with durable_graph(checkpoint_db) as durable, thread_lock(checkpoint_db, thread_id):
         plan = await plan_thread(durable, thread_id, question, task)
         config = thread_config(context, thread_id)
         if plan.state == "finished":

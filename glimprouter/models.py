@@ -220,7 +220,7 @@ async def stream_with_glimpse(
         except _StreamCut:
             if attempt == context.max_retries:
                 raise EndpointError(
-                    f"the {role} model server at {context.endpoint(role)[0]} cut off "
+                    f"the {role} model server at {context.shown_url(role)} cut off "
                     f"{context.max_retries + 1} streamed step(s) before they ended: check it is "
                     "up and its log, or raise max_retries (GLIMPROUTER_MAX_RETRIES)"
                 ) from None
@@ -302,7 +302,7 @@ def _completion(
     if metadata.get("finish_reason") is None:
         # Only a reply streamed under a LangGraph token stream and cut off lacks one.
         raise EndpointError(
-            f"the {role} model server at {context.endpoint(role)[0]} cut off a reply before it "
+            f"the {role} model server at {context.shown_url(role)} cut off a reply before it "
             "ended: check it is up and its log"
         )
     _check_finish(metadata.get("finish_reason"), context, role)
@@ -317,7 +317,7 @@ def _completion(
 
 async def _explain(error: openai.APIError, context: RouterContext, role: ModelRole) -> Exception:
     """One actionable line for a failed request (or ContextOverflow, which ends the chain)."""
-    base_url = context.endpoint(role)[0]
+    base_url = context.shown_url(role)
     detail = _error_detail(error)
     if isinstance(error, openai.APITimeoutError):
         return _timed_out(context, role)
@@ -351,6 +351,11 @@ def _error_detail(error: openai.APIError) -> str:
 
 async def served_models(context: RouterContext, role: ModelRole) -> list[str]:
     """Model names the server of `role` lists at /models."""
+    return [entry.get("id") for entry in await _served_entries(context, role)]
+
+
+async def _served_entries(context: RouterContext, role: ModelRole) -> list[dict[str, Any]]:
+    """The entries the server of `role` lists at /models (vLLM's give the model's `root`)."""
     base_url, _, api_key = context.endpoint(role)
     try:
         async with httpx.AsyncClient(timeout=min(context.request_timeout, 10.0)) as http:
@@ -363,18 +368,35 @@ async def served_models(context: RouterContext, role: ModelRole) -> list[str]:
         raise _bad_key(context, role)
     if response.status_code != 200:
         raise EndpointError(
-            f"{base_url}/models answered HTTP {response.status_code}: is "
+            f"{context.shown_url(role)}/models answered HTTP {response.status_code}: is "
             f"{_url_setting(role)} the base URL of an OpenAI-compatible server (ending in /v1)?"
         )
-    return [entry.get("id") for entry in response.json().get("data", [])]
+    try:
+        entries = response.json().get("data", [])
+    except ValueError:
+        entries = None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise EndpointError(
+            f"{context.shown_url(role)}/models did not answer an OpenAI model list: is "
+            f"{_url_setting(role)} "
+            "the base URL of an OpenAI-compatible server (ending in /v1)?"
+        )
+    return entries
 
 
-async def check_endpoints(context: RouterContext) -> None:
-    """Fail fast, before any work, when an endpoint is down or does not serve its model."""
+async def check_endpoints(context: RouterContext) -> dict[ModelRole, str]:
+    """Fail fast, before any work, when an endpoint is down or does not serve its model; else
+    say which model each serves: the `root` the server reports (vLLM: the weights' path or hub
+    id, whatever the served name), or the served name where it reports none."""
+    identities: dict[ModelRole, str] = {}
     for role in MODEL_ROLES:
-        served = await served_models(context, role)
-        if context.endpoint(role)[1] not in served:
-            raise _unknown_model(context, role, served)
+        entries = await _served_entries(context, role)
+        model = context.endpoint(role)[1]
+        entry = next((e for e in entries if e.get("id") == model), None)
+        if entry is None:
+            raise _unknown_model(context, role, [e.get("id") for e in entries])
+        identities[role] = str(entry.get("root") or model)
+    return identities
 
 
 def _url_setting(role: ModelRole) -> str:
@@ -383,7 +405,7 @@ def _url_setting(role: ModelRole) -> str:
 
 def _timed_out(context: RouterContext, role: ModelRole) -> EndpointError:
     return EndpointError(
-        f"the {role} model server at {context.endpoint(role)[0]} did not answer within "
+        f"the {role} model server at {context.shown_url(role)} did not answer within "
         f"{context.request_timeout:g} s: check it is up, or raise request_timeout "
         "(GLIMPROUTER_REQUEST_TIMEOUT)"
     )
@@ -391,7 +413,7 @@ def _timed_out(context: RouterContext, role: ModelRole) -> EndpointError:
 
 def _no_logprobs(context: RouterContext, role: ModelRole) -> EndpointError:
     return EndpointError(
-        f"the {role} model server at {context.endpoint(role)[0]} returned no usable "
+        f"the {role} model server at {context.shown_url(role)} returned no usable "
         f"logprobs: point {_url_setting(role)} at a vLLM (or other) server that returns "
         "top_logprobs"
     )
@@ -404,28 +426,28 @@ _FAILED_FINISH = ("abort", "error")
 def _check_finish(finish_reason: str | None, context: RouterContext, role: ModelRole) -> None:
     if finish_reason in _FAILED_FINISH:
         raise EndpointError(
-            f"the {role} model server at {context.endpoint(role)[0]} gave up on a request "
+            f"the {role} model server at {context.shown_url(role)} gave up on a request "
             f"(finish_reason {finish_reason!r}): check the server's log"
         )
 
 
 def _unreachable(context: RouterContext, role: ModelRole) -> EndpointError:
     return EndpointError(
-        f"cannot reach the {role} model server at {context.endpoint(role)[0]}: start it "
+        f"cannot reach the {role} model server at {context.shown_url(role)}: start it "
         f"(glimprouter serve) or fix {_url_setting(role)}"
     )
 
 
 def _bad_key(context: RouterContext, role: ModelRole) -> EndpointError:
     return EndpointError(
-        f"the {role} model server at {context.endpoint(role)[0]} refused the API key: set "
+        f"the {role} model server at {context.shown_url(role)} refused the API key: set "
         f"--{role}-api-key / GLIMPROUTER_{role.upper()}_API_KEY"
     )
 
 
 def _unknown_model(context: RouterContext, role: ModelRole, served: list[str]) -> EndpointError:
-    base_url, model, _ = context.endpoint(role)
+    model = context.endpoint(role)[1]
     return EndpointError(
-        f"the {role} model server at {base_url} does not serve {model!r}; it serves "
+        f"the {role} model server at {context.shown_url(role)} does not serve {model!r}; it serves "
         f"{served}: set --{role}-model / GLIMPROUTER_{role.upper()}_MODEL"
     )

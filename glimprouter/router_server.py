@@ -772,7 +772,7 @@ async def _serve(
         shown = f"[{host}]" if ":" in host else host
         print(
             f"serving {served_model_name!r} at http://{shown}:{sock.getsockname()[1]}/v1 "
-            f"(small: {base_context.small_base_url}, large: {base_context.large_base_url})",
+            f"(small: {base_context.shown_url('small')}, large: {base_context.shown_url('large')})",
             flush=True,
         )
     await serving

@@ -66,14 +66,17 @@ def test_results_of_another_configuration_are_refused_naming_the_difference(tmp_
         pin_configuration(tmp_path, run_identity("math500", RouterContext(threshold=0.5), 1))
 
 
-def test_a_line_cut_by_a_kill_is_dropped_and_the_file_repaired(tmp_path):
+def test_a_line_cut_by_a_kill_is_skipped_and_the_next_record_starts_a_line(tmp_path):
     write_run(tmp_path, RouterContext(), [record("a", 0, True), record("b", 0, False)])
     path = tmp_path / RESULTS_FILE
     with path.open("a") as file:
         file.write('{"problem_id": "c", "rep')  # killed mid-write
-    records = read_results(tmp_path)
-    assert [r["problem_id"] for r in records] == ["a", "b"]
-    assert path.read_text().endswith("\n") and len(path.read_text().splitlines()) == 2
+    before = path.read_bytes()
+    assert [r["problem_id"] for r in read_results(tmp_path)] == ["a", "b"]
+    assert path.read_bytes() == before  # reading never writes
+    with ResultsWriter(tmp_path) as writer:
+        writer.write(record("c", 0, True))
+    assert [r["problem_id"] for r in read_results(tmp_path)] == ["a", "b", "c"]
 
 
 def test_report_table_and_plot(tmp_path):

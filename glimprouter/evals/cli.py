@@ -21,6 +21,7 @@ from glimprouter.evals.datasets import (
     load_problems,
     split_problems,
 )
+from glimprouter.evals.grading import SandboxLimits
 from glimprouter.evals.report import (
     load_rows,
     markdown,
@@ -157,6 +158,13 @@ def _add_run_flags(parser: argparse.ArgumentParser, add_context_flags: Callable[
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=1, help="problems in flight at once")
     parser.add_argument("--output", type=Path, required=True, help="results directory")
+    parser.add_argument(
+        "--allow-unconfined-code",
+        action="store_true",
+        help="run code problems' solutions even where the sandbox cannot isolate them (no "
+        "namespaces: they can then read your files and reach the network); also "
+        "GLIMPROUTER_ALLOW_UNCONFINED_CODE=1",
+    )
     add_context_flags(parser, parsers={"large_rate": large_rate})
 
 
@@ -241,6 +249,7 @@ def _run(
                 concurrency=args.concurrency,
                 selection=selection,
                 on_record=on_record,
+                limits=SandboxLimits(allow_unconfined=args.allow_unconfined_code),
             )
         )
     console.print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import itertools
 import json
 import pickle
@@ -112,14 +113,43 @@ def _livecodebench(dataset: str, row_id: str, row: Mapping[str, Any]) -> Problem
 
 def _code_tests(encoded: str | None) -> tuple[CodeTest, ...]:
     """LiveCodeBench test cases: a JSON list, or (hidden tests) base64 of zlib of a pickled JSON
-    string; the pickle is the official format, so only load sets from sources you trust."""
+    string, unpickled without running anything (see unpickle_text)."""
     if not encoded:
         return ()
     try:
         cases = json.loads(encoded)
     except json.JSONDecodeError:
-        cases = json.loads(pickle.loads(zlib.decompress(base64.b64decode(encoded))))
+        cases = json.loads(unpickle_text(zlib.decompress(base64.b64decode(encoded))))
     return tuple(CodeTest(case["input"], case["output"], case["testtype"]) for case in cases)
+
+
+class _TextUnpickler(pickle.Unpickler):
+    """An unpickler that cannot call or import anything: a pickle that names a global (the
+    only way one runs code, through REDUCE, BUILD or INST) is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refused persistent id")
+
+
+def unpickle_text(data: bytes) -> str:
+    """The string pickled in `data` (LiveCodeBench's hidden tests, from the hub): a pickle that
+    would run code or holds anything but a string is refused with a ConfigError."""
+    try:
+        value = _TextUnpickler(io.BytesIO(data)).load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as error:
+        raise ConfigError(
+            f"a LiveCodeBench hidden-test pickle was refused ({error}): the hub files are not the "
+            "published ones; load a trusted copy with --data-dir"
+        ) from None
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"a LiveCodeBench hidden-test pickle holds a {type(value).__name__}, not the JSON "
+            "text of the tests: load a trusted copy with --data-dir"
+        )
+    return value
 
 
 _LCB_FILES = (

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import types
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit, urlunsplit
 
 from glimprouter.errors import ConfigError
 
@@ -131,11 +133,23 @@ class RouterContext:
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))
         given = self.__dict__.pop("_given", ())
+        foreign = {f"{role}_api_key" for role in MODEL_ROLES if self._url_is_callers(role, given)}
         for f in fields(self):
             env_name = ENV_PREFIX + f.name.upper()
-            if f.name not in given and env_name in os.environ:
+            if f.name not in given and f.name not in foreign and env_name in os.environ:
                 setattr(self, f.name, _parse_env(env_name, os.environ[env_name], hints[f.name]))
         self._validate()
+
+    def _url_is_callers(self, role: ModelRole, given: frozenset[str]) -> bool:
+        """Whether the caller (a run context, a flag) points `role` at a URL other than the
+        environment's (or the default): the environment's API key then stays home, so a key
+        travels only to the URL it was configured with."""
+        name = f"{role}_base_url"
+        if name not in given:
+            return False
+        default = next(f.default for f in fields(self) if f.name == name)
+        configured = os.environ.get(ENV_PREFIX + name.upper(), default)
+        return getattr(self, name).rstrip("/") != str(configured).rstrip("/")
 
     def _validate(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -182,6 +196,10 @@ class RouterContext:
             if not getattr(self, f"{role}_model"):
                 raise bad(f"{role}_model", "is empty: give the served model name")
 
+    def shown_url(self, role: ModelRole) -> str:
+        """The base URL of `role` as messages, banners and results show it (no password)."""
+        return redact_url(getattr(self, f"{role}_base_url"))
+
     def endpoint(self, role: ModelRole) -> tuple[str, str, str]:
         """(base URL, model name, API key) of the small or the large model."""
         return (
@@ -200,6 +218,26 @@ class RouterContext:
         """Up to six super-steps per reasoning step (glimpse, decide, draft, review, step, check),
         plus the answer."""
         return 6 * max_steps + 8
+
+
+def read_key_file(path: Path, flag: str) -> str:
+    """The API key in the first line of `path`."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the API key in {path} ({error}): check {flag}") from None
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"{path} holds no API key on its first line: check {flag}")
+    return lines[0].strip()
+
+
+def redact_url(url: str) -> str:
+    """`url` without the password of its user:password@ part, if any."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def _parse_env(env_name: str, raw: str, annotation: Any) -> Any:

@@ -7,12 +7,19 @@ gives back its result without asking any model again.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
+import sqlite3
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import aiosqlite
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph.state import CompiledStateGraph
 
@@ -27,17 +34,59 @@ DURABILITY = "sync"
 
 @asynccontextmanager
 async def durable_graph(path: str | Path) -> AsyncIterator[CompiledStateGraph]:
-    """The routing graph with its checkpoints in the SQLite file at `path` (created if new)."""
+    """The routing graph with its checkpoints in the SQLite file at `path` (created if new, for
+    its owner's eyes only: chains hold questions and answers)."""
     path = Path(path).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # SQLite gives its journal and WAL files the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     except OSError as error:
         raise ConfigError(
-            f"cannot create the folder of the checkpoint database {path}: {error.strerror}; "
+            f"cannot create the checkpoint database {path}: {error.strerror}; "
             "set --checkpoint-db / GLIMPROUTER_CHECKPOINT_DB to a writable path"
         ) from None
-    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
-        yield build_graph(checkpointer=saver)
+    async with aiosqlite.connect(str(path)) as connection:
+        saver = AsyncSqliteSaver(connection, serde=STRICT_SERDE)
+        try:
+            yield build_graph(checkpointer=saver)
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error):
+                raise
+            raise ConfigError(
+                f"the checkpoint database {path} is locked by another process (another run of "
+                "a thread saved there?): wait for it to end, or set --checkpoint-db / "
+                "GLIMPROUTER_CHECKPOINT_DB to another file"
+            ) from None
+
+
+# LangGraph's strict msgpack mode: a checkpoint revives only the types LangGraph itself allows,
+# never a class some other module (or a forged database) names; our state is plain data.
+STRICT_SERDE = JsonPlusSerializer(allowed_msgpack_modules=None)
+
+
+@asynccontextmanager
+async def thread_lock(path: str | Path, thread_id: str) -> AsyncIterator[None]:
+    """Hold thread `thread_id` of the database at `path` while this process runs it: two
+    processes resuming one thread would fork its chain. A byte of `path`.lock (one per thread,
+    by hash) carries a POSIX lock, which the kernel drops when the process ends however it ends.
+    """
+    lock_path = Path(path).expanduser().with_name(Path(path).name + ".lock")
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, zlib.crc32(thread_id.encode()))
+    except OSError as error:
+        os.close(descriptor)
+        if error.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        raise ConfigError(
+            f"thread {thread_id!r} of {path} is being run by another process: wait for it to "
+            "end, or pick another --thread-id"
+        ) from None
+    try:
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def thread_config(context: RouterContext, thread_id: str) -> dict[str, Any]:

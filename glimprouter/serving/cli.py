@@ -7,10 +7,12 @@ import dataclasses
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
 
 from glimprouter.errors import ConfigError
+from glimprouter.graph.context import read_key_file
 from glimprouter.serving.launcher import (
     CHAT_TEMPLATE_CHOICES,
     ServerSpec,
@@ -68,6 +70,13 @@ def add_serving_commands(
         help=f"{' | '.join(CHAT_TEMPLATE_CHOICES)} | PATH (default auto: "
         "verbatim for Qwen3-style templates)",
     )
+    serve_parser.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="file whose first line is the key clients must send (then give them "
+        "GLIMPROUTER_SMALL_API_KEY / GLIMPROUTER_LARGE_API_KEY or --small-api-key-file); "
+        "VLLM_API_KEY in the environment works too",
+    )
     serve_parser.set_defaults(handler=_serve_command)
 
     demo = commands.add_parser(
@@ -93,6 +102,8 @@ def specs_from_args(args: argparse.Namespace) -> list[ServerSpec]:
         "max_model_len": args.max_model_len,
         "chat_template": args.chat_template,
     }
+    if args.api_key_file is not None:
+        common["api_key"] = read_key_file(args.api_key_file, "--api-key-file")
     if args.local:
         return [
             dataclasses.replace(spec, port=getattr(args, f"{role}_port"), **common)

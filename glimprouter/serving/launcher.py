@@ -64,6 +64,8 @@ class ServerSpec:
     dtype: str | None = None
     """None: `cpu_dtype()` on CPU, vLLM's own choice on GPU."""
     extra_args: list[str] = field(default_factory=list)
+    api_key: str | None = field(default=None, repr=False)
+    """The key clients must send; passed as VLLM_API_KEY, never on the command line (ps)."""
 
     def __post_init__(self) -> None:
         if not self.served_names:
@@ -171,12 +173,39 @@ def build_command(spec: ServerSpec, cpu_only: bool) -> list[str]:
     return cmd + spec.extra_args
 
 
+# What a vLLM server needs of the caller's environment: its own settings, PyTorch's and the
+# hub's (HF_TOKEN for gated models), the GPU's, the system's. Nothing else reaches it: not the
+# router's API keys (GLIMPROUTER_*), nor OpenAI's or a cloud's credentials.
+SERVER_ENV_NAMES = frozenset(
+    (
+        "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR", "SHELL",
+        "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "VIRTUAL_ENV", "CC", "CXX",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+        # The test suite's marker (not a secret), by which .ci/run finds a server it left behind.
+        "GLIMPROUTER_TEST_SESSION",
+    )
+)  # fmt: skip
+SERVER_ENV_PREFIXES = (
+    "VLLM_", "HF_", "HUGGING_FACE_", "TRANSFORMERS_", "TOKENIZERS_", "TORCH", "PYTORCH_",
+    "CUDA", "NVIDIA_", "NCCL_", "ROCM", "HIP_", "HSA_", "OMP_", "MKL_", "KMP_", "TRITON_",
+    "XDG_", "LC_",
+)  # fmt: skip
+
+
 def build_env(
     spec: ServerSpec, cpu_only: bool, base: dict[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment of the server process for `spec`, on top of `base` (os.environ)."""
-    env = dict(os.environ if base is None else base)
+    """The environment of the server process for `spec`: what a server needs of `base`
+    (os.environ, filtered by SERVER_ENV_NAMES and SERVER_ENV_PREFIXES) and its own settings."""
+    env = {
+        name: value
+        for name, value in (os.environ if base is None else base).items()
+        if name in SERVER_ENV_NAMES or name.startswith(SERVER_ENV_PREFIXES)
+    }
     env |= {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    if spec.api_key is not None:
+        env["VLLM_API_KEY"] = spec.api_key
     if spec.is_local:
         env["HF_HUB_OFFLINE"] = "1"
     if cpu_only:
@@ -264,8 +293,11 @@ class VLLMServer:
             time.sleep(1.0)
 
     def _listed_models(self) -> set[str]:
+        request = urllib.request.Request(f"{self.base_url}/models")
+        if self.spec.api_key is not None:
+            request.add_header("Authorization", f"Bearer {self.spec.api_key}")
         try:
-            with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=5) as response:
                 return {entry["id"] for entry in json.load(response)["data"]}
         except (urllib.error.URLError, OSError, ValueError, KeyError):
             return set()  # not listening yet, or still starting up

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from glimprouter.errors import ConfigError
 from glimprouter.evals.datasets import Problem
-from glimprouter.evals.grading.base import Grade, Grader
+from glimprouter.evals.grading.base import Grade, Grader, shorten
 from glimprouter.evals.grading.choice import grade_choice
 from glimprouter.evals.grading.code import grade_code
 from glimprouter.evals.grading.math_grader import grade_math
@@ -27,7 +29,12 @@ async def grade(
     """Grade a model's answer to `problem`; `limits` bound the runs of graders that run code."""
     if problem.task not in GRADERS:
         raise ConfigError(f"no grader for task {problem.task!r}; graded tasks: {sorted(GRADERS)}")
-    return await GRADERS[problem.task](problem, answer_text, final_answer, limits)
+    graded = await GRADERS[problem.task](problem, answer_text, final_answer, limits)
+    return dataclasses.replace(graded, detail=shorten(graded.detail, MAX_DETAIL))
 
 
-__all__ = ["GRADERS", "Grade", "Grader", "SandboxLimits", "grade"]
+# A detail quotes the answer or its program's output: bounded, so no record grows with them.
+MAX_DETAIL = 500
+
+
+__all__ = ["GRADERS", "MAX_DETAIL", "Grade", "Grader", "SandboxLimits", "grade"]

@@ -21,3 +21,9 @@ class Grade:
 # (problem, the model's answer text, its final answer if already extracted, limits for graders
 # that run code) -> Grade
 Grader = Callable[[Problem, str, "str | None", SandboxLimits], Awaitable[Grade]]
+
+
+def shorten(text: str, length: int) -> str:
+    """`text` cut to at most `length` characters, marked with "..." where cut: what a grade
+    quotes of an answer or of a program's output stays small."""
+    return text if len(text) <= length else text[: length - 3] + "..."

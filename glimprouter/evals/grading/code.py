@@ -7,7 +7,7 @@ import json
 from decimal import Decimal, InvalidOperation
 
 from glimprouter.evals.datasets import CodeTest, Problem
-from glimprouter.evals.grading.base import Grade
+from glimprouter.evals.grading.base import Grade, shorten
 from glimprouter.evals.grading.sandbox import RunResult, SandboxLimits, run_python
 
 
@@ -48,12 +48,13 @@ def _failure(test: CodeTest, result: RunResult, limits: SandboxLimits) -> str | 
         return f"memory limit exceeded ({limits.memory_mb} MiB)"
     if result.outcome == "error":
         lines = result.stderr.strip().splitlines()
-        return f"runtime error: {lines[-1] if lines else 'exit status not 0'}"
+        return f"runtime error: {shorten(lines[-1], 200) if lines else 'exit status not 0'}"
     if test.testtype == "functional":
         expected = json.loads(test.output)
         try:
             returned = json.loads(result.stdout)
-        except json.JSONDecodeError:
+        # Not JSON, nested too deep for the parser, or an integer past Python's digit limit.
+        except (ValueError, RecursionError):
             return "wrong answer: no JSON result"
         if returned != expected:
             return f"wrong answer: returned {_short(returned)}, expected {_short(expected)}"
@@ -78,12 +79,14 @@ def _stripped_lines(text: str) -> list[str]:
 
 
 def _decimals(line: str) -> list[Decimal] | None:
+    """The line as decimal numbers, or None; NaNs are no numbers here (a signalling one raises
+    InvalidOperation when compared, and no NaN equals another)."""
     try:
-        return [Decimal(token) for token in line.split()]
+        numbers = [Decimal(token) for token in line.split()]
     except InvalidOperation:
         return None
+    return None if any(number.is_nan() for number in numbers) else numbers
 
 
 def _short(value: object, length: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= length else text[: length - 3] + "..."
+    return shorten(repr(value), length)

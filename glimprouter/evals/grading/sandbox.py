@@ -21,14 +21,22 @@ IPC namespaces of its own and runs as `nobody` without capabilities. It then can
   with the session or the grader), the kernel kills the rest of the namespace, daemons
   included, and the IPC namespace takes any SysV shared memory along;
 - fork beyond `max_processes`.
-Not as root it runs as the grader's user with the limits above only: it can read and write what
-that user can (the home directory too), signal the user's processes (the grader too), reach the
-network other than through Python's socket module (a stand-in blocks only that: _socket, ctypes
-and other processes get around it), and leave behind processes that start a session of their own.
-As root where namespaces cannot be made, it runs as `nobody` keeping the right to read any file
-(the interpreter may be under /root), behind the same socket stand-in; it can write where
-`nobody` may (world-writable directories such as /tmp) and signal `nobody`'s processes (other
-runs).
+Its working directory, the one place it can write, is a tmpfs of its own (`files_mb`,
+`max_files`) over the host's directory, which holds only what the grader wrote and reads back.
+
+Where namespaces cannot be made (not root, Docker's default seccomp profile, a rootless
+container, the namespace limit reached) or the file system cannot be built, the solution does not
+run: `run_python` raises SandboxUnavailable, whose line says why and how to accept the risk
+(`allow_unconfined`, `--allow-unconfined-code`, GLIMPROUTER_ALLOW_UNCONFINED_CODE=1). Accepted, it
+runs with the limits above only: as the grader's user it can read and write what that user can
+(the home directory too), signal the user's processes (the grader too), reach the network other
+than through Python's socket module (a stand-in blocks only that), and leave behind processes
+that start a session of their own; as root it runs as `nobody` keeping the right to read any
+file (the interpreter may be under /root), writes where `nobody` may and signals `nobody`'s
+processes (other runs).
+
+Total memory is bounded per process (`memory_mb`) times processes (`max_processes`), not by a
+cgroup: cgroup v2 is not writable on the machines this runs on (v1 hierarchies, containers).
 """
 
 from __future__ import annotations
@@ -39,22 +47,40 @@ import os
 import signal
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from glimprouter.errors import GlimpRouterError
+
 CHILD = Path(__file__).with_name("sandbox_child.py")
+ALLOW_UNCONFINED_ENV = "GLIMPROUTER_ALLOW_UNCONFINED_CODE"
+
+
+class SandboxUnavailable(GlimpRouterError):
+    """The sandbox could not confine a run, so the solution did not run: the problem's grading
+    failed (a rerun retries it), it is not a wrong answer."""
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
     """Per run: wall-clock seconds, address space, processes beyond those the user already
-    runs, and the size of each file written (stdout included)."""
+    runs, the size of each file written (stdout included), open descriptors, the bytes and files
+    of its working directory; and whether to run code that cannot be isolated (see above)."""
 
     time_s: float = 6.0
     memory_mb: int = 1024
     max_processes: int = 16
     output_mb: int = 64
+    open_files: int = 256
+    files_mb: int = 64
+    max_files: int = 1024
+    allow_unconfined: bool = False
+
+    @property
+    def unconfined_allowed(self) -> bool:
+        """`allow_unconfined`, or the environment's GLIMPROUTER_ALLOW_UNCONFINED_CODE=1."""
+        return self.allow_unconfined or os.environ.get(ALLOW_UNCONFINED_ENV) == "1"
 
 
 DEFAULT_LIMITS = SandboxLimits()
@@ -79,41 +105,57 @@ async def run_python(
         prefix="glimprouter-sandbox-", ignore_cleanup_errors=True
     ) as workdir:
         work = Path(workdir)
-        (work / "solution.py").write_text(source, encoding="utf-8")
-        (work / "stdin").write_text(stdin, encoding="utf-8")
-        settings = json.dumps(asdict(limits) | {"fn_name": fn_name})
+        # Model text may hold lone surrogates, which no file can: they become "?".
+        (work / "solution.py").write_text(source, encoding="utf-8", errors="replace")
+        (work / "stdin").write_text(stdin, encoding="utf-8", errors="replace")
+        status_read, status_write = os.pipe()
+        settings = asdict(limits) | {
+            "fn_name": fn_name,
+            "allow_unconfined": limits.unconfined_allowed,
+            "status_fd": status_write,
+        }
         # Files, not pipes: the output-size limit then applies and nothing can fill a pipe.
-        with (
-            open(work / "stdin", "rb") as stdin_file,
-            open(work / "stdout", "w+b") as stdout_file,
-            open(work / "stderr", "w+b") as stderr_file,
-        ):
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-I",
-                str(CHILD),
-                settings,
-                stdin=stdin_file,
-                stdout=stdout_file,
-                stderr=stderr_file,
-                cwd=work,
-                env={
-                    "PATH": "/usr/bin:/bin",
-                    "HOME": workdir,
-                    "TMPDIR": workdir,
-                    "LANG": "C.UTF-8",
-                },
-                start_new_session=True,
-            )
-            try:
-                await asyncio.wait_for(process.wait(), limits.time_s)
-                timed_out = False
-            except TimeoutError:
-                timed_out = True
-            finally:
-                _kill_session(process.pid)  # also whatever it left running
-                await process.wait()
-            stdout, stderr = (_read_back(file) for file in (stdout_file, stderr_file))
+        try:
+            with (
+                open(work / "stdin", "rb") as stdin_file,
+                open(work / "stdout", "w+b") as stdout_file,
+                open(work / "stderr", "w+b") as stderr_file,
+            ):
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-I",
+                    str(CHILD),
+                    json.dumps(settings),
+                    stdin=stdin_file,
+                    stdout=stdout_file,
+                    stderr=stderr_file,
+                    cwd=work,
+                    env={
+                        "PATH": "/usr/bin:/bin",
+                        "HOME": workdir,
+                        "TMPDIR": workdir,
+                        "LANG": "C.UTF-8",
+                    },
+                    start_new_session=True,
+                    pass_fds=(status_write,),
+                )
+                os.close(status_write)
+                status_write = -1
+                try:
+                    await asyncio.wait_for(process.wait(), limits.time_s)
+                    timed_out = False
+                except TimeoutError:
+                    timed_out = True
+                finally:
+                    _kill_session(process.pid)  # also whatever it left running
+                    await process.wait()
+                status = _read_status(status_read)
+                stdout, stderr = (_read_back(file) for file in (stdout_file, stderr_file))
+        finally:
+            os.close(status_read)
+            if status_write >= 0:
+                os.close(status_write)
+    _check_confined(status, limits, timed_out)
     code = process.returncode
     killed_by = _signal_of(code)
     if timed_out or killed_by == signal.SIGXCPU:
@@ -123,6 +165,37 @@ async def run_python(
     if code != 0:
         return RunResult("memory" if "MemoryError" in stderr else "error", stdout, stderr)
     return RunResult("ok", stdout, stderr)
+
+
+async def check_sandbox(limits: SandboxLimits = DEFAULT_LIMITS) -> None:
+    """Raise SandboxUnavailable now, before any model work, if runs cannot be confined here."""
+    await run_python("", "", limits=replace(limits, time_s=max(limits.time_s, 30.0)))
+
+
+def _read_status(fd: int) -> str:
+    """The status line the child wrote before the solution started ("" if none): read without
+    blocking, since a process the solution left behind may still hold the descriptor."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 4096).decode("utf-8", "replace").strip()
+    except BlockingIOError:
+        return ""
+
+
+def _check_confined(status: str, limits: SandboxLimits, timed_out: bool) -> None:
+    if status in ("confined", "unconfined"):
+        return
+    if status.startswith("refused: "):
+        raise SandboxUnavailable(
+            f"the code sandbox cannot isolate model-written code here ({status[9:]}): run the "
+            "eval as root where namespaces can be made (not under Docker's default seccomp "
+            "profile), or accept the risk with --allow-unconfined-code / "
+            f"{ALLOW_UNCONFINED_ENV}=1"
+        )
+    why = status.removeprefix("failed: ") or (
+        f"it did not start within {limits.time_s:g} s" if timed_out else "it ended before starting"
+    )
+    raise SandboxUnavailable(f"the code sandbox could not confine a run ({why}): check the machine")
 
 
 def _read_back(file: BinaryIO) -> str:

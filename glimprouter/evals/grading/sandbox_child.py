@@ -10,6 +10,12 @@ passes on how the solution ended; its child, the init (PID 1) of new PID, mount,
 namespaces, builds the run's file system, chroots into it and reaps; the init's child turns into
 `nobody`, without any capability, and runs the solution. When the init ends (after the solution,
 or killed with the session or the grader) the kernel kills whatever is left in the namespace.
+
+Before the solution starts, one line on the status descriptor (settings["status_fd"]) tells the
+grader how it is confined ("confined", or "unconfined" where the caller accepted that), or why it
+could not be ("refused: ...", "failed: ..."); the descriptor is closed before the solution runs,
+so the solution cannot write there. Where namespaces cannot be made and the caller did not accept
+the risk (settings["allow_unconfined"]), the solution never runs.
 """
 
 import ctypes
@@ -82,22 +88,38 @@ class NoNetworkSocket(socket.socket):
         raise PermissionError("network access is disabled in the grading sandbox")
 
 
-def confine(libc) -> int:
+# How the child tells the grader that the run could not be confined: the status line says why.
+SANDBOX_FAILED = 125
+
+
+def report(settings: dict, status: str) -> None:
+    """Write the status line and close the descriptor (see the module's docstring)."""
+    fd = settings["status_fd"]
+    os.write(fd, status.encode() + b"\n")
+    os.close(fd)
+
+
+def confine(libc, settings: dict, source: str) -> int:
     """In the namespaces just made, fork the init and from it the solution's process, the only
     one to return: as `nobody`, with the number of tasks `nobody` runs, itself included."""
     init = os.fork()
     if init:
+        os.close(settings["status_fd"])  # only the init and the solution report
         os._exit(exit_code(os.waitpid(init, 0)[1]))
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # and the namespace with it
     running = tasks_of(NOBODY) + 1  # counted before /proc shows only this namespace
-    build_root(libc)
+    try:
+        build_root(libc, settings, source)
+    except OSError as error:
+        report(settings, f"failed: {error}")
+        os._exit(SANDBOX_FAILED)
     solution = os.fork()
     if solution:
+        os.close(settings["status_fd"])
         while True:  # as init, also reap the orphans the solution leaves
             pid, status = os.wait()
             if pid == solution:
                 os._exit(exit_code(status))
-    os.chown(".", NOBODY, NOBODY)
     os.setgroups([])
     os.setgid(NOBODY)
     os.setuid(NOBODY)  # and with it go all capabilities
@@ -111,13 +133,13 @@ def exit_code(status: int) -> int:
     return code if code >= 0 else 128 - code
 
 
-def build_root(libc) -> None:
+def build_root(libc, settings: dict, source: str) -> None:
     """Chroot into a fresh tmpfs holding read-only binds of the system directories and the
-    interpreter's, the working directory (writable) at its own path, the harmless devices and
-    this PID namespace's /proc. The tmpfs goes over the working directory itself, so the bind of
-    that comes from a descriptor opened before."""
+    interpreter's, the harmless devices, this PID namespace's /proc and, at the working
+    directory's path, a private tmpfs of its own (writable by `nobody`, bounded in bytes and in
+    files) holding solution.py: nothing the solution writes lands on the host's disk or RAM
+    beyond those bounds. Its output goes to the descriptors the grader opened."""
     work = os.getcwd()
-    work_fd = os.open(work, os.O_PATH | os.O_DIRECTORY)
     mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # so that nothing below reaches the host
     mount(libc, "tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
     kept: list[str] = []
@@ -127,8 +149,12 @@ def build_root(libc) -> None:
         elif os.path.isdir(path) and not any(path.startswith(f"{k}/") for k in kept):
             kept.append(path)
             bind(libc, path, work + path, read_only=True)
-    bind(libc, f"/proc/self/fd/{work_fd}", work + work, read_only=False)
-    os.close(work_fd)
+    os.makedirs(work + work)
+    bounds = f"size={settings['files_mb']}m,nr_inodes={settings['max_files']}"
+    owner = f"uid={NOBODY},gid={NOBODY},mode=700"
+    mount(libc, "tmpfs", work + work, "tmpfs", MS_NOSUID | MS_NODEV, f"{bounds},{owner}")
+    with open(f"{work}{work}/solution.py", "x", encoding="utf-8") as file:
+        file.write(source)
     os.mkdir(work + "/dev")
     for name in DEVICES:
         open(f"{work}/dev/{name}", "x").close()
@@ -196,15 +222,14 @@ def limit(settings: dict, running: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL
     resource.setrlimit(resource.RLIMIT_FSIZE, (settings["output_mb"] << 20,) * 2)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (settings["open_files"],) * 2)
     # Relative to what the user runs already: the grader, servers, other sandboxes, and the
     # zombies a container whose init does not reap them keeps after a forking solution.
     processes = running + settings["max_processes"]
     resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
 
 
-def run(settings: dict) -> None:
-    with open("solution.py", encoding="utf-8") as file:
-        source = file.read()
+def run(settings: dict, source: str) -> None:
     fn_name = settings["fn_name"]
     # LiveCodeBench imports functional solutions as a module, so their __main__ blocks stay off.
     namespace = {"__name__": "__main__" if fn_name is None else "solution"}
@@ -227,22 +252,41 @@ def run(settings: dict) -> None:
     result_stream.write(json.dumps(result))
 
 
+def isolation_refused(libc) -> str | None:
+    """Why the namespaces cannot be made (and leave the process in them if they can), or None."""
+    if os.geteuid() != 0:
+        return "not running as root"
+    namespaces = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC
+    if libc.unshare(namespaces) != 0:
+        error = os.strerror(ctypes.get_errno())
+        return f"unshare of PID, mount, network and IPC namespaces failed: {error}"
+    return None
+
+
 def main() -> None:
     settings = json.loads(sys.argv[1])
     libc = ctypes.CDLL(None, use_errno=True)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # should the grader die first
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid programs (sudo, su) stay ours
-    namespaces = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC
-    if os.geteuid() == 0 and libc.unshare(namespaces) == 0:
-        running = confine(libc)
+    with open("solution.py", encoding="utf-8") as file:
+        source = file.read()
+    refused = isolation_refused(libc)
+    if refused is None:
+        running = confine(libc, settings, source)
+        status = "confined"
+    elif not settings["allow_unconfined"]:
+        report(settings, f"refused: {refused}")
+        os._exit(SANDBOX_FAILED)
     else:
         socket.socket = NoNetworkSocket
         if os.geteuid() == 0:
             drop_root_keeping_reads(libc)
         running = tasks_of(os.getuid())
+        status = "unconfined"
     limit(settings, running)
-    run(settings)
+    report(settings, status)
+    run(settings, source)
 
 
 if __name__ == "__main__":
