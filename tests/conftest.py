@@ -95,7 +95,24 @@ def _descendants() -> list[tuple[int, str]]:
             pid = parents[pid]
         return pid == me
 
-    return [(pid, commands[pid]) for pid in parents if pid != me and below_me(pid)]
+    return [
+        (pid, f"(parent {parents[pid]}) {commands[pid]}")
+        for pid in parents
+        if pid != me and below_me(pid) and not _pool_of_this_process(parents[pid], commands[pid])
+    ]
+
+
+# The workers and trackers of a multiprocessing pool that code in this very process keeps (a
+# grader's process pool): they belong to it and end with it.
+POOL_HELPERS = (
+    "multiprocessing.resource_tracker",
+    "multiprocessing.spawn",
+    "multiprocessing.forkserver",
+)
+
+
+def _pool_of_this_process(parent: int, command: str) -> bool:
+    return parent == os.getpid() and any(helper in command for helper in POOL_HELPERS)
 
 
 def _stop_descendants() -> list[tuple[int, str]]:

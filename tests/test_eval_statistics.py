@@ -119,7 +119,7 @@ def record(problem_id, correct, *, steps=4, large_steps=1, latency=10.0, dataset
 
 
 def write_run(directory, context, records, selection=None):
-    pin_configuration(directory, run_identity("math500", context, 1, selection))
+    pin_configuration(directory, run_identity("math500", context, 1, selection=selection))
     writer = ResultsWriter(directory)
     for r in records:
         writer.write(r)

@@ -19,6 +19,7 @@ import pytest
 from ipykernel.kernelspec import write_kernel_spec
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from processes import running
@@ -62,13 +63,19 @@ def execute(
     notebook: nbformat.NotebookNode, env: dict[str, str], kernels: KernelSpecManager
 ) -> None:
     """Run every cell in place; raises CellExecutionError at a failing cell, the outputs up to
-    there kept in `notebook`."""
-    NotebookClient(
-        notebook,
-        km=AsyncKernelManager(kernel_name=KERNEL, kernel_spec_manager=kernels),
-        timeout=CELL_TIMEOUT_S,
-        resources={"metadata": {"path": str(NOTEBOOKS)}},
-    ).execute(env=kernel_env(env))
+    there kept in `notebook`. The kernel is shut down either way (nbclient leaves a kernel
+    manager it was handed running)."""
+    kernel = AsyncKernelManager(kernel_name=KERNEL, kernel_spec_manager=kernels)
+    try:
+        NotebookClient(
+            notebook,
+            km=kernel,
+            timeout=CELL_TIMEOUT_S,
+            resources={"metadata": {"path": str(NOTEBOOKS)}},
+        ).execute(env=kernel_env(env))
+    finally:
+        if run_sync(kernel.is_alive)():
+            run_sync(kernel.shutdown_kernel)(now=True)
 
 
 def kernel_env(settings: dict[str, str]) -> dict[str, str]:

@@ -13,7 +13,7 @@ from contextlib import aclosing
 from urllib.parse import urlparse
 
 import pytest
-from processes import Lines, running
+from processes import Lines, running, wait_until
 from proxy import KillableProxy
 
 from glimprouter import ConfigError
@@ -87,6 +87,8 @@ def ask_command(context, db, *args: str) -> list[str]:
         str(context.token_budget),
         "--answer-max-tokens",
         str(context.answer_max_tokens),
+        "--seed",
+        str(context.seed),
     ]
 
 
@@ -116,6 +118,10 @@ def test_cli_ask_killed_with_sigkill_resumes_under_its_thread_id(
                 return len(printed) == 3
 
             Lines(first.stdout).wait_for(step_line, 600, "three printed steps")
+            wait_until(
+                lambda: proxy.held() or first.poll() is not None, 600, "the chain's next request"
+            )
+            assert proxy.held(), "the chain ended before it could be killed mid-way"
             first.send_signal(signal.SIGKILL)  # the chain waits in the proxy: mid-way
             first.wait(timeout=60)
         proxy.release()
