@@ -51,7 +51,7 @@ class KillableProxy:
         self._server: asyncio.AbstractServer | None = None
         self._loop = asyncio.new_event_loop()
         self._released = asyncio.Event()
-        self._held = 0
+        self._held: set[asyncio.StreamWriter] = set()  # clients of the requests on hold
         threading.Thread(target=self._loop.run_forever, daemon=True).start()
         self.start()
 
@@ -106,8 +106,9 @@ class KillableProxy:
             return list(self._bodies)
 
     def held(self) -> int:
-        """Requests waiting in a hold right now."""
-        return self._held
+        """Requests waiting in a hold right now, whose client still waits for them (a client
+        whose connection died, say one the server closed as idle, sends its request again)."""
+        return sum(not client.is_closing() for client in list(self._held))
 
     def _call(self, work) -> None:
         asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout=30)
@@ -143,11 +144,11 @@ class KillableProxy:
         self._writers |= {client_writer, server_writer}
         current: list[int] = [0]  # the chat request this connection carries now (HTTP/1.1)
         await asyncio.gather(
-            self._requests(client_reader, server_writer, current),
+            self._requests(client_reader, server_writer, client_writer, current),
             self._responses(server_reader, client_writer, current),
         )
 
-    async def _requests(self, reader, writer, current: list[int]) -> None:
+    async def _requests(self, reader, writer, client, current: list[int]) -> None:
         """Client to server, one whole request at a time, so that one can be held."""
         buffer = b""
         try:
@@ -155,13 +156,13 @@ class KillableProxy:
                 buffer += data
                 while (request := _split_request(buffer)) is not None:
                     raw, buffer = request
-                    await self._forward_request(raw, writer, current)
+                    await self._forward_request(raw, writer, client, current)
         except (ConnectionError, OSError):
             pass
         finally:
             writer.transport.abort()
 
-    async def _forward_request(self, raw: bytes, writer, current: list[int]) -> None:
+    async def _forward_request(self, raw: bytes, writer, client, current: list[int]) -> None:
         body = _json_body(raw)
         if body is not None and "messages" in body:
             with self._seen:
@@ -171,13 +172,13 @@ class KillableProxy:
             current[0] = number
             if self._hold_rule is not None and not self._released.is_set():
                 if self._hold_rule(number, body):
-                    self._held += 1
-                    if self._barrier is not None and self._held >= self._barrier:
+                    self._held.add(client)
+                    if self._barrier is not None and self.held() >= self._barrier:
                         self._released.set()
                     try:
                         await self._released.wait()
                     finally:
-                        self._held -= 1
+                        self._held.discard(client)
         else:
             current[0] = 0
         writer.write(raw)
