@@ -161,6 +161,16 @@ def test_four_gpus_put_the_large_model_in_tensor_parallel(monkeypatch, pair) -> 
     assert start_stages(explicit) == [[0], [1]]
 
 
+def test_one_model_under_both_names_takes_the_gpus_it_is_given(monkeypatch, pair) -> None:
+    small, _ = pair
+    engine = Engine("cuda", (24.0, 24.0))
+    [spec] = _serve_specs(monkeypatch, engine, ["--model", str(small), "--small-gpus", "0,1"])
+    [(env, cmd)] = _plan([spec], cpu_only=False)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert _flag(cmd, "--tensor-parallel-size") == "2"
+    assert _flag(cmd, "--gpu-memory-utilization") is None
+
+
 def test_device_lists_follow_the_users_cuda_visible_devices(monkeypatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
     assert Engine("cuda", (24.0, 24.0)).gpu_ids == ("4", "6")
