@@ -448,9 +448,19 @@ async def canary(context: RouterContext, role: ModelRole) -> None:
                 renderings.append((prefix, rendered))
     except httpx.HTTPError:
         raise _unreachable(context, role) from None
-    if reply.status_code != 200:
-        raise EndpointError(f"{where} failed a one-token request: HTTP {reply.status_code}")
-    choice = (reply.json().get("choices") or [{}])[0]
+    choices = _json_field(reply, "choices")
+    if not isinstance(choices, list) or not choices:
+        detail = " ".join(reply.text.split())[:300]
+        if "logprobs" in detail.lower():
+            raise EndpointError(
+                f"{where} allows fewer top logprobs than top_k={context.top_k} ({detail}): lower "
+                f"--top-k / GLIMPROUTER_TOP_K or restart vLLM with --max-logprobs {context.top_k}"
+            )
+        raise EndpointError(
+            f"{where} failed a one-token request (HTTP {reply.status_code}: {detail}): check "
+            "its log"
+        )
+    choice = choices[0]
     message = choice.get("message") or {}
     if not message.get("content") and (
         message.get("reasoning") or message.get("reasoning_content")

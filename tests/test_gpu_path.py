@@ -285,6 +285,9 @@ class _VLLMLike(BaseHTTPRequestHandler):
             self._json(200, {"tokens": [ord(char) for char in "<|im_start|>" + rendered]})
         elif self.path == "/detokenize":
             self._json(200, {"prompt": "".join(map(chr, request["tokens"]))})
+        elif mode == "max_logprobs":
+            message = "Requested sample logprobs of 20, which is greater than max allowed: 5"
+            self._json(400, {"error": {"message": message}})
         else:
             k = request["top_logprobs"]
             logprobs = [-0.1, -2.5, *([-9999.0] * (k - 2))] if mode == "processed" else [-1.0] * k
@@ -333,6 +336,7 @@ def _context(server: Any, **settings: Any) -> RouterContext:
         ("processed", "returns processed logprobs.*--logprobs-mode raw_logprobs"),
         ("wraps", "wraps the continued thinking in a think block.*--chat-template"),
         ("strips", "cuts the continued text up to </think>.*answer request fails"),
+        ("max_logprobs", "allows fewer top logprobs than top_k=20.*--max-logprobs 20"),
     ],
 )
 def test_canary_refuses_a_misconfigured_server_with_one_line(mode: str, line: str) -> None:
