@@ -4,7 +4,6 @@
 #   bash scripts/demo.sh ["your question"]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cache="${GLIMPROUTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/glimprouter}"
-venv="${GLIMPROUTER_VENV:-$cache/venv}"
+source "$root/scripts/venv.sh"
 bash "$root/scripts/setup.sh"
 exec "$venv/bin/glimprouter" demo ${1:+--question "$1"}

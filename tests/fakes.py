@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from glimprouter import RouterContext
+from glimprouter.models import CANARY_QUESTION
 
 # What a fault hook may answer for a request: None (answer normally), "500" (an error status),
 # "hang" (accept and never answer), "until_closed" (never answer, and record in `closed` when the
@@ -41,13 +42,19 @@ class FakeModelServer(BaseHTTPRequestHandler):
 
     def do_POST(self):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if not self.path.endswith("/chat/completions"):  # no vLLM /tokenize: like other servers
+            self._json(404, {"error": {"message": f"no route {self.path}"}})
+            return
+        # The start-up canary is answered, but neither recorded nor subject to faults.
+        canary = request["messages"][0]["content"] == CANARY_QUESTION
         with self.server.lock:
             index = len(self.server.requests)
-            self.server.requests.append(request)
-            self.server.headers.append({k.lower(): v for k, v in self.headers.items()})
+            if not canary:
+                self.server.requests.append(request)
+                self.server.headers.append({k.lower(): v for k, v in self.headers.items()})
         time.sleep(self.server.delay_s)
-        fault = self.server.fault(index, request) if self.server.fault else None
-        if request["model"] == self.server.fail_model or fault == "500":
+        fault = self.server.fault(index, request) if self.server.fault and not canary else None
+        if (request["model"] == self.server.fail_model and not canary) or fault == "500":
             self._json(500, {"error": {"message": "the fake model crashed"}})
             return
         if fault == "hang":

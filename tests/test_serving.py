@@ -17,6 +17,7 @@ from processes import Lines, running, wait_until
 
 from glimprouter.errors import ConfigError, EndpointError
 from glimprouter.serving import launcher, local_models
+from glimprouter.serving.chat_templates import VERBATIM_TEMPLATES
 from glimprouter.serving.launcher import (
     VERBATIM_TEMPLATE,
     ServerSpec,
@@ -25,30 +26,20 @@ from glimprouter.serving.launcher import (
     build_command,
     build_env,
     cpu_dtype,
-    needs_verbatim_template,
     plan_pair_memory,
     resolve_chat_template,
     server_footprint_gib,
 )
 from glimprouter.serving.local_models import LOCAL_MODELS, LOCAL_PAIR, LocalModel, prepare
 
-QWEN3_TEMPLATE = (
-    "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' }}"
-    "{%- if message.role == 'assistant' and '</think>' in message.content %}...{%- endif %}"
-    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}"
-    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
-)
+TEMPLATES = Path(__file__).parent / "templates"
+QWEN3_TEMPLATE = (TEMPLATES / "qwen3_stock.jinja").read_text()
 QWEN25_TEMPLATE = (
     "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + "
     "message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
-R1_DISTILL_TEMPLATE = (
-    "{% for message in messages %}{% set content = message['content'] %}"
-    "{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}"
-    "{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}{% endfor %}"
-)
+R1_DISTILL_TEMPLATE = (TEMPLATES / "r1_distill_stock.jinja").read_text()
 
 
 # --- local models -------------------------------------------------------------------------------
@@ -152,10 +143,10 @@ def test_command_has_the_required_flags_and_no_reasoning_parser(model_dir, monke
         ("--host", "127.0.0.1"),
         ("--port", "8123"),
         ("--max-logprobs", "20"),
-        ("--max-model-len", "4096"),
+        ("--max-model-len", "12288"),  # prompt 2048 + token budget 8192 + answer 2048
         ("--seed", "0"),
         ("--dtype", "bfloat16"),
-        ("--max-num-batched-tokens", "8192"),
+        ("--max-num-batched-tokens", "12288"),
     ]:
         assert cmd[cmd.index(flag) + 1] == value
     assert "--enable-prefix-caching" in cmd and "--enforce-eager" in cmd
@@ -165,9 +156,11 @@ def test_command_has_the_required_flags_and_no_reasoning_parser(model_dir, monke
     assert spec.base_url == "http://127.0.0.1:8123/v1"
 
 
-def test_gpu_command_keeps_vllm_defaults_for_eager_and_dtype() -> None:
-    spec = ServerSpec(model="Qwen/Qwen3-8B", served_names=["large"], extra_args=["--foo", "1"])
+def test_gpu_command_keeps_vllm_defaults_for_eager_and_dtype(tmp_path) -> None:
+    qwen3 = _folder_with_template(tmp_path / "qwen3", QWEN3_TEMPLATE, as_jinja_file=True)
+    spec = ServerSpec(model=qwen3, served_names=["large"], extra_args=["--foo", "1"])
     cmd = build_command(spec, cpu_only=False)
+    assert cmd[:5] == [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(qwen3)]
     assert "--enforce-eager" not in cmd and "--dtype" not in cmd
     assert "--no-enable-chunked-prefill" not in cmd
     assert cmd[cmd.index("--chat-template") + 1] == str(VERBATIM_TEMPLATE)
@@ -207,17 +200,16 @@ def _folder_with_template(folder: Path, template: str, as_jinja_file: bool = Fal
     return folder
 
 
-def test_auto_template_is_verbatim_for_qwen3_style_only(tmp_path) -> None:
+def test_auto_template_is_verbatim_where_the_stock_one_alters_the_continued_text(tmp_path) -> None:
     qwen3 = _folder_with_template(tmp_path / "qwen3", QWEN3_TEMPLATE, as_jinja_file=True)
     qwen25 = _folder_with_template(tmp_path / "qwen25", QWEN25_TEMPLATE)
     r1 = _folder_with_template(tmp_path / "r1", R1_DISTILL_TEMPLATE)
-    assert needs_verbatim_template(qwen3)
-    assert not needs_verbatim_template(qwen25)
-    assert not needs_verbatim_template(r1)  # continues correctly, and is not ChatML
-    assert needs_verbatim_template("Qwen/Qwen3-1.7B")
-    assert not needs_verbatim_template("Qwen/Qwen2.5-Coder-1.5B-Instruct")
-
     assert resolve_chat_template(ServerSpec(qwen3, ["m"])) == VERBATIM_TEMPLATE
+    assert resolve_chat_template(ServerSpec(r1, ["m"])) == VERBATIM_TEMPLATES["deepseek"]
+    assert (
+        resolve_chat_template(ServerSpec(r1, ["m"], chat_template="verbatim"))
+        == (VERBATIM_TEMPLATES["deepseek"])
+    )
     assert resolve_chat_template(ServerSpec(qwen25, ["m"])) is None
     assert resolve_chat_template(ServerSpec(qwen3, ["m"], chat_template="stock")) is None
     assert resolve_chat_template(ServerSpec(qwen25, ["m"], chat_template="verbatim")) == (

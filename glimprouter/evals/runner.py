@@ -247,7 +247,7 @@ async def run_eval(
     if repeats < 1 or concurrency < 1:
         raise ConfigError("--repeats and --concurrency must be at least 1")
     # Stop now, not after a hundred failures; and learn which models the servers serve.
-    served = await check_endpoints(context)
+    served = (await check_endpoints(context)).served
     with ResultsWriter(output_dir) as writer:
         identity = run_identity(dataset, context, repeats, served, selection)
         pin_configuration(output_dir, identity)

@@ -9,7 +9,7 @@ from glimprouter.serving.launcher import (
     free_port,
     is_cpu_only,
     local_pair_specs,
-    needs_verbatim_template,
+    place_pair,
     resolve_chat_template,
     serve,
 )
@@ -36,7 +36,7 @@ __all__ = [
     "get_local_model",
     "is_cpu_only",
     "local_pair_specs",
-    "needs_verbatim_template",
+    "place_pair",
     "prepare",
     "resolve_chat_template",
     "serve",

