@@ -1,6 +1,6 @@
 """A TCP proxy in front of a real model server, for tests that must not depend on its speed.
 
-It records every HTTP request passing through and can:
+It records every chat request passing through (but the start-up check's) and can:
 - die (every connection cut at once, the port closed) and come back on the same port, as a
   killed and restarted server does; `cut_response` makes it die in the middle of one streamed
   reply, after a given number of its events and before the one that says how it ended, so "killed
@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from glimprouter.models import CANARY_QUESTION
 
 # (1-based number of the chat request among all seen, its JSON body) -> hold it?
 HoldRule = Callable[[int, dict[str, Any]], bool]
@@ -164,7 +166,7 @@ class KillableProxy:
 
     async def _forward_request(self, raw: bytes, writer, client, current: list[int]) -> None:
         body = _json_body(raw)
-        if body is not None and "messages" in body:
+        if body is not None and "messages" in body and not _is_canary(body):
             with self._seen:
                 self._bodies.append(body)
                 number = len(self._bodies)
@@ -227,6 +229,17 @@ class KillableProxy:
             if not more:
                 return
             buffer += more
+
+
+def _is_canary(body: dict[str, Any]) -> bool:
+    """Whether a chat request is the start-up check's (`check_endpoints`), which every command
+    makes before its first chain: it is passed on, neither counted nor held."""
+    messages = body["messages"]
+    return (
+        bool(messages)
+        and isinstance(messages[0], dict)
+        and (messages[0].get("content") == CANARY_QUESTION)
+    )
 
 
 def _split_request(buffer: bytes) -> tuple[bytes, bytes] | None:
