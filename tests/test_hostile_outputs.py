@@ -3,10 +3,13 @@ an error a rerun retries) and the run goes on. The suite ends with a real eval o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import multiprocessing
+import os
 import pickle
+import signal
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -85,6 +88,19 @@ async def test_a_math_check_that_hangs_is_killed_and_the_next_one_graded() -> No
     finally:
         math_grader.stop_workers()
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+
+
+async def test_a_math_check_waiting_for_a_core_is_not_timed_out() -> None:
+    # A stopped worker computes nothing, as one starved by busy model servers: only its CPU time
+    # counts against the check's bound, so the answer it gives once resumed is the grade.
+    try:
+        assert (await verify_in_worker("1", "\\boxed{1}"))[0]
+        worker = math_grader._idle[0].process
+        os.kill(worker.pid, signal.SIGSTOP)
+        asyncio.get_running_loop().call_later(2.0, os.kill, worker.pid, signal.SIGCONT)
+        assert (await verify_in_worker("\\frac{1}{2}", "\\boxed{0.5}", timeout_s=1.0))[0]
+    finally:
+        math_grader.stop_workers()
 
 
 def _pickled(value: object) -> str:

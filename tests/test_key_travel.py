@@ -97,6 +97,13 @@ def test_passwords_in_urls_stay_out_of_errors_and_results(
     written = (tmp_path / "run" / "results.jsonl").read_text()
     assert status == 1 and "bob:***@" in written
     assert "hunter2" not in out + err + written
+    # The failure's reason is printed as it happens (rich wraps long lines on a pipe).
+    printed, error = " ".join(err.split()), json.loads(written)["error"]
+    assert (
+        f"failed {json.loads(written)['problem_id']} (repeat 0): {' '.join(error.split())}"
+        in printed
+    )
+    assert "1 failed (the same command run again retries them)" in printed
 
 
 def test_serve_takes_its_api_key_from_a_file(tmp_path: Path) -> None:

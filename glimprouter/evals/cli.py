@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from glimprouter.errors import ConfigError
 from glimprouter.evals.calibrate import calibrate_threshold, recorded_entropies
@@ -228,6 +229,12 @@ def _run(
         bar = progress.add_task("run", total=None, figures="")
 
         def on_record(record: dict[str, Any], tally: Tally, total: int) -> None:
+            if record.get("error"):
+                # Printed as it happens: the summary only counts, and a rerun retries it.
+                progress.console.print(
+                    Text(f"failed {record['problem_id']} (repeat {record['repeat']}): ")
+                    + Text(record["error"])
+                )
             progress.update(
                 bar,
                 total=total,
@@ -255,6 +262,8 @@ def _run(
     console.print(
         f"{output}: {tally.done} new records, accuracy {100 * tally.accuracy:.1f}%, "
         f"{tally.failed} failed"
+        + (" (the same command run again retries them)" if tally.failed else ""),
+        highlight=False,
     )
     return tally
 

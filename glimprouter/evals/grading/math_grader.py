@@ -3,9 +3,12 @@ that a timeout can kill.
 
 An answer such as \\boxed{10^{10^9}} makes sympy compute for minutes inside one C call, which
 neither math-verify's SIGALRM timeouts nor a thread can interrupt. Each check therefore runs in a
-worker process of its own (at most MAX_WORKERS, reused while they answer in time); one that takes
-longer than VERIFY_TIMEOUT_S, or dies, is killed and replaced, and the problem's grading fails
-with a GradingError (recorded as an error, which a rerun retries) instead of hanging the pool.
+worker process of its own (at most MAX_WORKERS, reused while they answer in time); one that
+computes for longer than VERIFY_TIMEOUT_S, or dies, is killed and replaced, and the problem's
+grading fails with a GradingError (recorded as an error, which a rerun retries) instead of
+hanging the pool. The bound is on the worker's CPU time: on a machine busy with model servers a
+check waits for a core, and waiting is not what the timeout is for (wall time is bounded too, at
+WALL_TIMEOUT_FACTOR times as long, for a worker that gets no CPU at all).
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ import weakref
 from multiprocessing.connection import Connection
 from typing import Any
 
+import psutil
+
 from glimprouter.errors import GlimpRouterError
 from glimprouter.evals.datasets import Problem
 from glimprouter.evals.grading.base import Grade, shorten
 from glimprouter.evals.grading.sandbox import SandboxLimits
 
 VERIFY_TIMEOUT_S = 10.0
+WALL_TIMEOUT_FACTOR = 10
 # A worker's start (a fresh interpreter importing sympy) is not the check's time: it has its own,
 # generous, bound.
 STARTUP_TIMEOUT_S = 120.0
@@ -52,8 +58,8 @@ async def grade_math(
 async def verify_in_worker(
     gold: str, prediction_text: str, timeout_s: float | None = None
 ) -> tuple[bool, str | None]:
-    """(correct, extracted answer) from math-verify, run in a worker killed after `timeout_s`
-    (VERIFY_TIMEOUT_S by default)."""
+    """(correct, extracted answer) from math-verify, run in a worker killed once the check has
+    computed for `timeout_s` (VERIFY_TIMEOUT_S by default)."""
     timeout_s = VERIFY_TIMEOUT_S if timeout_s is None else timeout_s
     answer = shorten(repr(prediction_text), 80)
     async with _slots():
@@ -98,8 +104,28 @@ class _Worker:
         return worker
 
     async def call(self, request: tuple[str, str], timeout_s: float) -> tuple[Any, ...]:
+        """The reply to `request`; TimeoutError once the worker has spent `timeout_s` of CPU time
+        on it, or WALL_TIMEOUT_FACTOR times that of wall time."""
+        loop = asyncio.get_running_loop()
+        wall_deadline = loop.time() + timeout_s * WALL_TIMEOUT_FACTOR
+        cpu_at_start = self.cpu_time_s()
         self.connection.send(request)
-        return await self.receive(timeout_s)
+        while True:
+            cpu_left = timeout_s - (self.cpu_time_s() - cpu_at_start)
+            wall_left = wall_deadline - loop.time()
+            if cpu_left <= 0 or wall_left <= 0:
+                raise TimeoutError
+            try:
+                return await self.receive(min(max(cpu_left, 0.05), wall_left))
+            except TimeoutError:
+                continue  # the check may have waited for a core: its CPU time tells
+
+    def cpu_time_s(self) -> float:
+        try:
+            times = psutil.Process(self.process.pid).cpu_times()
+        except psutil.Error:  # it died: its pipe's end of file tells the caller
+            return 0.0
+        return times.user + times.system
 
     async def receive(self, timeout_s: float) -> tuple[Any, ...]:
         """The next reply, waited for without blocking the event loop."""
