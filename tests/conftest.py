@@ -31,6 +31,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from processes import Lines, start, stop
 from proxy import KillableProxy
 
+from glimprouter.evals.grading import math_grader
 from glimprouter.graph.context import ENV_PREFIX, RouterContext
 from glimprouter.serving.local_models import cache_dir
 
@@ -61,6 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the session if any process it started is still running; stop those processes."""
+    math_grader.stop_workers()  # the grading pool, kept by this process as by an eval, ends here
     left = _stop_descendants()
     if left:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -14,14 +14,12 @@ WALL_TIMEOUT_FACTOR times as long, for a worker that gets no CPU at all).
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import logging
-import multiprocessing
+import json
 import os
-import resource
-import signal
+import subprocess
+import sys
 import weakref
-from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -37,8 +35,8 @@ WALL_TIMEOUT_FACTOR = 10
 # generous, bound.
 STARTUP_TIMEOUT_S = 120.0
 MAX_WORKERS = max(1, os.cpu_count() or 1)
-WORKER_MEMORY_MB = 2048  # sympy expanding a huge power ends in MemoryError, not in swap
-PR_SET_PDEATHSIG = 1
+WORKER_MEMORY_MB = 2048  # per check: sympy expanding a huge power ends in MemoryError, not swap
+WORKER_SCRIPT = Path(__file__).with_name("math_worker.py")
 
 
 class GradingError(GlimpRouterError):
@@ -76,19 +74,21 @@ async def verify_in_worker(
             raise
         _idle.append(worker)
     if reply[0] == "error":
-        raise GradingError(f"math-verify failed on answer {answer}: {reply[1]}")
+        raise GradingError(f"math-verify failed on answer {answer}: {shorten(reply[1], 200)}")
     return reply[1], reply[2]
 
 
 class _Worker:
-    """One grading process and the pipe to it."""
+    """One grading process (math_worker.py) and the pipes to it."""
 
     def __init__(self) -> None:
-        context = multiprocessing.get_context("spawn")  # no fork of a threaded grader
-        self.connection, child_end = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child_end,), daemon=True)
-        self.process.start()
-        child_end.close()
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", str(WORKER_SCRIPT), str(WORKER_MEMORY_MB)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        os.set_blocking(self.process.stdout.fileno(), False)
+        self.received = b""
 
     @classmethod
     async def start(cls) -> _Worker:
@@ -98,18 +98,24 @@ class _Worker:
         except BaseException:
             worker.kill()
             raise
-        if reply != ("ready",):
+        if reply != ["ready"]:
             worker.kill()
             raise GradingError(f"the math grading worker did not start: {reply!r}")
         return worker
 
-    async def call(self, request: tuple[str, str], timeout_s: float) -> tuple[Any, ...]:
+    async def call(self, request: tuple[str, str], timeout_s: float) -> list[Any]:
         """The reply to `request`; TimeoutError once the worker has spent `timeout_s` of CPU time
         on it, or WALL_TIMEOUT_FACTOR times that of wall time."""
         loop = asyncio.get_running_loop()
         wall_deadline = loop.time() + timeout_s * WALL_TIMEOUT_FACTOR
         cpu_at_start = self.cpu_time_s()
-        self.connection.send(request)
+        try:
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            raise GradingError(
+                f"the math grading worker died (exit code {self.process.wait()})"
+            ) from None
         while True:
             cpu_left = timeout_s - (self.cpu_time_s() - cpu_at_start)
             wall_left = wall_deadline - loop.time()
@@ -123,30 +129,36 @@ class _Worker:
     def cpu_time_s(self) -> float:
         try:
             times = psutil.Process(self.process.pid).cpu_times()
-        except psutil.Error:  # it died: its pipe's end of file tells the caller
+        except psutil.Error:  # it died: the end of its output tells the caller
             return 0.0
         return times.user + times.system
 
-    async def receive(self, timeout_s: float) -> tuple[Any, ...]:
-        """The next reply, waited for without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        readable = asyncio.Event()
-        loop.add_reader(self.connection.fileno(), readable.set)
-        try:
-            await asyncio.wait_for(readable.wait(), timeout_s)
-        finally:
-            loop.remove_reader(self.connection.fileno())
-        try:
-            return self.connection.recv()
-        except EOFError:
-            raise GradingError(
-                f"the math grading worker died (exit code {self.process.exitcode})"
-            ) from None
+    async def receive(self, timeout_s: float) -> list[Any]:
+        """The next reply line, waited for without blocking the event loop (each wait for more
+        output is bounded by `timeout_s`)."""
+        output = self.process.stdout.fileno()
+        while b"\n" not in self.received:
+            loop = asyncio.get_running_loop()
+            readable = asyncio.Event()
+            loop.add_reader(output, readable.set)
+            try:
+                await asyncio.wait_for(readable.wait(), timeout_s)
+            finally:
+                loop.remove_reader(output)
+            chunk = os.read(output, 1 << 16)
+            if not chunk:
+                raise GradingError(
+                    f"the math grading worker died (exit code {self.process.wait()})"
+                )
+            self.received += chunk
+        line, self.received = self.received.split(b"\n", 1)
+        return json.loads(line)
 
     def kill(self) -> None:
         self.process.kill()
-        self.process.join()
-        self.connection.close()
+        self.process.wait()
+        self.process.stdin.close()
+        self.process.stdout.close()
 
 
 _idle: list[_Worker] = []
@@ -164,28 +176,3 @@ _slots_by_loop: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.Weak
 def _slots() -> asyncio.Semaphore:
     """At most MAX_WORKERS checks at once per event loop (each worker holds sympy in memory)."""
     return _slots_by_loop.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(MAX_WORKERS))
-
-
-def _serve(connection: Connection) -> None:
-    """The worker's loop: answer ("ok", correct, extracted) or ("error", why) per request."""
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the grader
-    memory = WORKER_MEMORY_MB << 20
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    # math-verify warns once that its own timeouts are off; they are, on purpose (see above).
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    from math_verify import parse, verify
-
-    connection.send(("ready",))
-    while True:
-        try:
-            gold, prediction_text = connection.recv()
-        except EOFError:
-            return  # the grader closed the pipe
-        try:
-            gold_parsed = parse(f"${gold}$", parsing_timeout=None)
-            prediction = parse(prediction_text, parsing_timeout=None)
-            extracted = str(prediction[-1]) if prediction else None
-            correct = bool(verify(gold_parsed, prediction, timeout_seconds=None))
-            connection.send(("ok", correct, extracted))
-        except Exception as error:  # noqa: BLE001 - whatever sympy raises is this answer's failure
-            connection.send(("error", f"{type(error).__name__}: {shorten(str(error), 200)}"))
