@@ -20,6 +20,7 @@ import pytest
 
 from glimprouter import RouterContext
 from glimprouter.cli import build_parser
+from glimprouter.continuation import required_context_length
 from glimprouter.errors import ConfigError, EndpointError
 from glimprouter.models import CANARY_QUESTION, check_endpoints
 from glimprouter.serving import launcher
@@ -36,7 +37,6 @@ from glimprouter.serving.placement import (
     memory_shares,
     parse_gpus,
     plan_devices,
-    required_context_length,
 )
 
 TEMPLATES = Path(__file__).parent / "templates"

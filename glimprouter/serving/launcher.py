@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from glimprouter.continuation import required_context_length
 from glimprouter.errors import ConfigError, EndpointError
 from glimprouter.graph.context import RouterContext
 from glimprouter.serving import model_files
@@ -38,7 +39,6 @@ from glimprouter.serving.placement import (
     context_length,
     installed_engine,
     plan_pair,
-    required_context_length,
 )
 
 VERBATIM_TEMPLATE = VERBATIM_TEMPLATES["chatml"]
