@@ -8,8 +8,6 @@ into one line that names the setting to fix.
 from __future__ import annotations
 
 import asyncio
-import logging
-import math
 import re
 import weakref
 from collections.abc import Callable
@@ -22,24 +20,40 @@ from langchain_core.messages import AIMessage
 from langchain_openai import ChatOpenAI
 from langgraph.constants import TAG_NOSTREAM
 
+from glimprouter.continuation import CONTINUATION
 from glimprouter.errors import EndpointError
-from glimprouter.graph.context import MODEL_ROLES, ModelRole, RouterContext
+from glimprouter.graph.context import ModelRole, RouterContext
 from glimprouter.graph.state import ModelUsage
-from glimprouter.prompts import continuation_messages
+from glimprouter.models_errors import (
+    bad_key,
+    check_finish,
+    no_logprobs,
+    timed_out,
+    unknown_model,
+    unreachable,
+)
+from glimprouter.models_startup import (
+    CANARY_QUESTION,
+    EndpointReport,
+    check_endpoints,
+    served_models,
+)
 from glimprouter.scoring import TopLogprob, has_mass
-from glimprouter.serving.chat_templates import PROBE_PREFIXES, judge_rendering
-from glimprouter.serving.placement import required_context_length
 
-# vLLM continues the final assistant message verbatim only with both flags (the generation
-# prompt defaults to on and may not be combined with continuation). The stop string is kept in
-# the output so a separator stop can be told apart from end-of-sequence.
-CONTINUATION = {
-    "continue_final_message": True,
-    "add_generation_prompt": False,
-    "include_stop_str_in_output": True,
-}
-
-logger = logging.getLogger(__name__)
+# The start-up check lives in its own module; callers reach it, like the requests, here.
+__all__ = [
+    "CANARY_QUESTION",
+    "CONTINUATION",
+    "Completion",
+    "ContextOverflow",
+    "EndpointReport",
+    "GlimpsedStep",
+    "chat_client",
+    "check_endpoints",
+    "complete",
+    "one_request",
+    "stream_with_glimpse",
+]
 
 _CONTEXT_OVERFLOW = re.compile(r"maximum context length|context length|too long", re.IGNORECASE)
 
@@ -170,7 +184,7 @@ async def complete(
     except openai.APIError as error:
         raise await _explain(error, context, role) from None
     except TimeoutError:
-        raise _timed_out(context, role) from None
+        raise timed_out(context, role) from None
     return _completion(message, top_logprobs is not None, context, role)
 
 
@@ -272,18 +286,18 @@ async def _stream_once(
             raise _StreamCut from None
         raise await _explain(error, context, role) from None
     except (httpx.TimeoutException, TimeoutError):
-        raise _timed_out(context, role) from None
+        raise timed_out(context, role) from None
     except httpx.HTTPError:
         if received:
             raise _StreamCut from None
-        raise _unreachable(context, role) from None
+        raise unreachable(context, role) from None
     finally:
         await chunks.aclose()
     if not cancelled and finish_reason is None:
         raise _StreamCut
     if first is None or not has_mass(first):
-        raise _no_logprobs(context, role)
-    _check_finish(finish_reason, context, role)
+        raise no_logprobs(context, role)
+    check_finish(finish_reason, context, role)
     prompt_tokens = int(usage.get("input_tokens", 0))
     completion_tokens = int(usage.get("output_tokens", 0))
     return GlimpsedStep(
@@ -305,14 +319,14 @@ def _completion(
     if want_logprobs and not (
         token_logprobs and has_mass(token_logprobs[0].get("top_logprobs") or [])
     ):
-        raise _no_logprobs(context, role)
+        raise no_logprobs(context, role)
     if metadata.get("finish_reason") is None:
         # Only a reply streamed under a LangGraph token stream and cut off lacks one.
         raise EndpointError(
             f"the {role} model server at {context.shown_url(role)} cut off a reply before it "
             "ended: check it is up and its log"
         )
-    _check_finish(metadata.get("finish_reason"), context, role)
+    check_finish(metadata.get("finish_reason"), context, role)
     return Completion(
         text=message.content if isinstance(message.content, str) else str(message.content),
         finish_reason=metadata.get("finish_reason"),
@@ -327,13 +341,13 @@ async def _explain(error: openai.APIError, context: RouterContext, role: ModelRo
     base_url = context.shown_url(role)
     detail = _error_detail(error)
     if isinstance(error, openai.APITimeoutError):
-        return _timed_out(context, role)
+        return timed_out(context, role)
     if isinstance(error, openai.APIConnectionError):
-        return _unreachable(context, role)
+        return unreachable(context, role)
     if isinstance(error, openai.AuthenticationError):
-        return _bad_key(context, role)
+        return bad_key(context, role)
     if isinstance(error, openai.NotFoundError):
-        return _unknown_model(context, role, await served_models(context, role))
+        return unknown_model(context, role, await served_models(context, role))
     # A refused request arrives as a 400, or inside a stream as a plain APIError: read the text.
     if isinstance(error, openai.BadRequestError) or type(error) is openai.APIError:
         if "logprobs" in detail.lower():
@@ -354,254 +368,3 @@ def _error_detail(error: openai.APIError) -> str:
         if message:
             return " ".join(str(message).split())
     return " ".join(str(error.message).split())
-
-
-async def served_models(context: RouterContext, role: ModelRole) -> list[str]:
-    """Model names the server of `role` lists at /models."""
-    return [entry.get("id") for entry in await _served_entries(context, role)]
-
-
-async def _served_entries(context: RouterContext, role: ModelRole) -> list[dict[str, Any]]:
-    """The entries the server of `role` lists at /models (vLLM's give the model's `root`)."""
-    base_url, _, api_key = context.endpoint(role)
-    try:
-        async with httpx.AsyncClient(timeout=min(context.request_timeout, 10.0)) as http:
-            response = await http.get(
-                base_url.rstrip("/") + "/models", headers={"Authorization": f"Bearer {api_key}"}
-            )
-    except httpx.HTTPError:
-        raise _unreachable(context, role) from None
-    if response.status_code in (401, 403):
-        raise _bad_key(context, role)
-    if response.status_code != 200:
-        raise EndpointError(
-            f"{context.shown_url(role)}/models answered HTTP {response.status_code}: is "
-            f"{_url_setting(role)} the base URL of an OpenAI-compatible server (ending in /v1)?"
-        )
-    try:
-        entries = response.json().get("data", [])
-    except ValueError:
-        entries = None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise EndpointError(
-            f"{context.shown_url(role)}/models did not answer an OpenAI model list: is "
-            f"{_url_setting(role)} "
-            "the base URL of an OpenAI-compatible server (ending in /v1)?"
-        )
-    return entries
-
-
-@dataclass(frozen=True)
-class EndpointReport:
-    """What the start-up check learned of the two servers."""
-
-    served: dict[ModelRole, str]
-    """The model each role's server serves: the `root` it reports (vLLM: the weights' path or
-    hub id, whatever the served name), or the served name where it reports none."""
-    warnings: list[str]
-    """One line each, also logged: e.g. a context shorter than the router's longest request."""
-
-
-async def check_endpoints(context: RouterContext) -> EndpointReport:
-    """Fail fast, before any work, when an endpoint is down, does not serve its model, or fails
-    the start-up canary (`canary`); else say which model each serves, and warn of what will
-    hurt (logged, one line each, on stderr when logging is not configured)."""
-    served: dict[ModelRole, str] = {}
-    warnings = []
-    for role in MODEL_ROLES:
-        entries = await _served_entries(context, role)
-        model = context.endpoint(role)[1]
-        entry = next((e for e in entries if e.get("id") == model), None)
-        if entry is None:
-            raise _unknown_model(context, role, [e.get("id") for e in entries])
-        served[role] = str(entry.get("root") or model)
-        await canary(context, role)
-        needed = required_context_length(context.token_budget, context.answer_max_tokens)
-        length = entry.get("max_model_len")  # vLLM lists it; other servers may not
-        if isinstance(length, int) and length < needed:
-            warnings.append(
-                f"the {role} model server at {context.shown_url(role)} serves a context of "
-                f"{length} tokens, fewer than the {needed} the router may ask (prompt, "
-                f"token_budget {context.token_budget}, answer_max_tokens "
-                f"{context.answer_max_tokens}): late steps and the answer will be cut; restart it "
-                f"with --max-model-len {needed} or lower the budget"
-            )
-            logger.warning(warnings[-1])
-    return EndpointReport(served, warnings)
-
-
-# A question no eval asks: a fake or a proxy can tell the canary's requests from a run's.
-CANARY_QUESTION = "GlimpRouter start-up check: what is 2 + 2?"
-_CANARY_TOP_K = 2
-
-
-async def canary(context: RouterContext, role: ModelRole) -> None:
-    """Refuse, with one line each, a server that would break the method without an error:
-
-    - a reasoning parser (`--reasoning-parser`) moves the continued thinking out of `content`,
-      so every step comes back empty;
-    - processed logprobs (`--logprobs-mode processed_*`) are those left after top-k / top-p, so
-      with a generation config such as Qwen3's the candidates are cut and the entropy collapses;
-    - a chat template that adds an (empty) think block around the continued text, or cuts it
-      up to `</think>` (checked through vLLM's /tokenize, where the server has one).
-
-    One one-token request (sampled with top-k 2: processed logprobs then show at most two
-    candidates) and, on vLLM, two renderings of a prompt.
-    """
-    base_url, model, api_key = context.endpoint(role)
-    headers = {"Authorization": f"Bearer {api_key}"}
-    root = base_url.rstrip("/").removesuffix("/v1")
-    probe = {
-        "model": model,
-        "messages": continuation_messages(CANARY_QUESTION, PROBE_PREFIXES[0]),
-        **CONTINUATION,
-        "max_tokens": 1,
-        "temperature": 1.0,
-        "top_k": _CANARY_TOP_K,
-        "logprobs": True,
-        "top_logprobs": context.top_k,
-    }
-    where = f"the {role} model server at {context.shown_url(role)}"
-    try:
-        async with httpx.AsyncClient(timeout=context.request_timeout, headers=headers) as http:
-            reply = await http.post(base_url.rstrip("/") + "/chat/completions", json=probe)
-            renderings = []
-            for prefix in PROBE_PREFIXES:
-                rendered = await _rendered_prompt(http, root, model, prefix)
-                renderings.append((prefix, rendered))
-    except httpx.HTTPError:
-        raise _unreachable(context, role) from None
-    choices = _json_field(reply, "choices")
-    if not isinstance(choices, list) or not choices:
-        detail = " ".join(reply.text.split())[:300]
-        if "logprobs" in detail.lower():
-            raise EndpointError(
-                f"{where} allows fewer top logprobs than top_k={context.top_k} ({detail}): lower "
-                f"--top-k / GLIMPROUTER_TOP_K or restart vLLM with --max-logprobs {context.top_k}"
-            )
-        raise EndpointError(
-            f"{where} failed a one-token request (HTTP {reply.status_code}: {detail}): check "
-            "its log"
-        )
-    choice = choices[0]
-    message = choice.get("message") or {}
-    if not message.get("content") and (
-        message.get("reasoning") or message.get("reasoning_content")
-    ):
-        raise EndpointError(
-            f"{where} moves the model's text into a reasoning field, so every step would come "
-            "back empty: restart it without --reasoning-parser"
-        )
-    top = ((choice.get("logprobs") or {}).get("content") or [{}])[0].get("top_logprobs") or []
-    # vLLM writes a -inf log-probability as -9999.0.
-    alive = [
-        entry
-        for entry in top
-        if math.isfinite(entry.get("logprob", -math.inf)) and entry["logprob"] > -9999.0
-    ]
-    if len(top) > _CANARY_TOP_K and len(alive) <= _CANARY_TOP_K:
-        raise EndpointError(
-            f"{where} returns processed logprobs (cut by top-k / top-p), so the glimpse entropy "
-            "collapses: restart it with --logprobs-mode raw_logprobs (vLLM's default)"
-        )
-    for prefix, rendered in renderings:
-        if rendered is False:  # no /tokenize: not vLLM, nothing to check
-            continue
-        behaviour = judge_rendering(prefix, rendered)
-        if behaviour == "wraps":
-            raise EndpointError(
-                f"{where} wraps the continued thinking in a think block of its chat template: "
-                "restart it with glimprouter serve, or vLLM's --chat-template with a verbatim "
-                "template (glimprouter/serving/templates/)"
-            )
-        if behaviour == "strips":
-            raise EndpointError(
-                f"{where} cuts the continued text up to </think> in its chat template, so the "
-                "answer request fails: restart it with glimprouter serve, or vLLM's "
-                "--chat-template with a verbatim template (glimprouter/serving/templates/)"
-            )
-
-
-async def _rendered_prompt(
-    http: httpx.AsyncClient, root: str, model: str, prefix: str
-) -> str | None | bool:
-    """The prompt vLLM renders to continue `prefix` (its /tokenize and /detokenize); None when
-    the template made it refuse, False when the server has no such endpoint."""
-    request = {
-        "model": model,
-        "messages": continuation_messages(CANARY_QUESTION, prefix),
-        "add_generation_prompt": False,
-        "continue_final_message": True,
-    }
-    tokenized = await http.post(root + "/tokenize", json=request)
-    if tokenized.status_code == 400 and "final message" in tokenized.text:
-        return None  # transformers: the template deleted part of the final message
-    tokens = _json_field(tokenized, "tokens")
-    if not isinstance(tokens, list):
-        return False
-    detokenized = await http.post(root + "/detokenize", json={"model": model, "tokens": tokens})
-    prompt = _json_field(detokenized, "prompt")
-    return prompt if isinstance(prompt, str) else False
-
-
-def _json_field(response: httpx.Response, name: str) -> Any:
-    """`name` of a successful JSON object reply, else None."""
-    try:
-        body = response.json() if response.status_code == 200 else None
-    except ValueError:
-        return None
-    return body.get(name) if isinstance(body, dict) else None
-
-
-def _url_setting(role: ModelRole) -> str:
-    return f"--{role}-url / GLIMPROUTER_{role.upper()}_BASE_URL"
-
-
-def _timed_out(context: RouterContext, role: ModelRole) -> EndpointError:
-    return EndpointError(
-        f"the {role} model server at {context.shown_url(role)} did not answer within "
-        f"{context.request_timeout:g} s: check it is up, or raise request_timeout "
-        "(GLIMPROUTER_REQUEST_TIMEOUT)"
-    )
-
-
-def _no_logprobs(context: RouterContext, role: ModelRole) -> EndpointError:
-    return EndpointError(
-        f"the {role} model server at {context.shown_url(role)} returned no usable "
-        f"logprobs: point {_url_setting(role)} at a vLLM (or other) server that returns "
-        "top_logprobs"
-    )
-
-
-# Finish reasons of a request the server gave up on: its text is not a step.
-_FAILED_FINISH = ("abort", "error")
-
-
-def _check_finish(finish_reason: str | None, context: RouterContext, role: ModelRole) -> None:
-    if finish_reason in _FAILED_FINISH:
-        raise EndpointError(
-            f"the {role} model server at {context.shown_url(role)} gave up on a request "
-            f"(finish_reason {finish_reason!r}): check the server's log"
-        )
-
-
-def _unreachable(context: RouterContext, role: ModelRole) -> EndpointError:
-    return EndpointError(
-        f"cannot reach the {role} model server at {context.shown_url(role)}: start it "
-        f"(glimprouter serve) or fix {_url_setting(role)}"
-    )
-
-
-def _bad_key(context: RouterContext, role: ModelRole) -> EndpointError:
-    return EndpointError(
-        f"the {role} model server at {context.shown_url(role)} refused the API key: set "
-        f"--{role}-api-key / GLIMPROUTER_{role.upper()}_API_KEY"
-    )
-
-
-def _unknown_model(context: RouterContext, role: ModelRole, served: list[str]) -> EndpointError:
-    model = context.endpoint(role)[1]
-    return EndpointError(
-        f"the {role} model server at {context.shown_url(role)} does not serve {model!r}; it serves "
-        f"{served}: set --{role}-model / GLIMPROUTER_{role.upper()}_MODEL"
-    )

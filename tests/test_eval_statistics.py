@@ -16,7 +16,7 @@ from glimprouter.errors import ConfigError
 from glimprouter.evals import stats
 from glimprouter.evals.datasets import Problem, load_problems, split_problems
 from glimprouter.evals.report import load_rows, markdown, paired_markdown, verdict
-from glimprouter.evals.runner import (
+from glimprouter.evals.results import (
     ResultsWriter,
     pin_configuration,
     realised_large_share,

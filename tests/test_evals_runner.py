@@ -7,7 +7,7 @@ import pytest
 from glimprouter.errors import ConfigError
 from glimprouter.evals.calibrate import calibrate_threshold, recorded_entropies
 from glimprouter.evals.report import load_rows, markdown, pareto_plot, summarise
-from glimprouter.evals.runner import (
+from glimprouter.evals.results import (
     CONFIG_FILE,
     RESULTS_FILE,
     ResultsWriter,

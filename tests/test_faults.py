@@ -12,7 +12,8 @@ from fakes import context_at, fake_model_server
 
 from glimprouter import RouterContext, graph, run_config
 from glimprouter.evals.datasets import Problem
-from glimprouter.evals.runner import read_results, run_eval
+from glimprouter.evals.results import read_results
+from glimprouter.evals.runner import run_eval
 from glimprouter.graph.invoke import run_question
 from glimprouter.graph.threads import DURABILITY, durable_graph, plan_thread, thread_config
 

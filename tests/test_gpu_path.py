@@ -20,23 +20,25 @@ import pytest
 
 from glimprouter import RouterContext
 from glimprouter.cli import build_parser
+from glimprouter.continuation import required_context_length
 from glimprouter.errors import ConfigError, EndpointError
 from glimprouter.models import CANARY_QUESTION, check_endpoints
 from glimprouter.serving import launcher
+from glimprouter.serving import pair as serving_pair
 from glimprouter.serving.chat_templates import (
     VERBATIM_TEMPLATES,
     choose_template,
     continuation_behaviour,
 )
 from glimprouter.serving.cli import specs_from_args
-from glimprouter.serving.launcher import ServerSpec, build_command, build_env, start_stages
+from glimprouter.serving.launcher import ServerSpec, build_command, build_env
+from glimprouter.serving.pair import start_stages
 from glimprouter.serving.placement import (
     Engine,
     installed_engine,
     memory_shares,
     parse_gpus,
     plan_devices,
-    required_context_length,
 )
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -63,7 +65,8 @@ def pair(tmp_path) -> tuple[Path, Path]:
 
 
 def _serve_specs(monkeypatch, engine: Engine, argv: list[str]) -> list[ServerSpec]:
-    monkeypatch.setattr(launcher, "installed_engine", lambda: engine)
+    for module in (launcher, serving_pair):  # is_cpu_only and place_pair ask the engine
+        monkeypatch.setattr(module, "installed_engine", lambda: engine)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     for name in ("TOKEN_BUDGET", "ANSWER_MAX_TOKENS"):
         monkeypatch.delenv(f"GLIMPROUTER_{name}", raising=False)

@@ -22,7 +22,8 @@ from glimprouter.evals.datasets import CodeTest, Problem, _code_tests
 from glimprouter.evals.grading import MAX_DETAIL, SandboxLimits, grade, math_grader
 from glimprouter.evals.grading.code import compare_stdout
 from glimprouter.evals.grading.math_grader import GradingError, verify_in_worker
-from glimprouter.evals.runner import read_results, run_eval
+from glimprouter.evals.results import read_results
+from glimprouter.evals.runner import run_eval
 
 ROOMY = SandboxLimits(time_s=10.0)
 # sympy computes this power exactly, for minutes, inside one C call.

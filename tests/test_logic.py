@@ -9,7 +9,7 @@ from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext, resolve_context
 from glimprouter.graph.state import add_usage
 from glimprouter.nodes.decide import route_to_writer
-from glimprouter.nodes.step import step_allowance
+from glimprouter.nodes.next_step import step_allowance
 from glimprouter.nodes.termination import route_after_check, stop_reason
 from glimprouter.parsing import last_boxed, split_step
 from glimprouter.prompts import answer_prefix, render_question, thinking_prefix

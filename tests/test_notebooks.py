@@ -25,7 +25,7 @@ from nbclient.exceptions import CellExecutionError
 from processes import running
 
 from glimprouter.evals.report import load_rows, markdown, paired_markdown
-from glimprouter.evals.runner import results_dirs
+from glimprouter.evals.results import results_dirs
 from glimprouter.serving.launcher import free_port
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"

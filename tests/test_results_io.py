@@ -14,15 +14,15 @@ from glimprouter.errors import ConfigError
 from glimprouter.evals.calibrate import recorded_entropies
 from glimprouter.evals.datasets import Problem
 from glimprouter.evals.report import load_rows
-from glimprouter.evals.runner import (
+from glimprouter.evals.results import (
     CONFIG_FILE,
     RESULTS_FILE,
     ResultsWriter,
     pin_configuration,
     read_results,
-    run_eval,
     run_identity,
 )
+from glimprouter.evals.runner import run_eval
 from glimprouter.graph.context import RouterContext
 
 GRADED = {

@@ -118,6 +118,6 @@ def test_router_endpoint_replies_hold_no_key(debug_logs):
 
 def test_keys_given_by_environment_stay_out_of_eval_config(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("GLIMPROUTER_SMALL_API_KEY", SMALL_KEY)
-    from glimprouter.evals.runner import run_identity
+    from glimprouter.evals.results import run_identity
 
     assert_no_key(json.dumps(run_identity("x", RouterContext(), 1)))

@@ -22,15 +22,13 @@ from glimprouter.serving.launcher import (
     VERBATIM_TEMPLATE,
     ServerSpec,
     VLLMServer,
-    bf16_weights_gib,
     build_command,
     build_env,
     cpu_dtype,
-    plan_pair_memory,
     resolve_chat_template,
-    server_footprint_gib,
 )
 from glimprouter.serving.local_models import LOCAL_MODELS, LOCAL_PAIR, LocalModel, prepare
+from glimprouter.serving.pair import bf16_weights_gib, plan_pair_memory, server_footprint_gib
 
 TEMPLATES = Path(__file__).parent / "templates"
 QWEN3_TEMPLATE = (TEMPLATES / "qwen3_stock.jinja").read_text()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from glimprouter.errors import ConfigError
-from glimprouter.evals.runner import read_results
+from glimprouter.evals.results import read_results
 
 
 def recorded_entropies(directories: Sequence[Path]) -> list[float]:

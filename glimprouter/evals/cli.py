@@ -30,7 +30,8 @@ from glimprouter.evals.report import (
     paired_markdown,
     pareto_plot,
 )
-from glimprouter.evals.runner import Tally, realised_large_share, results_dirs, run_eval
+from glimprouter.evals.results import realised_large_share, results_dirs
+from glimprouter.evals.runner import Tally, run_eval
 from glimprouter.graph.context import RouterContext
 from glimprouter.stopping import run
 

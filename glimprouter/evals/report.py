@@ -13,7 +13,7 @@ import numpy as np
 
 from glimprouter.errors import ConfigError
 from glimprouter.evals import stats
-from glimprouter.evals.runner import CONFIG_FILE, read_results
+from glimprouter.evals.results import CONFIG_FILE, read_results
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,12 @@
 START -> glimpse -> decide -> small_step | large_step -> check_termination
             ^                                                   |
             +------------------- next step ---------------------+-> answer -> END
+
+In stream mode (glimpse_mode "stream", the default) the glimpse is the start of the small
+model's step itself: it already picks the writer, and when the small model keeps the step it
+writes it whole and parks it in `streamed_step`; `decide` then keeps that writer and
+`small_step` only commits the parked step. Reviewing methods pass a small draft through
+`review`, which keeps it or sends the step to `large_step` to rewrite.
 """
 
 from __future__ import annotations

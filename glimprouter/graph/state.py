@@ -24,8 +24,8 @@ StopReason = Literal[
 StepFinish = Literal["separator", "end_of_sequence", "length"]
 
 
-class Draft(TypedDict):
-    """A small-model draft that a reviewing strategy handed to the large model."""
+class RejectedDraft(TypedDict):
+    """What a step keeps of the small model's draft that review handed to the large model."""
 
     text: str
     completion_tokens: int
@@ -38,7 +38,7 @@ class Step(TypedDict):
     model: ModelRole
     entropy: float | None  # entropy (nats) of the small model's glimpse (glimpsing methods)
     score: float | None  # review score of the small draft (reviewing methods)
-    draft: Draft | None  # the rejected small draft this step replaced
+    draft: RejectedDraft | None  # the rejected small draft this step replaced
     text: str  # the step, without its "\n\n" separator
     finish: StepFinish
     completion_tokens: int
@@ -89,6 +89,8 @@ class RouterState(InputState, OutputState):
     """The loop's full state: the output so far plus the pending routing decision."""
 
     glimpse_entropy: float | None  # entropy of the glimpse for the step about to be written
-    writer: ModelRole | None  # the model chosen to write that step
-    draft: Step | None  # a small draft awaiting review (reviewing methods)
-    streamed_step: Step | None  # a small step the streamed glimpse already wrote
+    writer: ModelRole | None  # who writes that step (chosen by the streamed glimpse or decide)
+    # The small model's draft of that step (reviewing methods): awaiting review, or rejected and
+    # awaiting the large model's rewrite, which records it in its `draft`.
+    draft_step: Step | None
+    streamed_step: Step | None  # a small step the streamed glimpse already wrote, to be committed

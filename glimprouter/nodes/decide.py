@@ -8,25 +8,17 @@ from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState
-from glimprouter.nodes.common import run_strategy, steps_of
+from glimprouter.nodes.common import run_strategy
+from glimprouter.nodes.routing import next_writer
 
 
 async def decide(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
-    """Pick the model that writes (or, for reviewing methods, drafts) the next step."""
-    if state.get("stop_reason"):
+    """Pick the model that writes (or, for reviewing methods, drafts) the next step, unless the
+    streamed glimpse has picked it already (it must, to know whether to let its stream run on)."""
+    if state.get("stop_reason") or state.get("writer"):
         return {}
     context, strategy = run_strategy(runtime)
-    key = routing_key(context, state["question"], len(steps_of(state)))
-    writer = strategy.choose(
-        state.get("glimpse_entropy"), context.threshold, context.large_rate, key
-    )
-    return {"writer": writer}
-
-
-def routing_key(context: RouterContext, question: str, step_index: int) -> str:
-    """Seed of a step's random choice: per run, question and step, so a random baseline
-    repeats exactly."""
-    return f"{context.seed}|{question}|{step_index}"
+    return {"writer": next_writer(state, context, strategy, state.get("glimpse_entropy"))}
 
 
 def route_to_writer(state: RouterState) -> Literal["small_step", "large_step", "answer"]:

@@ -16,19 +16,21 @@ from langgraph.runtime import Runtime
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState
 from glimprouter.models import ContextOverflow, complete, stream_with_glimpse
-from glimprouter.nodes.common import prompt_args, run_strategy, step_texts, steps_of
-from glimprouter.nodes.decide import routing_key
-from glimprouter.nodes.step import new_step, step_request
+from glimprouter.nodes.common import prompt_args, run_strategy, step_texts
+from glimprouter.nodes.next_step import new_step, step_request
+from glimprouter.nodes.routing import next_writer
 from glimprouter.prompts import next_step_messages
-from glimprouter.scoring import top_k_entropy
+from glimprouter.scoring import TopLogprob, top_k_entropy
+from glimprouter.strategies import Strategy
 
 
 async def glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
     """Score how unsure the small model is about how to start the next step (for the methods
-    that glimpse; the others go straight on)."""
+    that glimpse; the others go straight on). The streamed glimpse also picks the writer, and
+    writes the step when the small model keeps it; otherwise `decide` picks the writer."""
     context, strategy = run_strategy(runtime)
     if not strategy.glimpses:
-        return {"glimpse_entropy": None}
+        return {"glimpse_entropy": None, "writer": None}
     try:
         if context.glimpse_mode == "stream":
             return await _streamed(state, context, strategy)
@@ -45,16 +47,16 @@ async def glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[s
         return {"stop_reason": "context_length"}
     return {
         "glimpse_entropy": top_k_entropy(probe.first_token_top_logprobs),
+        "writer": None,
         "usage": probe.usage("small"),
     }
 
 
-async def _streamed(state: RouterState, context: RouterContext, strategy) -> dict[str, Any]:
-    key = routing_key(context, state["question"], len(steps_of(state)))
-
-    def small_keeps_it(top_logprobs) -> bool:
-        entropy = top_k_entropy(top_logprobs)
-        return strategy.choose(entropy, context.threshold, context.large_rate, key) == "small"
+async def _streamed(
+    state: RouterState, context: RouterContext, strategy: Strategy
+) -> dict[str, Any]:
+    def small_keeps_it(top_logprobs: list[TopLogprob]) -> bool:
+        return next_writer(state, context, strategy, top_k_entropy(top_logprobs)) == "small"
 
     started = time.perf_counter()
     glimpsed = await stream_with_glimpse(
@@ -66,6 +68,7 @@ async def _streamed(state: RouterState, context: RouterContext, strategy) -> dic
     )
     update: dict[str, Any] = {
         "glimpse_entropy": top_k_entropy(glimpsed.first_token_top_logprobs),
+        "writer": "small" if glimpsed.completion is not None else "large",
         "usage": glimpsed.usage("small"),
     }
     if glimpsed.completion is not None:

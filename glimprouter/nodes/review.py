@@ -19,7 +19,7 @@ JUDGE_TOP_LOGPROBS = 10  # SpecReason reads the judge's top 10 candidates
 async def review(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
     """Keep the draft as the next step, or leave it for the large model to rewrite."""
     context, strategy = run_strategy(runtime)
-    draft = state["draft"]
+    draft = state["draft_step"]
     score = draft["score"]
     usage: dict[str, Any] = {}
     if strategy.review == "judge":
@@ -36,14 +36,14 @@ async def review(state: RouterState, runtime: Runtime[RouterContext]) -> dict[st
                 stream=False,
             )
         except ContextOverflow:
-            return {"stop_reason": "context_length", "draft": None}
+            return {"stop_reason": "context_length", "draft_step": None}
         score = judge_score(verdict.first_token_top_logprobs)
         usage = verdict.usage("large")
     if score is not None and strategy.rewrite(score, context.threshold):
-        return {"draft": {**draft, "score": score}, "writer": "large", "usage": usage}
-    return {**commit_step({**draft, "score": score}), "draft": None, "usage": usage}
+        return {"draft_step": {**draft, "score": score}, "writer": "large", "usage": usage}
+    return {**commit_step({**draft, "score": score}), "draft_step": None, "usage": usage}
 
 
 def route_after_review(state: RouterState) -> Literal["large_step", "check_termination"]:
     """Edge after review: a rejected draft goes to the large model."""
-    return "large_step" if state.get("draft") else "check_termination"
+    return "large_step" if state.get("draft_step") else "check_termination"

@@ -10,56 +10,12 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import ModelRole, RouterContext
-from glimprouter.graph.state import RouterState, Step
-from glimprouter.models import Completion, ContextOverflow, complete
-from glimprouter.nodes.common import (
-    commit_step,
-    prompt_args,
-    reasoning_tokens,
-    run_strategy,
-    step_texts,
-    steps_of,
-)
-from glimprouter.parsing import split_step
-from glimprouter.prompts import STEP_SEPARATOR, next_step_messages
+from glimprouter.graph.state import RouterState
+from glimprouter.models import ContextOverflow, complete
+from glimprouter.nodes.common import commit_step, run_strategy
+from glimprouter.nodes.next_step import new_step, step_request
 
 StepNode = Callable[[RouterState, Runtime[RouterContext]], Awaitable[dict[str, Any]]]
-
-
-def step_allowance(step_max_tokens: int, token_budget: int, tokens_used: int) -> int:
-    """Most tokens the next step may take: the per-step cap, never past the budget."""
-    return max(0, min(step_max_tokens, token_budget - tokens_used))
-
-
-def step_request(state: RouterState, context: RouterContext) -> dict[str, Any]:
-    """The messages and sampling of the next step's request, whichever model writes it."""
-    steps = steps_of(state)
-    return {
-        "messages": next_step_messages(step_texts=step_texts(state), **prompt_args(state)),
-        "max_tokens": step_allowance(
-            context.step_max_tokens, context.token_budget, reasoning_tokens(steps)
-        ),
-        "temperature": context.temperature,
-        "top_p": context.top_p,
-        "stop": [STEP_SEPARATOR],
-    }
-
-
-def new_step(state: RouterState, role: ModelRole, result: Completion, started: float) -> Step:
-    """The trace record of a step `role` just wrote."""
-    text, finish = split_step(result.text, result.finish_reason)
-    return {
-        "index": len(steps_of(state)),
-        "model": role,
-        "entropy": state.get("glimpse_entropy"),
-        "score": None,
-        "draft": None,
-        "text": text,
-        "finish": finish,
-        "completion_tokens": result.completion_tokens,
-        "prompt_tokens": result.prompt_tokens,
-        "wall_s": round(time.perf_counter() - started, 4),
-    }
 
 
 def make_step_node(role: ModelRole) -> StepNode:
@@ -85,7 +41,7 @@ def make_step_node(role: ModelRole) -> StepNode:
                 **step_request(state, context),
             )
         except ContextOverflow:
-            return {"stop_reason": "context_length", "draft": None}
+            return {"stop_reason": "context_length", "draft_step": None}
         step = new_step(state, role, result, started)
         usage = result.usage(role)
         if drafting:
@@ -93,14 +49,14 @@ def make_step_node(role: ModelRole) -> StepNode:
                 # A draft whose logprobs hold nothing to score is kept, as an unscored one is.
                 with contextlib.suppress(ValueError):
                     step["score"] = strategy.score_draft(result.token_logprobs)
-            return {"draft": step, "usage": usage}
-        if rejected := state.get("draft"):
+            return {"draft_step": step, "usage": usage}
+        if rejected := state.get("draft_step"):
             step["score"] = rejected["score"]
             step["draft"] = {
                 "text": rejected["text"],
                 "completion_tokens": rejected["completion_tokens"],
             }
-        return {**commit_step(step), "draft": None, "usage": usage}
+        return {**commit_step(step), "draft_step": None, "usage": usage}
 
     write_step.__name__ = write_step.__qualname__ = f"{role}_step"
     write_step.__doc__ = f"The {role} model writes the next reasoning step."
@@ -113,4 +69,4 @@ large_step = make_step_node("large")
 
 def route_after_step(state: RouterState) -> Literal["review", "check_termination"]:
     """Edge after a step: a held draft goes to review, a written step to the termination check."""
-    return "review" if state.get("draft") else "check_termination"
+    return "review" if state.get("draft_step") else "check_termination"

@@ -8,10 +8,7 @@ from glimprouter.serving.launcher import (
     build_env,
     free_port,
     is_cpu_only,
-    local_pair_specs,
-    place_pair,
     resolve_chat_template,
-    serve,
 )
 from glimprouter.serving.local_models import (
     LOCAL_MODELS,
@@ -21,6 +18,7 @@ from glimprouter.serving.local_models import (
     get_local_model,
     prepare,
 )
+from glimprouter.serving.pair import local_pair_specs, place_pair, serve
 
 __all__ = [
     "LOCAL_MODELS",

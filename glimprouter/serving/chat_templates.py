@@ -12,10 +12,9 @@ Such a template is replaced by a verbatim one of the same family.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
+from glimprouter.continuation import PROBE_PREFIXES, Behaviour, judge_rendering
 from glimprouter.errors import ConfigError
-from glimprouter.prompts import THINK_CLOSE, answer_prefix, thinking_prefix
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 VERBATIM_TEMPLATES: dict[str, Path] = {
@@ -23,10 +22,6 @@ VERBATIM_TEMPLATES: dict[str, Path] = {
     "deepseek": TEMPLATES_DIR / "deepseek_verbatim.jinja",
 }
 """A verbatim template per template family, keyed by `template_family`."""
-
-Behaviour = Literal["verbatim", "wraps", "strips"]
-
-_PROBE_STEPS = ["Two and two make four."]
 
 
 def _render_continuation(template: str, prefix: str) -> str:
@@ -45,20 +40,6 @@ def _render_continuation(template: str, prefix: str) -> str:
         eos_token="",
     )
     return rendered[0]
-
-
-PROBE_PREFIXES = (thinking_prefix(_PROBE_STEPS), answer_prefix(_PROBE_STEPS))
-"""The two kinds of prefix the router continues: mid-thinking, and closed for the answer."""
-
-
-def judge_rendering(prefix: str, rendered: str | None) -> Behaviour:
-    """What a template did to a continued `prefix`, from the prompt it rendered (None: the
-    renderer refused, as transformers does when the final message vanished)."""
-    if rendered is None or not rendered.endswith(prefix):
-        return "strips"
-    if rendered.count(THINK_CLOSE) > prefix.count(THINK_CLOSE):
-        return "wraps"
-    return "verbatim"
 
 
 def continuation_behaviour(template: str) -> Behaviour:

@@ -20,10 +20,8 @@ from glimprouter.serving.launcher import (
     VLLMServer,
     default_max_model_len,
     is_cpu_only,
-    local_pair_specs,
-    place_pair,
-    serve,
 )
+from glimprouter.serving.pair import local_pair_specs, place_pair, serve
 from glimprouter.serving.placement import parse_gpus
 from glimprouter.stopping import run
 

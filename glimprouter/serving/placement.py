@@ -24,9 +24,6 @@ GPU_MEMORY_SHARE = 0.9
 for a server alone; two servers each at 0.92 of one device cannot both start)."""
 MIN_FREE_GIB = 1.0
 """Least memory a server needs beyond its weights on a shared device (activations, KV cache)."""
-PROMPT_ALLOWANCE = 2048
-"""Tokens of question and prompt a served context leaves room for, besides the reasoning budget
-and the answer (LiveCodeBench prompts with starter code run to about 1,500 tokens)."""
 
 
 @dataclass(frozen=True)
@@ -203,12 +200,6 @@ def plan_pair(
         f": {shares[0]:.2f} and {shares[1]:.2f} of its memory, started one after the other"
     )
     return Placement(small_devices, shares[0]), Placement(large_devices, shares[1])
-
-
-def required_context_length(token_budget: int, answer_max_tokens: int) -> int:
-    """The context a server needs for the router's longest request: the prompt, every
-    reasoning token of the budget, and the answer."""
-    return PROMPT_ALLOWANCE + token_budget + answer_max_tokens
 
 
 def context_length(

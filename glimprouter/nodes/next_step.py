@@ -1,0 +1,50 @@
+"""The next step's request and the trace record of its reply, whichever node sends it: the step
+nodes, or the streamed glimpse that starts a small step itself."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from glimprouter.graph.context import ModelRole, RouterContext
+from glimprouter.graph.state import RouterState, Step
+from glimprouter.models import Completion
+from glimprouter.nodes.common import prompt_args, reasoning_tokens, step_texts, steps_of
+from glimprouter.parsing import split_step
+from glimprouter.prompts import STEP_SEPARATOR, next_step_messages
+
+
+def step_allowance(step_max_tokens: int, token_budget: int, tokens_used: int) -> int:
+    """Most tokens the next step may take: the per-step cap, never past the budget."""
+    return max(0, min(step_max_tokens, token_budget - tokens_used))
+
+
+def step_request(state: RouterState, context: RouterContext) -> dict[str, Any]:
+    """The messages and sampling of the next step's request, whichever model writes it."""
+    steps = steps_of(state)
+    return {
+        "messages": next_step_messages(step_texts=step_texts(state), **prompt_args(state)),
+        "max_tokens": step_allowance(
+            context.step_max_tokens, context.token_budget, reasoning_tokens(steps)
+        ),
+        "temperature": context.temperature,
+        "top_p": context.top_p,
+        "stop": [STEP_SEPARATOR],
+    }
+
+
+def new_step(state: RouterState, role: ModelRole, result: Completion, started: float) -> Step:
+    """The trace record of a step `role` just wrote."""
+    text, finish = split_step(result.text, result.finish_reason)
+    return {
+        "index": len(steps_of(state)),
+        "model": role,
+        "entropy": state.get("glimpse_entropy"),
+        "score": None,
+        "draft": None,
+        "text": text,
+        "finish": finish,
+        "completion_tokens": result.completion_tokens,
+        "prompt_tokens": result.prompt_tokens,
+        "wall_s": round(time.perf_counter() - started, 4),
+    }
