@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_commands(commands, add_context_flags, context_from_args)
 
-    from glimprouter.router_server import add_router_command
+    from glimprouter.endpoint.command import add_router_command
 
     add_router_command(commands, add_context_flags, context_from_args)
     return parser

@@ -26,14 +26,11 @@ from processes import Lines, running, stop, wait_until_async
 from proxy import KillableProxy
 from starlette.testclient import TestClient
 
+from glimprouter.endpoint import RouterLimits, create_app
+from glimprouter.endpoint.app import MAX_BODY_BYTES
+from glimprouter.endpoint.responses import finish_reason
 from glimprouter.errors import ConfigError
 from glimprouter.prompts import render_question
-from glimprouter.router_server import (
-    MAX_BODY_BYTES,
-    RouterLimits,
-    create_app,
-    finish_reason,
-)
 
 QUESTION = "What is 2 + 2?"
 

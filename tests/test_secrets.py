@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from glimprouter import RouterContext
 from glimprouter.cli import main
-from glimprouter.router_server import create_app
+from glimprouter.endpoint import create_app
 
 SMALL_KEY = "sk-small-SECRET-7f3a9"
 LARGE_KEY = "sk-large-SECRET-c41e2"

@@ -1,0 +1,157 @@
+"""The ASGI app: its routes (/v1/models, /v1/chat/completions, /health), the request body's
+JSON and the server-sent event stream."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from glimprouter.endpoint.errors import RequestError, as_request_error
+from glimprouter.endpoint.knobs import DEFAULT_MODEL_NAME, RouterLimits, bounds
+from glimprouter.endpoint.load import Load
+from glimprouter.endpoint.requests import parse_chat_request
+from glimprouter.endpoint.responses import Reply, finish_reason
+from glimprouter.endpoint.runs import ClientGone, GraphRun, unless_disconnected
+from glimprouter.errors import ConfigError
+from glimprouter.graph.context import RouterContext
+from glimprouter.prompts import STEP_SEPARATOR, TEMPLATES
+
+# Questions are text: a bigger body is a mistake or abuse, refused before it is parsed.
+MAX_BODY_BYTES = 1 << 20
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON, refusing oversized bodies and what the JSON standard forbids
+    (NaN, Infinity)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise RequestError(
+                413, f"the request body is over {MAX_BODY_BYTES} bytes", code="body_too_large"
+            )
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    try:
+        return json.loads(bytes(body), parse_constant=refuse)
+    except (ValueError, RecursionError) as error:
+        raise RequestError(
+            400, f"the request body is not valid JSON: {error}", code="invalid_json"
+        ) from None
+
+
+def create_app(
+    base_context: RouterContext,
+    limits: RouterLimits | None = None,
+    *,
+    served_model_name: str = DEFAULT_MODEL_NAME,
+    task: str = "math",
+) -> Starlette:
+    """The ASGI app: GET /v1/models, POST /v1/chat/completions and GET /health (load)."""
+    limits = limits or RouterLimits()
+    bounded = bounds(limits, base_context)
+    if task not in TEMPLATES:
+        raise ConfigError(f"unknown task {task!r}; valid tasks: {sorted(TEMPLATES)}")
+    load = Load(limits.max_concurrency)
+    started = int(time.time())
+
+    async def list_models(request: Request) -> Response:
+        model = {"id": served_model_name, "object": "model", "created": started}
+        return JSONResponse({"object": "list", "data": [{**model, "owned_by": "glimprouter"}]})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "running": load.running,
+                "waiting": load.waiting,
+                "peak_running": load.peak_running,
+            }
+        )
+
+    async def chat_completions(request: Request) -> Response:
+        try:
+            chat = parse_chat_request(
+                await read_json(request),
+                base_context,
+                bounded,
+                served_model_name=served_model_name,
+                default_task=task,
+            )
+        except RequestError as error:
+            return error.response()
+        reply = Reply(served_model_name, include_usage=chat.include_usage)
+        run = GraphRun(chat, load)
+        streaming = False
+        try:
+            if chat.stream:
+                # Headers wait for the first step, so a failing model server still gets an
+                # error status rather than an error inside a 200 stream.
+                first = await unless_disconnected(request, run.next_event())
+                streaming = True
+                return StreamingResponse(
+                    _sse(reply, run, first),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache"},
+                )
+            return JSONResponse(reply.completion(await unless_disconnected(request, run.output())))
+        except ClientGone:
+            return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+        except Exception as error:
+            return as_request_error(error).response()
+        finally:
+            if not streaming:
+                run.cancel()
+
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        body = RequestError(error.status_code, str(error.detail)).body()
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+    return Starlette(
+        routes=[
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )
+
+
+async def _sse(reply: Reply, run: GraphRun, first: dict[str, Any]) -> AsyncIterator[str]:
+    """The stream: a role chunk, each step as reasoning_content, the answer as content, the
+    finish reason, then usage when asked for. The run stops when the client leaves."""
+
+    def data(payload: dict[str, Any]) -> str:
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    try:
+        yield data(reply.chunk({"role": "assistant", "content": ""}))
+        event = first
+        steps = 0
+        while event["event"] != "result":
+            if event["event"] == "step":
+                separator = STEP_SEPARATOR if steps else ""
+                yield data(reply.chunk({"reasoning_content": separator + event["text"]}))
+                steps += 1
+            elif event["event"] == "answer":
+                yield data(reply.chunk({"content": event["text"]}))
+            event = await run.next_event()
+        output = event["output"]
+        yield data(reply.chunk({}, finish_reason(output["stop_reason"])))
+        if reply.include_usage:
+            yield data(reply.usage_chunk(output))
+    except Exception as error:  # the status is sent: the error goes in the stream, as OpenAI does
+        yield data(as_request_error(error).body())
+    finally:
+        run.cancel()
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,74 @@
+"""`glimprouter serve-router`: its flags, and the handler that serves with them."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from glimprouter.endpoint.knobs import DEFAULT_MODEL_NAME, LIMITED, RouterLimits
+from glimprouter.endpoint.server import serve_router
+from glimprouter.graph.context import RouterContext
+from glimprouter.prompts import TEMPLATES
+
+
+def add_router_command(
+    commands: argparse._SubParsersAction,
+    add_context_flags: Callable[[argparse.ArgumentParser], None],
+    context_from_args: Callable[[argparse.Namespace], RouterContext],
+) -> None:
+    """Register `serve-router` on the top-level parser."""
+    parser = commands.add_parser(
+        "serve-router",
+        help="serve GlimpRouter as one model behind an OpenAI-compatible endpoint",
+        description="Serve /v1/chat/completions and /v1/models: the last user message is the "
+        "question, the chain of thought comes back as reasoning_content and the answer as "
+        "content. Requests may set routing knobs in the body (extra_body), up to the limits "
+        "below; the routing flags are the defaults.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
+    parser.add_argument(
+        "--served-model-name",
+        default=DEFAULT_MODEL_NAME,
+        help=f"model id clients ask for (default {DEFAULT_MODEL_NAME})",
+    )
+    parser.add_argument(
+        "--task",
+        default="math",
+        choices=sorted(TEMPLATES),
+        help="prompt family of requests that set no task (default math)",
+    )
+    group = parser.add_argument_group(
+        "request limits (default: the server's own setting, so requests may only lower it)"
+    )
+    for knob, (_, flag) in LIMITED.items():
+        group.add_argument(flag, type=int, metavar="N", help=f"largest {knob} a request may set")
+    group.add_argument(
+        "--max-concurrency",
+        type=int,
+        metavar="N",
+        help="chains of thought run at once; more requests wait (default: no bound)",
+    )
+    add_context_flags(parser)
+    parser.set_defaults(handler=lambda args: _serve_router_command(args, context_from_args))
+
+
+def _serve_router_command(
+    args: argparse.Namespace, context_from_args: Callable[[argparse.Namespace], RouterContext]
+) -> int:
+    limits = RouterLimits(
+        **{attribute: getattr(args, attribute) for attribute, _ in LIMITED.values()},
+        max_concurrency=args.max_concurrency,
+    )
+    try:
+        serve_router(
+            context_from_args(args),
+            limits,
+            host=args.host,
+            port=args.port,
+            served_model_name=args.served_model_name,
+            task=args.task,
+        )
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C or SIGTERM once it has shut down: a stop
+        pass
+    return 0

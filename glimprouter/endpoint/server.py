@@ -1,0 +1,59 @@
+"""The process side: check the model servers, bind the socket, run uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import uvicorn
+from starlette.applications import Starlette
+
+from glimprouter.endpoint.app import create_app
+from glimprouter.endpoint.knobs import DEFAULT_MODEL_NAME, RouterLimits
+from glimprouter.errors import ConfigError
+from glimprouter.graph.context import RouterContext
+from glimprouter.models import check_endpoints
+
+
+def serve_router(
+    base_context: RouterContext,
+    limits: RouterLimits | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    served_model_name: str = DEFAULT_MODEL_NAME,
+    task: str = "math",
+) -> None:
+    """Check both model servers, then serve the endpoint until interrupted; prints one line with
+    the base URL once it accepts requests."""
+    app = create_app(base_context, limits, served_model_name=served_model_name, task=task)
+    asyncio.run(_serve(app, base_context, host, port, served_model_name))
+
+
+async def _serve(
+    app: Starlette, base_context: RouterContext, host: str, port: int, served_model_name: str
+) -> None:
+    await check_endpoints(base_context)
+    # Our own socket: a taken port is one line naming the flag, and --port 0 picks a free one.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({error.strerror}): choose another --port or --host"
+        ) from None
+    # A slow chain of thought must not hold Ctrl-C for minutes: in-flight runs get a few seconds.
+    server = uvicorn.Server(uvicorn.Config(app, timeout_graceful_shutdown=5))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.05)
+    if server.started:
+        shown = f"[{host}]" if ":" in host else host
+        print(
+            f"serving {served_model_name!r} at http://{shown}:{sock.getsockname()[1]}/v1 "
+            f"(small: {base_context.shown_url('small')}, large: {base_context.shown_url('large')})",
+            flush=True,
+        )
+    await serving
