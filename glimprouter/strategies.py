@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 from glimprouter.errors import ConfigError
-from glimprouter.graph.context import ModelRole
 from glimprouter.scoring import mean_token_entropy, perplexity
+
+ModelRole = Literal["small", "large"]  # the model that writes a step
+MODEL_ROLES: tuple[ModelRole, ...] = ("small", "large")
 
 Review = Literal["none", "logprobs", "judge"]
 

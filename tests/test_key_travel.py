@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from fakes import fake_model_server
 
-from glimprouter.cli import add_context_flags, build_parser, context_from_args, main
+from glimprouter.cli import build_parser, main
+from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.errors import EndpointError
 from glimprouter.graph.context import RouterContext, redact_url, resolve_context
 from glimprouter.models import check_endpoints

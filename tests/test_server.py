@@ -15,7 +15,7 @@ import pytest
 from proxy import KillableProxy
 
 from glimprouter import EndpointError, graph, run_config
-from glimprouter.cli import ask
+from glimprouter.ask import ask
 from glimprouter.prompts import next_step_messages
 from glimprouter.scoring import top_k_entropy
 

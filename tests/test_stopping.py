@@ -22,7 +22,7 @@ from fakes import fake_model_server
 from processes import Lines, running, wait_until
 from rich.console import Console
 
-from glimprouter.cli import show_event, show_summary
+from glimprouter.live_view import show_event, show_summary
 from glimprouter.stopping import Stopped, exit_status, run, sigterm_stops
 
 ENDPOINT_FLAGS = ["--step-max-tokens", "16", "--token-budget", "64", "--answer-max-tokens", "16"]

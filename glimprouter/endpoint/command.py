@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
+from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.endpoint.knobs import DEFAULT_MODEL_NAME, LIMITED, RouterLimits
 from glimprouter.endpoint.server import serve_router
-from glimprouter.graph.context import RouterContext
 from glimprouter.prompts import TEMPLATES
 
 
-def add_router_command(
-    commands: argparse._SubParsersAction,
-    add_context_flags: Callable[[argparse.ArgumentParser], None],
-    context_from_args: Callable[[argparse.Namespace], RouterContext],
-) -> None:
+def add_router_command(commands: argparse._SubParsersAction) -> None:
     """Register `serve-router` on the top-level parser."""
     parser = commands.add_parser(
         "serve-router",
@@ -50,12 +45,10 @@ def add_router_command(
         help="chains of thought run at once; more requests wait (default: no bound)",
     )
     add_context_flags(parser)
-    parser.set_defaults(handler=lambda args: _serve_router_command(args, context_from_args))
+    parser.set_defaults(handler=_serve_router_command)
 
 
-def _serve_router_command(
-    args: argparse.Namespace, context_from_args: Callable[[argparse.Namespace], RouterContext]
-) -> int:
+def _serve_router_command(args: argparse.Namespace) -> int:
     limits = RouterLimits(
         **{attribute: getattr(args, attribute) for attribute, _ in LIMITED.values()},
         max_concurrency=args.max_concurrency,

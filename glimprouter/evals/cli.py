@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.errors import ConfigError
 from glimprouter.evals.calibrate import calibrate_threshold, recorded_entropies
 from glimprouter.evals.datasets import (
@@ -55,21 +55,17 @@ def large_rate(text: str) -> float | MatchedRate:
         raise argparse.ArgumentTypeError(f"not a probability nor {MATCH}DIR: {text!r}") from None
 
 
-def add_eval_commands(
-    commands: argparse._SubParsersAction,
-    add_context_flags: Callable[..., None],
-    context_from_args: Callable[[argparse.Namespace], RouterContext],
-) -> None:
+def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     """Register eval, sweep, report and calibrate on the top-level parser."""
     evaluate = commands.add_parser("eval", help="run one method over a benchmark")
-    _add_run_flags(evaluate, add_context_flags)
-    evaluate.set_defaults(handler=lambda args: _eval_command(args, context_from_args))
+    _add_run_flags(evaluate)
+    evaluate.set_defaults(handler=_eval_command)
 
     sweep = commands.add_parser(
         "sweep",
         help="run one method at several thresholds, or at thresholds calibrated on a dev split",
     )
-    _add_run_flags(sweep, add_context_flags)
+    _add_run_flags(sweep)
     sweep.add_argument(
         "--thresholds",
         type=_floats,
@@ -88,7 +84,7 @@ def add_eval_commands(
         type=_floats,
         help="with --calibrate-on-dev: shares of steps the large model should write, e.g. 0.2,0.3",
     )
-    sweep.set_defaults(handler=lambda args: _sweep_command(args, context_from_args))
+    sweep.set_defaults(handler=_sweep_command)
 
     report = commands.add_parser("report", help="tables and Pareto plots of recorded results")
     report.add_argument(
@@ -125,7 +121,7 @@ def add_eval_commands(
     calibrate.set_defaults(handler=_calibrate_command)
 
 
-def _add_run_flags(parser: argparse.ArgumentParser, add_context_flags: Callable[..., None]) -> None:
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help=f"one of {sorted(DATASETS)}")
     source.add_argument(
@@ -201,9 +197,7 @@ def _problems(args: argparse.Namespace, split: str | None) -> tuple[str, list[Pr
     return (args.dataset or args.data_file.stem), problems, selection
 
 
-def _context(
-    args: argparse.Namespace, context_from_args, dataset: str
-) -> tuple[RouterContext, dict[str, Any]]:
+def _context(args: argparse.Namespace, dataset: str) -> tuple[RouterContext, dict[str, Any]]:
     """The run's settings; a matched --large-rate becomes the share it names, recorded with
     its source."""
     rate = args.large_rate
@@ -269,22 +263,22 @@ def _run(
     return tally
 
 
-def _eval_command(args, context_from_args) -> int:
+def _eval_command(args: argparse.Namespace) -> int:
     dataset, problems, selection = _problems(args, args.split)
-    context, matched = _context(args, context_from_args, dataset)
+    context, matched = _context(args, dataset)
     tally = _run(problems, context, args.output, dataset, args, selection | matched)
     return 1 if tally.failed else 0
 
 
-def _sweep_command(args, context_from_args) -> int:
+def _sweep_command(args: argparse.Namespace) -> int:
     if args.calibrate_on_dev:
-        return _calibrated_sweep(args, context_from_args)
+        return _calibrated_sweep(args)
     if args.thresholds is None or args.target_large_shares is not None:
         raise ConfigError(
             "sweep needs --thresholds, or --calibrate-on-dev with --target-large-shares"
         )
     dataset, problems, selection = _problems(args, args.split)
-    context, matched = _context(args, context_from_args, dataset)
+    context, matched = _context(args, dataset)
     failed = 0
     for threshold in args.thresholds:
         run_context = dataclasses.replace(context, threshold=threshold)
@@ -293,7 +287,7 @@ def _sweep_command(args, context_from_args) -> int:
     return 1 if failed else 0
 
 
-def _calibrated_sweep(args, context_from_args) -> int:
+def _calibrated_sweep(args: argparse.Namespace) -> int:
     """Calibrate thresholds on the dev split, then run them on the test split."""
     if args.target_large_shares is None or args.thresholds is not None or args.split:
         raise ConfigError(
@@ -301,7 +295,7 @@ def _calibrated_sweep(args, context_from_args) -> int:
             "runs the dev split, then the test split"
         )
     dataset, dev_problems, dev_selection = _problems(args, "dev")
-    context, matched = _context(args, context_from_args, dataset)
+    context, matched = _context(args, dataset)
     if context.method != "glimprouter":
         raise ConfigError(
             f"--calibrate-on-dev calibrates glimpse entropies: use --method glimprouter, not "

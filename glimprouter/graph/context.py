@@ -15,11 +15,10 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
 from glimprouter.errors import ConfigError
+from glimprouter.strategies import MODEL_ROLES, STRATEGIES, ModelRole, get_strategy
 
 ENV_PREFIX = "GLIMPROUTER_"
 MAX_STEPS_LIMIT = 8192
-ModelRole = Literal["small", "large"]
-MODEL_ROLES: tuple[ModelRole, ...] = ("small", "large")
 
 
 def _describe(text: str) -> dict[str, str]:
@@ -56,10 +55,7 @@ class RouterContext:
     )
     method: str = field(
         default="glimprouter",
-        metadata=_describe(
-            "Routing strategy: glimprouter, small-only, large-only, random, step-entropy, "
-            "step-ppl or specreason."
-        ),
+        metadata=_describe(f"Routing strategy: {', '.join(STRATEGIES)}."),
     )
     threshold: float = field(
         default=1.0,
@@ -163,8 +159,6 @@ class RouterContext:
                 "threshold",
                 "is negative: entropies are >= 0, use 0 to route every step to the large model",
             )
-        from glimprouter.strategies import get_strategy  # strategies build on this module
-
         get_strategy(self.method)
         if not 0 <= self.large_rate <= 1:
             raise bad("large_rate", "must be a probability in [0, 1]")

@@ -7,11 +7,12 @@ import dataclasses
 import shlex
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
+from glimprouter.ask import SAMPLE_QUESTION, ask
+from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.errors import ConfigError
 from glimprouter.graph.context import read_key_file
 from glimprouter.serving.launcher import (
@@ -31,10 +32,7 @@ ROLES = ("small", "large")
 DEMO_TOKEN_BUDGET = 1024
 
 
-def add_serving_commands(
-    commands: argparse._SubParsersAction,
-    add_context_flags: Callable[[argparse.ArgumentParser], None],
-) -> None:
+def add_serving_commands(commands: argparse._SubParsersAction) -> None:
     """Register `serve` and `demo` on the top-level parser."""
     serve_parser = commands.add_parser(
         "serve",
@@ -183,8 +181,6 @@ def print_endpoints(servers: list[VLLMServer]) -> None:
 
 
 def _demo_command(args: argparse.Namespace) -> int:
-    from glimprouter.cli import SAMPLE_QUESTION, ask, context_from_args
-
     if args.token_budget is None:
         args.token_budget = DEMO_TOKEN_BUDGET
     context = context_from_args(args)  # validate the flags before minutes of model start-up
