@@ -9,49 +9,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from glimprouter.graph.context import MODEL_ROLES, RouterContext, read_key_file
+from glimprouter.graph.context import MODEL_ROLES, RouterContext, cli_flags, read_key_file
 
-# Flags that map one-to-one onto RouterContext fields (flag -> field, type, help).
-CONTEXT_FLAGS: list[tuple[str, str, type, str]] = [
-    ("--small-url", "small_base_url", str, "small model's base URL, e.g. http://127.0.0.1:8001/v1"),
-    ("--small-model", "small_model", str, "small model's served name"),
-    (
-        "--small-api-key",
-        "small_api_key",
-        str,
-        "small model server's API key (shows in ps: prefer --small-api-key-file or "
-        "GLIMPROUTER_SMALL_API_KEY)",
-    ),
-    ("--large-url", "large_base_url", str, "large model's base URL, e.g. http://127.0.0.1:8002/v1"),
-    ("--large-model", "large_model", str, "large model's served name"),
-    (
-        "--large-api-key",
-        "large_api_key",
-        str,
-        "large model server's API key (shows in ps: prefer --large-api-key-file or "
-        "GLIMPROUTER_LARGE_API_KEY)",
-    ),
-    ("--method", "method", str, "routing strategy (default glimprouter; see the README)"),
-    ("--threshold", "threshold", float, "glimpse entropy at or above which the large model writes"),
-    ("--large-rate", "large_rate", float, "random method: probability of a large step"),
-    (
-        "--glimpse-mode",
-        "glimpse_mode",
-        str,
-        "stream (default: one request per small step) or probe",
-    ),
-    ("--top-k", "top_k", int, "top log-probabilities the glimpse entropy is computed over"),
-    ("--token-budget", "token_budget", int, "most reasoning tokens over all steps"),
-    ("--step-max-tokens", "step_max_tokens", int, "most tokens of one step"),
-    ("--max-steps", "max_steps", int, "most reasoning steps"),
-    ("--answer-model", "answer_model", str, "model that writes the final answer: small or large"),
-    ("--answer-max-tokens", "answer_max_tokens", int, "most tokens of the final answer"),
-    ("--temperature", "temperature", float, "sampling temperature of steps and answer"),
-    ("--top-p", "top_p", float, "nucleus top-p of steps and answer"),
-    ("--seed", "seed", int, "sampling seed sent with every request"),
-    ("--request-timeout", "request_timeout", float, "seconds to wait for one model request"),
-    ("--max-retries", "max_retries", int, "retries of a failed request"),
-]
+# Flags that map one-to-one onto RouterContext fields (flag, field, type, help).
+CONTEXT_FLAGS = cli_flags()
 
 
 def add_context_flags(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from glimprouter.errors import ConfigError
-from glimprouter.graph.context import RouterContext
+from glimprouter.graph.context import RouterContext, request_knobs, request_limits
 
 DEFAULT_MODEL_NAME = "glimprouter"
 
@@ -14,23 +14,10 @@ DEFAULT_MODEL_NAME = "glimprouter"
 # vLLM takes 64-bit integers (e.g. the seed); a bigger JSON number would fail at the model server.
 INT64 = 2**63
 
-# Routing knobs a request may set, as RouterContext fields, with the JSON type each takes.
-# Endpoints, API keys, timeouts and retries stay server-side: a client must not redirect them.
-KNOBS: dict[str, type] = {
-    "method": str,
-    "threshold": float,
-    "large_rate": float,
-    "glimpse_mode": str,
-    "top_k": int,
-    "step_max_tokens": int,
-    "token_budget": int,
-    "max_steps": int,
-    "answer_model": str,
-    "answer_max_tokens": int,
-    "temperature": float,
-    "top_p": float,
-    "seed": int,
-}
+# Routing knobs a request may set (RouterContext fields declared with request=True), with the
+# JSON type each takes. Endpoints, API keys, timeouts and retries stay server-side: a client
+# must not redirect them.
+KNOBS: dict[str, type] = request_knobs()
 # Standard fields whose meaning the router keeps; max_tokens is the reasoning token budget.
 STANDARD_FIELDS: dict[str, type] = {
     "model": str,
@@ -94,12 +81,7 @@ class RouterLimits:
 
 # Request field -> (RouterLimits attribute, CLI flag) of the knobs with a server-side bound; the
 # flag's argparse dest is the attribute (--max-steps itself is the server's default max_steps).
-LIMITED: dict[str, tuple[str, str]] = {
-    "token_budget": ("max_token_budget", "--max-token-budget"),
-    "max_steps": ("max_steps_limit", "--max-steps-limit"),
-    "top_k": ("max_top_k", "--max-top-k"),
-    "answer_max_tokens": ("max_answer_tokens", "--max-answer-tokens"),
-}
+LIMITED: dict[str, tuple[str, str]] = request_limits()
 
 
 def bounds(limits: RouterLimits, base: RouterContext) -> dict[str, int]:

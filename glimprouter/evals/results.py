@@ -13,29 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from glimprouter.errors import ConfigError
-from glimprouter.graph.context import RouterContext
+from glimprouter.graph.context import RouterContext, identity_fields
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.json"
 
 # What must match for results to belong together (endpoint URLs and keys may change: a restarted
-# server on another port serves the same model).
-CONFIG_FIELDS = (
-    "method",
-    "threshold",
-    "large_rate",
-    "small_model",
-    "large_model",
-    "top_k",
-    "step_max_tokens",
-    "token_budget",
-    "max_steps",
-    "temperature",
-    "top_p",
-    "answer_model",
-    "answer_max_tokens",
-    "seed",
-)
+# server on another port serves the same model): the settings declared with identity=True.
+CONFIG_FIELDS = identity_fields()
 
 
 def run_identity(

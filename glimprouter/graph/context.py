@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import types
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
@@ -21,8 +21,30 @@ ENV_PREFIX = "GLIMPROUTER_"
 MAX_STEPS_LIMIT = 8192
 
 
-def _describe(text: str) -> dict[str, str]:
-    return {"description": text}
+def setting(
+    description: str,
+    *,
+    flag_help: str,
+    flag: str | None = None,
+    request: bool = False,
+    limit: tuple[str, str] | None = None,
+    identity: bool = False,
+) -> dict[str, Any]:
+    """The one declaration of a RouterContext field's surfaces, as its dataclass metadata.
+
+    `description` is what Studio and the README show; `flag_help` the command-line flag's help,
+    and `flag` its name when not --field-name. `request`: a request to serve-router may set it;
+    `limit` (RouterLimits attribute, serve-router flag): the server-side bound of what a request
+    sets. `identity`: part of what an eval's results directory is pinned to.
+    """
+    return {
+        "description": description,
+        "flag": flag,
+        "flag_help": flag_help,
+        "request": request,
+        "limit": limit,
+        "identity": identity,
+    }
 
 
 @dataclass(kw_only=True)
@@ -31,92 +53,198 @@ class RouterContext:
 
     small_base_url: str = field(
         default="http://127.0.0.1:8001/v1",
-        metadata=_describe("OpenAI-compatible base URL of the small model's vLLM server."),
+        metadata=setting(
+            "OpenAI-compatible base URL of the small model's vLLM server.",
+            flag="--small-url",
+            flag_help="small model's base URL, e.g. http://127.0.0.1:8001/v1",
+        ),
     )
     small_model: str = field(
-        default="small", metadata=_describe("Served model name of the small model.")
+        default="small",
+        metadata=setting(
+            "Served model name of the small model.",
+            flag_help="small model's served name",
+            identity=True,
+        ),
     )
     small_api_key: str = field(
         default="EMPTY",
         repr=False,  # kept out of logs and error messages
-        metadata=_describe("API key of the small model's server."),
+        metadata=setting(
+            "API key of the small model's server.",
+            flag_help=(
+                "small model server's API key (shows in ps: prefer --small-api-key-file or "
+                "GLIMPROUTER_SMALL_API_KEY)"
+            ),
+        ),
     )
     large_base_url: str = field(
         default="http://127.0.0.1:8002/v1",
-        metadata=_describe("OpenAI-compatible base URL of the large model's vLLM server."),
+        metadata=setting(
+            "OpenAI-compatible base URL of the large model's vLLM server.",
+            flag="--large-url",
+            flag_help="large model's base URL, e.g. http://127.0.0.1:8002/v1",
+        ),
     )
     large_model: str = field(
-        default="large", metadata=_describe("Served model name of the large model.")
+        default="large",
+        metadata=setting(
+            "Served model name of the large model.",
+            flag_help="large model's served name",
+            identity=True,
+        ),
     )
     large_api_key: str = field(
         default="EMPTY",
         repr=False,  # kept out of logs and error messages
-        metadata=_describe("API key of the large model's server."),
+        metadata=setting(
+            "API key of the large model's server.",
+            flag_help=(
+                "large model server's API key (shows in ps: prefer --large-api-key-file or "
+                "GLIMPROUTER_LARGE_API_KEY)"
+            ),
+        ),
     )
     method: str = field(
         default="glimprouter",
-        metadata=_describe(f"Routing strategy: {', '.join(STRATEGIES)}."),
+        metadata=setting(
+            f"Routing strategy: {', '.join(STRATEGIES)}.",
+            flag_help="routing strategy (default glimprouter; see the README)",
+            request=True,
+            identity=True,
+        ),
     )
     threshold: float = field(
         default=1.0,
-        metadata=_describe(
+        metadata=setting(
             "The strategy's cut. glimprouter: glimpse entropy (nats) at or above which the large "
             "model writes the step (0: always large). step-entropy / step-ppl: draft score at or "
             "above which the large model rewrites. specreason: judge score (0-9) below which it "
-            "rewrites."
+            "rewrites.",
+            flag_help="glimpse entropy at or above which the large model writes",
+            request=True,
+            identity=True,
         ),
     )
     large_rate: float = field(
         default=0.5,
-        metadata=_describe("random method: probability that a step goes to the large model."),
+        metadata=setting(
+            "random method: probability that a step goes to the large model.",
+            flag_help="random method: probability of a large step",
+            request=True,
+            identity=True,
+        ),
     )
     glimpse_mode: Literal["stream", "probe"] = field(
         default="stream",
-        metadata=_describe(
+        metadata=setting(
             "stream: the small model starts the step with logprobs on and is cut off after the "
             "first token if the large model must write it (one request per small step); probe: "
-            "a separate one-token request before every step, as the reference code does."
+            "a separate one-token request before every step, as the reference code does.",
+            flag_help="stream (default: one request per small step) or probe",
+            request=True,
+            identity=True,
         ),
     )
     top_k: int = field(
         default=20,
-        metadata=_describe(
+        metadata=setting(
             "How many top log-probabilities of the glimpsed token the entropy is computed over "
-            "(at most the server's --max-logprobs)."
+            "(at most the server's --max-logprobs).",
+            flag_help="top log-probabilities the glimpse entropy is computed over",
+            request=True,
+            limit=("max_top_k", "--max-top-k"),
+            identity=True,
         ),
     )
     step_max_tokens: int = field(
-        default=512, metadata=_describe("Most tokens one reasoning step may take.")
+        default=512,
+        metadata=setting(
+            "Most tokens one reasoning step may take.",
+            flag_help="most tokens of one step",
+            request=True,
+            identity=True,
+        ),
     )
     token_budget: int = field(
         default=8192,
-        metadata=_describe("Most reasoning tokens over all steps; never overshot."),
+        metadata=setting(
+            "Most reasoning tokens over all steps; never overshot.",
+            flag_help="most reasoning tokens over all steps",
+            request=True,
+            limit=("max_token_budget", "--max-token-budget"),
+            identity=True,
+        ),
     )
     max_steps: int = field(
-        default=512, metadata=_describe("Most reasoning steps before the answer is forced.")
+        default=512,
+        metadata=setting(
+            "Most reasoning steps before the answer is forced.",
+            flag_help="most reasoning steps",
+            request=True,
+            limit=("max_steps_limit", "--max-steps-limit"),
+            identity=True,
+        ),
     )
     temperature: float = field(
-        default=0.6, metadata=_describe("Sampling temperature of the reasoning steps and answer.")
+        default=0.6,
+        metadata=setting(
+            "Sampling temperature of the reasoning steps and answer.",
+            flag_help="sampling temperature of steps and answer",
+            request=True,
+            identity=True,
+        ),
     )
     top_p: float = field(
         default=0.95,
-        metadata=_describe("Nucleus sampling top-p of the reasoning steps and answer."),
+        metadata=setting(
+            "Nucleus sampling top-p of the reasoning steps and answer.",
+            flag_help="nucleus top-p of steps and answer",
+            request=True,
+            identity=True,
+        ),
     )
     answer_model: ModelRole = field(
-        default="large", metadata=_describe("Which model writes the final answer: small or large.")
+        default="large",
+        metadata=setting(
+            "Which model writes the final answer: small or large.",
+            flag_help="model that writes the final answer: small or large",
+            request=True,
+            identity=True,
+        ),
     )
     answer_max_tokens: int = field(
-        default=2048, metadata=_describe("Most tokens of the final answer after </think>.")
+        default=2048,
+        metadata=setting(
+            "Most tokens of the final answer after </think>.",
+            flag_help="most tokens of the final answer",
+            request=True,
+            limit=("max_answer_tokens", "--max-answer-tokens"),
+            identity=True,
+        ),
     )
     request_timeout: float = field(
-        default=300.0, metadata=_describe("Seconds to wait for one model request.")
+        default=300.0,
+        metadata=setting(
+            "Seconds to wait for one model request.",
+            flag_help="seconds to wait for one model request",
+        ),
     )
     max_retries: int = field(
-        default=2, metadata=_describe("Retries of a failed model request (connection errors, 5xx).")
+        default=2,
+        metadata=setting(
+            "Retries of a failed model request (connection errors, 5xx).",
+            flag_help="retries of a failed request",
+        ),
     )
     seed: int | None = field(
         default=None,
-        metadata=_describe("Sampling seed sent with every request, for repeatable runs."),
+        metadata=setting(
+            "Sampling seed sent with every request, for repeatable runs.",
+            flag_help="sampling seed sent with every request",
+            request=True,
+            identity=True,
+        ),
     )
 
     def __new__(cls, *args: Any, **given: Any) -> RouterContext:
@@ -266,3 +394,49 @@ def resolve_context(context: RouterContext | dict[str, Any] | None) -> RouterCon
             raise ConfigError(f"unknown context field(s) {unknown}; valid fields: {sorted(known)}")
         return RouterContext(**context)
     return context
+
+
+def flag_of(setting_field: Field) -> str:
+    """The command-line flag of a RouterContext field."""
+    return setting_field.metadata.get("flag") or "--" + setting_field.name.replace("_", "-")
+
+
+def cli_flags(
+    context_type: type[RouterContext] = RouterContext,
+) -> list[tuple[str, str, type, str]]:
+    """(flag, field, value type, help) of every setting that has a flag."""
+    return [
+        (flag_of(f), f.name, _value_type(context_type, f.name), f.metadata["flag_help"])
+        for f in fields(context_type)
+        if "flag_help" in f.metadata
+    ]
+
+
+def request_knobs(context_type: type[RouterContext] = RouterContext) -> dict[str, type]:
+    """The settings a request to serve-router may set, with the type each takes."""
+    return {
+        f.name: _value_type(context_type, f.name)
+        for f in fields(context_type)
+        if f.metadata.get("request")
+    }
+
+
+def request_limits(context_type: type[RouterContext] = RouterContext) -> dict[str, tuple[str, str]]:
+    """Setting -> (RouterLimits attribute, serve-router flag) of the knobs a server bounds."""
+    return {f.name: f.metadata["limit"] for f in fields(context_type) if f.metadata.get("limit")}
+
+
+def identity_fields(context_type: type[RouterContext] = RouterContext) -> tuple[str, ...]:
+    """The settings an eval's results directory is pinned to."""
+    return tuple(f.name for f in fields(context_type) if f.metadata.get("identity"))
+
+
+def _value_type(context_type: type[RouterContext], name: str) -> type:
+    """The type a flag or a request gives the field: the annotation without None, and the
+    value type of a Literal."""
+    annotation = get_type_hints(context_type)[name]
+    if _is_optional(annotation):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) is Literal:
+        return type(get_args(annotation)[0])
+    return annotation
