@@ -81,6 +81,20 @@ async def test_a_solution_that_is_not_unicode_is_graded() -> None:
     assert graded.detail == "test 1/1: wrong answer: line 1: '?' instead of '1'"
 
 
+def _grading_workers() -> list[psutil.Process]:
+    """The live math grading workers of this process (not its other children, such as the
+    session's vLLM server)."""
+    workers = []
+    for child in psutil.Process().children():
+        try:
+            if str(math_grader.WORKER_SCRIPT) in child.cmdline():
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    workers.append(child)
+        except psutil.NoSuchProcess:  # ended (and reaped) meanwhile
+            continue
+    return workers
+
+
 async def test_a_math_check_that_hangs_is_killed_and_the_next_one_graded() -> None:
     try:
         with pytest.raises(GradingError, match="math-verify took over 2 s"):
@@ -88,7 +102,7 @@ async def test_a_math_check_that_hangs_is_killed_and_the_next_one_graded() -> No
         assert (await verify_in_worker("\\frac{1}{2}", "\\boxed{0.5}"))[0]
     finally:
         math_grader.stop_workers()
-    assert not [p for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE]
+    assert not _grading_workers()
 
 
 async def test_a_math_check_waiting_for_a_core_is_not_timed_out() -> None:
