@@ -9,9 +9,10 @@ import dataclasses
 import re
 from pathlib import Path
 
-from glimprouter.context_flags import CONTEXT_FLAGS, add_context_flags
-from glimprouter.endpoint.knobs import KNOBS, LIMITED, RouterLimits
-from glimprouter.evals.results import CONFIG_FIELDS
+from glimprouter.cli import build_parser
+from glimprouter.context_flags import add_context_flags
+from glimprouter.endpoint.knobs import FIELD_KINDS, RouterLimits
+from glimprouter.evals.results import run_identity
 from glimprouter.graph.context import (
     RouterContext,
     cli_flags,
@@ -47,22 +48,27 @@ def test_a_new_setting_reaches_every_surface_from_its_one_declaration():
     assert "beams" not in {name for _, name, _, _ in cli_flags()}  # the base class is untouched
 
 
-def test_the_surfaces_are_the_declarations():
-    assert CONTEXT_FLAGS == cli_flags()
-    assert KNOBS == request_knobs() and LIMITED == request_limits()
-    assert CONFIG_FIELDS == identity_fields()
-    limits = {f.name for f in dataclasses.fields(RouterLimits)}
-    assert {attribute for attribute, _ in LIMITED.values()} <= limits
+def test_every_surface_takes_each_declared_setting():
+    # What each surface accepts, read from the surface itself (its parser, its pin), against the
+    # fields' declarations.
     parser = argparse.ArgumentParser()
     add_context_flags(parser)
     dests = {action.dest for action in parser._actions}
     assert {f.name for f in dataclasses.fields(RouterContext)} <= dests
+    limit_flags = [arg for _, flag in request_limits().values() for arg in (flag, "7")]
+    router_args = build_parser().parse_args(["serve-router", *limit_flags])
+    limits = {f.name for f in dataclasses.fields(RouterLimits)}
+    for attribute, _ in request_limits().values():
+        assert attribute in limits and getattr(router_args, attribute) == 7
+    assert set(request_knobs()) <= set(FIELD_KINDS)
+    assert set(identity_fields()) <= set(run_identity("math500", RouterContext(), repeats=1))
 
 
 def test_secrets_and_endpoints_stay_off_requests_and_out_of_the_identity():
     for name in ("small_base_url", "large_base_url", "small_api_key", "large_api_key"):
-        assert name not in KNOBS and name not in CONFIG_FIELDS
-    assert "request_timeout" not in KNOBS and "max_retries" not in KNOBS
+        assert name not in request_knobs() and name not in identity_fields()
+        assert name not in run_identity("math500", RouterContext(), repeats=1)
+    assert "request_timeout" not in request_knobs() and "max_retries" not in request_knobs()
     assert all(not f.repr for f in dataclasses.fields(RouterContext) if f.name.endswith("_api_key"))
 
 
