@@ -11,7 +11,8 @@ from pathlib import Path
 
 from glimprouter.cli import build_parser
 from glimprouter.context_flags import add_context_flags
-from glimprouter.endpoint.knobs import FIELD_KINDS, RouterLimits
+from glimprouter.endpoint.limits import RouterLimits
+from glimprouter.endpoint.protocol import request_model
 from glimprouter.evals.results import run_identity
 from glimprouter.graph.context import (
     RouterContext,
@@ -60,7 +61,7 @@ def test_every_surface_takes_each_declared_setting():
     limits = {f.name for f in dataclasses.fields(RouterLimits)}
     for attribute, _ in request_limits().values():
         assert attribute in limits and getattr(router_args, attribute) == 7
-    assert set(request_knobs()) <= set(FIELD_KINDS)
+    assert set(request_knobs()) <= set(request_model().model_fields)
     assert set(identity_fields()) <= set(run_identity("math500", RouterContext(), repeats=1))
 
 

@@ -6,14 +6,21 @@ message is the question; routing knobs come in the request body (what the OpenAI
 as `reasoning_content` and the answer as `content`, step by step when streamed. Every error is an
 OpenAI-style error object, never a traceback.
 
-One module per job, bottom to top: `knobs` (accepted fields, knobs, limits), `errors` (the
-OpenAI error object), `messages` (the question), `requests` (validation), `responses` (shaping),
-`load` (concurrency), `runs` (the graph run of one request), `app` (ASGI routes and SSE),
-`server` (socket and uvicorn), `command` (the CLI flags).
+One module per job, bottom to top: `protocol` (the wire format as pydantic models: the request,
+its knobs derived from the settings, the responses, the error object), `limits` (what bounds the
+knobs), `errors` (errors as OpenAI error objects), `messages` (the question), `requests`
+(validation), `responses` (shaping), `openapi` (the document, from the protocol), `load`
+(concurrency), `runs` (the graph run of one request), `app` (ASGI routes and SSE), `server`
+(socket and uvicorn), `command` (the CLI flags).
+
+Starlette with pydantic models rather than FastAPI: the body is read by the app itself (a size
+bound, no NaN) and every refusal keeps its OpenAI shape and wording, which FastAPI's own
+validation (422, its own error format) would have to be overridden to give; the models give
+the validation and the OpenAPI document all the same.
 """
 
 from glimprouter.endpoint.app import create_app
-from glimprouter.endpoint.knobs import RouterLimits
+from glimprouter.endpoint.limits import RouterLimits
 from glimprouter.endpoint.server import serve_router
 
 __all__ = ["RouterLimits", "create_app", "serve_router"]

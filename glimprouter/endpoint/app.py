@@ -1,5 +1,5 @@
-"""The ASGI app: its routes (/v1/models, /v1/chat/completions, /health), the request body's
-JSON and the server-sent event stream."""
+"""The ASGI app: its routes (/v1/models, /v1/chat/completions, /health, /openapi.json), the
+request body's JSON and the server-sent event stream."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from glimprouter.endpoint.errors import RequestError, as_request_error
-from glimprouter.endpoint.knobs import DEFAULT_MODEL_NAME, RouterLimits, bounds
+from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, RouterLimits, bounds
 from glimprouter.endpoint.load import Load
+from glimprouter.endpoint.openapi import openapi_document
+from glimprouter.endpoint.protocol import Health, ModelCard, ModelList, request_model
 from glimprouter.endpoint.requests import parse_chat_request
 from glimprouter.endpoint.responses import Reply, finish_reason
 from glimprouter.endpoint.runs import ClientGone, GraphRun, unless_disconnected
@@ -57,7 +59,8 @@ def create_app(
     served_model_name: str = DEFAULT_MODEL_NAME,
     task: str = "math",
 ) -> Starlette:
-    """The ASGI app: GET /v1/models, POST /v1/chat/completions and GET /health (load)."""
+    """The ASGI app: GET /v1/models, POST /v1/chat/completions, GET /health (load) and GET
+    /openapi.json (the wire format, from the protocol's models)."""
     limits = limits or RouterLimits()
     bounded = bounds(limits, base_context)
     if task not in TEMPLATES:
@@ -65,19 +68,18 @@ def create_app(
     load = Load(limits.max_concurrency)
     started = int(time.time())
 
+    document = openapi_document(request_model(type(base_context)))
+
     async def list_models(request: Request) -> Response:
-        model = {"id": served_model_name, "object": "model", "created": started}
-        return JSONResponse({"object": "list", "data": [{**model, "owned_by": "glimprouter"}]})
+        models = ModelList(data=[ModelCard(id=served_model_name, created=started)])
+        return JSONResponse(models.model_dump(mode="json"))
 
     async def health(request: Request) -> Response:
-        return JSONResponse(
-            {
-                "status": "ok",
-                "running": load.running,
-                "waiting": load.waiting,
-                "peak_running": load.peak_running,
-            }
-        )
+        state = Health(running=load.running, waiting=load.waiting, peak_running=load.peak_running)
+        return JSONResponse(state.model_dump(mode="json"))
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
 
     async def chat_completions(request: Request) -> Response:
         try:
@@ -122,6 +124,7 @@ def create_app(
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from glimprouter.context_flags import add_context_flags, context_from_args
-from glimprouter.endpoint.knobs import DEFAULT_MODEL_NAME, LIMITED, RouterLimits
+from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, LIMITED, RouterLimits
 from glimprouter.endpoint.server import serve_router
 from glimprouter.prompts import TEMPLATES
 

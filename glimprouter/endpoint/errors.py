@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from glimprouter.endpoint.protocol import ErrorObject, ErrorResponse
 from glimprouter.errors import ConfigError, EndpointError
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,8 @@ class RequestError(Exception):
 
     def body(self) -> dict[str, Any]:
         """The JSON error object, as OpenAI's API and SDKs shape it."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        error = ErrorObject(message=self.message, type=self.kind, param=self.param, code=self.code)
+        return ErrorResponse(error=error).model_dump(mode="json")
 
     def response(self) -> JSONResponse:
         """The error as an HTTP response."""

@@ -1,15 +1,15 @@
-"""The question of a request: the text of its last user message, checked part by part."""
+"""The question of a request: the text of its last user message, checked part by part (the
+request model has checked each message's role)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from glimprouter.endpoint.errors import RequestError
+from glimprouter.endpoint.protocol import ChatMessage
 
-MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
-
-def question_of(messages: list[Any] | None) -> str:
+def question_of(messages: list[ChatMessage] | None) -> str:
     """The question: the text of the last user message, which must end the conversation.
 
     System messages and earlier turns are not sent to the models: each request routes one
@@ -21,14 +21,7 @@ def question_of(messages: list[Any] | None) -> str:
             "messages is missing or empty: send the question as a user message",
             param="messages",
         )
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in MESSAGE_ROLES:
-            raise RequestError(
-                400,
-                f"messages[{index}] must be an object whose role is one of {list(MESSAGE_ROLES)}",
-                param=f"messages[{index}]",
-            )
-    users = [index for index, message in enumerate(messages) if message["role"] == "user"]
+    users = [index for index, message in enumerate(messages) if message.role == "user"]
     if not users:
         raise RequestError(
             400, "messages has no user message: the last one is the question", param="messages"
@@ -37,11 +30,11 @@ def question_of(messages: list[Any] | None) -> str:
     if last != len(messages) - 1:
         raise RequestError(
             400,
-            f"messages[{last + 1}] ({messages[last + 1]['role']}) follows the last user "
+            f"messages[{last + 1}] ({messages[last + 1].role}) follows the last user "
             "message: GlimpRouter answers a user message and cannot continue another turn",
             param=f"messages[{last + 1}]",
         )
-    text = _text_of(messages[last].get("content"), f"messages[{last}].content")
+    text = _text_of(messages[last].content, f"messages[{last}].content")
     if not text.strip():
         raise RequestError(
             400, f"messages[{last}].content is empty: give the question", param=f"messages[{last}]"

@@ -1,28 +1,28 @@
-"""Request validation: a chat completion body checked field by field and turned into the
-question, the task and the run's RouterContext within the server's limits."""
+"""Request validation: a chat completion body checked against the request model, each refusal an
+OpenAI error naming the field, then turned into the question, the task and the run's
+RouterContext within the server's limits."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import math
 from typing import Any
 
+from pydantic import ValidationError
+
 from glimprouter.endpoint.errors import RequestError
-from glimprouter.endpoint.knobs import (
-    ACCEPTED_FIELDS,
-    BUDGET_ALIASES,
-    DEFAULT_MODEL_NAME,
-    FIELD_KINDS,
-    INT64,
-    JSON_KINDS,
-    KNOBS,
-    LIMITED,
-    UNSUPPORTED_FIELDS,
-)
+from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, LIMITED
 from glimprouter.endpoint.messages import question_of
+from glimprouter.endpoint.protocol import (
+    BUDGET_ALIASES,
+    MESSAGE_ROLES,
+    UNSUPPORTED_FIELDS,
+    ChatCompletionRequest,
+    request_model,
+)
 from glimprouter.errors import ConfigError
-from glimprouter.graph.context import RouterContext
+from glimprouter.graph.context import RouterContext, request_knobs
 from glimprouter.prompts import TEMPLATES
 
 
@@ -47,18 +47,13 @@ def parse_chat_request(
 ) -> ChatRequest:
     """Check a request body and build its run; every refusal is a RequestError that names the
     field. `limits` are the resolved `bounds`."""
-    if not isinstance(body, dict):
-        raise RequestError(400, "the request body must be a JSON object", code="invalid_body")
-    unknown = sorted(set(body) - set(ACCEPTED_FIELDS))
-    if unknown:
-        raise RequestError(
-            400,
-            f"unknown field(s) {unknown}; accepted fields: {ACCEPTED_FIELDS}",
-            param=unknown[0],
-            code="unknown_parameter",
-        )
-    for name in sorted(UNSUPPORTED_FIELDS & set(body)):
-        if body[name] not in (None, False, "", [], {}):  # 0 == False: a zero penalty passes
+    model = request_model(type(base))
+    try:
+        request = model.model_validate(body)
+    except ValidationError as error:
+        raise _refusal(error, body, model) from None
+    for name in UNSUPPORTED_FIELDS:
+        if getattr(request, name) not in (None, False, "", [], {}):  # 0 == False: a zero passes
             raise RequestError(
                 400,
                 f"{name} is not supported: GlimpRouter writes one plain-text chain of thought "
@@ -66,75 +61,125 @@ def parse_chat_request(
                 param=name,
                 code="unsupported_parameter",
             )
-    # null means "not given", as in OpenAI's API.
-    given = {
-        name: value for name, value in body.items() if value is not None and name in FIELD_KINDS
-    }
-    for name, value in given.items():
-        _check_type(name, value, FIELD_KINDS[name])
-
-    model = given.get("model")
-    if model is None:
+    if request.model is None:
         raise RequestError(
             400, f"model is required: this server serves {served_model_name!r}", param="model"
         )
-    if model != served_model_name:
+    if request.model != served_model_name:
         raise RequestError(
             404,
-            f"the model {model!r} does not exist; this server serves {served_model_name!r}",
+            f"the model {request.model!r} does not exist; this server serves {served_model_name!r}",
             param="model",
             code="model_not_found",
         )
-    if given.get("n", 1) != 1:
+    if request.n not in (None, 1):
         raise RequestError(
             400,
-            f"n={given['n']} is not supported: GlimpRouter writes one chain of thought per "
+            f"n={request.n} is not supported: GlimpRouter writes one chain of thought per "
             "request (send n requests instead)",
             param="n",
             code="unsupported_parameter",
         )
-    question = question_of(given.get("messages"))
-    task = given.get("task", default_task)
+    question = question_of(request.messages)
+    task = request.task or default_task
     if task not in TEMPLATES:
         raise RequestError(
             400, f"unknown task {task!r}; valid tasks: {sorted(TEMPLATES)}", param="task"
         )
-    options = given.get("stream_options", {})
-    include_usage = options.get("include_usage", False)
-    if not isinstance(include_usage, bool):
-        raise RequestError(
-            400, "stream_options.include_usage must be a boolean", param="stream_options"
-        )
     return ChatRequest(
         question=question,
         task=task,
-        context=_run_context(given, base, limits),
-        stream=given.get("stream", False),
-        include_usage=include_usage,
+        context=_run_context(request, base, limits),
+        stream=bool(request.stream),
+        include_usage=bool(request.stream_options and request.stream_options.include_usage),
     )
 
 
-def _check_type(name: str, value: Any, kind: type) -> None:
-    if kind is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        ok = ok and math.isfinite(value)  # 1e999 parses as infinity
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool) and -INT64 <= value < INT64
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        shown = json.dumps(value)
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        raise RequestError(
-            400, f"{name} must be {JSON_KINDS[kind]}, not {shown}", param=name, code="invalid_type"
+def _refusal(error: ValidationError, body: Any, model: type[ChatCompletionRequest]) -> RequestError:
+    """The one error a client is told about: every unknown field at once, else the first wrong
+    value, in the words of the JSON schema the endpoint publishes."""
+    problems = error.errors(include_url=False)
+    if not isinstance(body, dict):
+        return RequestError(400, "the request body must be a JSON object", code="invalid_body")
+    unknown = sorted(str(p["loc"][0]) for p in problems if p["type"] == "extra_forbidden")
+    if unknown:
+        return RequestError(
+            400,
+            f"unknown field(s) {unknown}; accepted fields: {sorted(model.model_fields)}",
+            param=unknown[0],
+            code="unknown_parameter",
         )
+    loc = problems[0]["loc"]
+    name = str(loc[0])
+    if name == "messages" and len(loc) > 1:
+        return RequestError(
+            400,
+            f"messages[{loc[1]}] must be an object whose role is one of {list(MESSAGE_ROLES)}",
+            param=f"messages[{loc[1]}]",
+        )
+    if name == "stream_options" and len(loc) > 1:
+        return RequestError(
+            400,
+            f"stream_options.{loc[1]} must be {_json_kinds(model)[name, loc[1]]}",
+            param=name,
+        )
+    shown = json.dumps(body[name])
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return RequestError(
+        400,
+        f"{name} must be {_json_kinds(model)[name,]}, not {shown}",
+        param=name,
+        code="invalid_type",
+    )
+
+
+JSON_KINDS = {
+    "boolean": "a boolean",
+    "integer": "a 64-bit integer",  # every integer field is bounded to int64
+    "number": "a finite number",
+    "string": "a string",
+    "array": "an array",
+    "object": "an object",
+}
+
+
+@functools.cache
+def _json_kinds(model: type[ChatCompletionRequest]) -> dict[tuple[str, ...], str]:
+    """What each field (and each field of an object field) must be, read from the model's JSON
+    schema: a number field takes integers too."""
+    schema = model.model_json_schema()
+    definitions = schema.get("$defs", {})
+
+    def kind(prop: dict[str, Any]) -> str | None:
+        if "$ref" in prop:
+            return "object"
+        types = {kind(option) for option in prop.get("anyOf", [])} or {prop.get("type")}
+        types -= {None, "null"}
+        return "number" if "number" in types else next(iter(types), None)
+
+    def described(
+        properties: dict[str, Any], prefix: tuple[str, ...]
+    ) -> dict[tuple[str, ...], str]:
+        kinds = {}
+        for name, prop in properties.items():
+            if found := kind(prop):
+                kinds[(*prefix, name)] = JSON_KINDS[found]
+            refs = [prop.get("$ref")] + [option.get("$ref") for option in prop.get("anyOf", [])]
+            for ref in filter(None, refs):
+                nested = definitions[ref.rsplit("/", 1)[1]].get("properties", {})
+                kinds |= described(nested, (*prefix, name))
+        return kinds
+
+    return described(schema["properties"], ())
 
 
 def _run_context(
-    given: dict[str, Any], base: RouterContext, limits: dict[str, int]
+    request: ChatCompletionRequest, base: RouterContext, limits: dict[str, int]
 ) -> RouterContext:
     """The base context with the request's knobs, validated by RouterContext, then bounded."""
-    knobs = {name: value for name, value in given.items() if name in KNOBS}
+    given = {name: getattr(request, name) for name in request.model_fields_set}
+    given = {name: value for name, value in given.items() if value is not None}
+    knobs = {name: value for name, value in given.items() if name in request_knobs(type(base))}
     origin = {name: name for name in knobs}  # context field -> the body field that set it
     budgets = [name for name in (*BUDGET_ALIASES, "token_budget") if name in given]
     if len(budgets) > 1:

@@ -1,5 +1,5 @@
-"""Response shaping: chat.completion objects and stream chunks, usage and finish reason, in
-OpenAI's wire format."""
+"""Response shaping: a run's result as the protocol's chat.completion, stream chunks and usage,
+and the finish reason."""
 
 from __future__ import annotations
 
@@ -8,6 +8,19 @@ import time
 import uuid
 from typing import Any
 
+from glimprouter.endpoint.protocol import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChunkChoice,
+    CompletionTokensDetails,
+    Delta,
+    FinishReason,
+    ModelUsage,
+    RoutingUsage,
+    Usage,
+)
 from glimprouter.graph.context import MODEL_ROLES
 from glimprouter.nodes.common import reasoning_tokens
 from glimprouter.prompts import STEP_SEPARATOR
@@ -16,38 +29,32 @@ from glimprouter.prompts import STEP_SEPARATOR
 CUT_SHORT = frozenset({"token_budget", "max_steps", "context_length"})
 
 
-def finish_reason(stop_reason: str | None) -> str:
+def finish_reason(stop_reason: str | None) -> FinishReason:
     """OpenAI's finish reason: "length" when the chain was cut short (budget, step limit, full
     context) and the answer forced, else "stop"."""
     return "length" if stop_reason in CUT_SHORT else "stop"
 
 
-def usage_of(result: dict[str, Any]) -> dict[str, Any]:
+def usage_of(result: dict[str, Any]) -> Usage:
     """OpenAI usage summed over every request of the run, with the per-model breakdown."""
     per_model = {
-        role: {
-            "requests": 0,
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            **(result.get("usage") or {}).get(role, {}),
-        }
-        for role in MODEL_ROLES
+        role: ModelUsage(**(result.get("usage") or {}).get(role, {})) for role in MODEL_ROLES
     }
-    prompt = sum(usage["prompt_tokens"] for usage in per_model.values())
-    completion = sum(usage["completion_tokens"] for usage in per_model.values())
+    prompt = sum(usage.prompt_tokens for usage in per_model.values())
+    completion = sum(usage.completion_tokens for usage in per_model.values())
     steps = result.get("steps") or []
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "completion_tokens_details": {"reasoning_tokens": reasoning_tokens(steps)},
-        "glimprouter": {
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning_tokens(steps)),
+        glimprouter=RoutingUsage(
             **per_model,
-            "steps": len(steps),
-            "large_steps": sum(step["model"] == "large" for step in steps),
-            "stop_reason": result.get("stop_reason"),
-        },
-    }
+            steps=len(steps),
+            large_steps=sum(step["model"] == "large" for step in steps),
+            stop_reason=result.get("stop_reason"),
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,39 +68,29 @@ class Reply:
 
     def completion(self, result: dict[str, Any]) -> dict[str, Any]:
         """A chat.completion: the answer as content, the steps as reasoning_content."""
-        message = {
-            "role": "assistant",
-            "content": result.get("answer") or "",
-            "reasoning_content": STEP_SEPARATOR.join(
+        message = AssistantMessage(
+            content=result.get("answer") or "",
+            reasoning_content=STEP_SEPARATOR.join(
                 step["text"] for step in result.get("steps") or []
             ),
-        }
-        return {
-            **self._head("chat.completion"),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": finish_reason(result.get("stop_reason")),
-                }
-            ],
-            "usage": usage_of(result),
-        }
+        )
+        choice = Choice(message=message, finish_reason=finish_reason(result.get("stop_reason")))
+        completion = ChatCompletion(**self._head(), choices=[choice], usage=usage_of(result))
+        return completion.model_dump(mode="json")
 
-    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    def chunk(self, delta: Delta, finish: FinishReason | None = None) -> dict[str, Any]:
         """A chat.completion.chunk; with include_usage every chunk carries usage null."""
-        body = {
-            **self._head("chat.completion.chunk"),
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-        if self.include_usage:
-            body["usage"] = None
-        return body
+        chunk = ChatCompletionChunk(
+            **self._head(), choices=[ChunkChoice(delta=delta, finish_reason=finish)]
+        )
+        return self._dumped(chunk)
 
     def usage_chunk(self, result: dict[str, Any]) -> dict[str, Any]:
         """The last chunk of a stream with include_usage: no choices, the run's usage."""
-        return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage_of(result)}
+        return self._dumped(ChatCompletionChunk(**self._head(), choices=[], usage=usage_of(result)))
 
-    def _head(self, kind: str) -> dict[str, Any]:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+    def _head(self) -> dict[str, Any]:
+        return {"id": self.id, "created": self.created, "model": self.model}
+
+    def _dumped(self, chunk: ChatCompletionChunk) -> dict[str, Any]:
+        return chunk.model_dump(mode="json", exclude=None if self.include_usage else {"usage"})

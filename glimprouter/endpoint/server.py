@@ -9,7 +9,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from glimprouter.endpoint.app import create_app
-from glimprouter.endpoint.knobs import DEFAULT_MODEL_NAME, RouterLimits
+from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, RouterLimits
 from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
 from glimprouter.models import check_endpoints
