@@ -3,6 +3,7 @@ database another process holds is one line, not a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import stat
@@ -97,3 +98,30 @@ def test_a_thread_another_process_runs_is_refused(tmp_path: Path, capsys) -> Non
         holder.communicate("", timeout=60)
     with fake_model_server() as server:
         assert main(_ask(server.url, db)) == 0  # free once the other process ends
+
+
+async def _rename_channel(db: Path, thread: str, old: str, new: str) -> None:
+    """Rewrite the thread's latest checkpoint as an older GlimpRouter saved it: channel `old`
+    under its former name `new`."""
+    async with durable_graph(db) as graph:
+        saver = graph.checkpointer
+        saved = await saver.aget_tuple({"configurable": {"thread_id": thread}})
+        checkpoint = {**saved.checkpoint}
+        checkpoint["channel_values"] = {**checkpoint["channel_values"]}
+        checkpoint["channel_versions"] = {**checkpoint["channel_versions"]}
+        checkpoint["channel_values"][new] = checkpoint["channel_values"].pop(old)
+        checkpoint["channel_versions"][new] = checkpoint["channel_versions"].pop(old)
+        await saver.aput(saved.parent_config, checkpoint, saved.metadata, {})
+
+
+def test_a_chain_saved_mid_review_by_the_previous_version_resumes(tmp_path: Path, capsys) -> None:
+    db = tmp_path / "threads.sqlite"
+    review = ["--method", "specreason", "--max-retries", "0"]
+    with fake_model_server(fail_model="large") as failing:  # the large model reviews the draft
+        assert main(_ask(failing.url, db) + review) != 0
+    asyncio.run(_rename_channel(db, "t", "draft_step", "draft"))  # its name up to 0.1.0
+    with fake_model_server() as server:
+        assert main(_ask(server.url, db) + review) == 0
+        first = server.requests[0]
+    assert first["model"] == "large", "the saved draft is reviewed, not drafted again"
+    assert "resuming" in capsys.readouterr().out.lower()

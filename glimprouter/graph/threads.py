@@ -135,7 +135,29 @@ async def plan_thread(
     # A run stopped mid-step (cancelled, or its node failed) leaves that step as a task with an
     # error and nothing next: it is unfinished too, and running the thread again retries it.
     state: ThreadState = "unfinished" if snapshot.next or snapshot.tasks else "finished"
+    if state == "unfinished":
+        await _carry_renamed_channels(graph, snapshot.config)
     return ThreadPlan(state, len(saved.get("steps") or []), saved["question"], None)
+
+
+# State keys renamed since a chain could be saved: former name -> name. LangGraph restores only the
+# channels the graph declares, so a chain paused between the node that set one and the node that
+# reads it would resume without it.
+RENAMED_CHANNELS = {"draft": "draft_step"}  # renamed after 0.1.0
+
+
+async def _carry_renamed_channels(graph: CompiledStateGraph, config: dict[str, Any]) -> None:
+    """Move the values a previous version saved under a former name to the current one, as an
+    update by the node that wrote them (LangGraph's default), so the chain goes on from there."""
+    saved = await graph.checkpointer.aget_tuple(config)
+    values = saved.checkpoint["channel_values"] if saved else {}
+    carried = {
+        name: values[former]
+        for former, name in RENAMED_CHANNELS.items()
+        if former in values and name not in values
+    }
+    if carried:
+        await graph.aupdate_state(config, carried)
 
 
 def _head(text: str, width: int = 60) -> str:
