@@ -23,6 +23,7 @@ from glimprouter.evals.datasets import (
     split_problems,
 )
 from glimprouter.evals.grading import SandboxLimits
+from glimprouter.evals.ray_cluster import INSTALL, LOCAL, RayCluster, connected
 from glimprouter.evals.report import (
     load_rows,
     markdown,
@@ -157,6 +158,20 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=1, help="problems in flight at once")
     parser.add_argument("--output", type=Path, required=True, help="results directory")
     parser.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL,
+        metavar="ADDRESS",
+        help="spread the problems over a Ray cluster: no address starts one on this machine, "
+        "'auto' joins the one `ray start` runs here, or a cluster's address; --concurrency is "
+        f"then per worker (needs {INSTALL})",
+    )
+    parser.add_argument(
+        "--ray-workers",
+        type=int,
+        help="Ray workers (one CPU each) with --ray (default: one per CPU of the cluster)",
+    )
+    parser.add_argument(
         "--allow-unconfined-code",
         action="store_true",
         help="run code problems' solutions even where the sandbox cannot isolate them (no "
@@ -252,6 +267,7 @@ def _run(
                 selection=selection,
                 on_record=on_record,
                 limits=SandboxLimits(allow_unconfined=args.allow_unconfined_code),
+                cluster=_cluster(args),
             )
         )
     console.print(
@@ -263,6 +279,14 @@ def _run(
     return tally
 
 
+def _cluster(args: argparse.Namespace) -> RayCluster | None:
+    if args.ray is None:
+        if args.ray_workers is not None:
+            raise ConfigError("--ray-workers needs --ray")
+        return None
+    return RayCluster(args.ray, args.ray_workers)
+
+
 def _eval_command(args: argparse.Namespace) -> int:
     dataset, problems, selection = _problems(args, args.split)
     context, matched = _context(args, dataset)
@@ -271,6 +295,11 @@ def _eval_command(args: argparse.Namespace) -> int:
 
 
 def _sweep_command(args: argparse.Namespace) -> int:
+    with connected(_cluster(args)):  # one Ray cluster for every run of the sweep
+        return _sweep(args)
+
+
+def _sweep(args: argparse.Namespace) -> int:
     if args.calibrate_on_dev:
         return _calibrated_sweep(args)
     if args.thresholds is None or args.target_large_shares is not None:

@@ -1,0 +1,213 @@
+"""Evals across a Ray cluster (`eval --ray`): a local Ray cluster of this machine runs the same
+problems as the local runner, with the same records, and a worker killed mid-run loses none."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from fakes import context_at, fake_model_server
+from processes import running, wait_until
+
+from glimprouter.cli import main
+from glimprouter.evals.datasets import load_problems
+from glimprouter.evals.ray_cluster import RayCluster
+from glimprouter.evals.runner import run_eval
+from glimprouter.stopping import run
+
+ray = pytest.importorskip("ray")
+
+# What differs between two runs of the same chains: the clock.
+VOLATILE, VOLATILE_IN_STEPS = {"latency_s"}, {"wall_s"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray cluster for the module (about 10 s to start), of two one-CPU workers."""
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    signal.signal(signal.SIGTERM, on_sigterm)  # the session's own, not Ray's
+    yield RayCluster(workers=2)
+    ray.shutdown()
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "problems.jsonl"
+    rows = [{"problem": f"What is {n} + {n}?", "answer": str(2 * n)} for n in range(6)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def records(directory: Path) -> list[dict]:
+    return [json.loads(line) for line in (directory / "results.jsonl").read_text().splitlines()]
+
+
+def comparable(record: dict) -> dict:
+    kept = {key: value for key, value in record.items() if key not in VOLATILE}
+    kept["trace"] = [
+        {key: value for key, value in step.items() if key not in VOLATILE_IN_STEPS}
+        for step in kept.get("trace") or []
+    ]
+    return kept
+
+
+def by_key(rows: list[dict]) -> dict[tuple[str, int], dict]:
+    keyed = {(row["problem_id"], row["repeat"]): comparable(row) for row in rows}
+    assert len(keyed) == len(rows), "a (problem, repeat) was recorded twice"
+    return keyed
+
+
+def eval_args(url: str, data_file: Path, output: Path, *extra: str) -> list[str]:
+    return ["eval", "--data-file", str(data_file), "--repeats", "2", "--concurrency", "2",
+            "--small-url", url, "--large-url", url, "--step-max-tokens", "16",
+            "--token-budget", "48", "--answer-max-tokens", "16", "--seed", "1",
+            "--output", str(output), *extra]  # fmt: skip
+
+
+def test_ray_gives_the_records_the_local_runner_gives(cluster, data_file, tmp_path):
+    with fake_model_server() as server:
+        assert main(eval_args(server.url, data_file, tmp_path / "local")) == 0
+        assert main(eval_args(server.url, data_file, tmp_path / "ray", "--ray", "auto")) == 0
+    local, on_ray = by_key(records(tmp_path / "local")), by_key(records(tmp_path / "ray"))
+    assert len(local) == 12 and on_ray == local
+    # A rerun on Ray resumes: nothing left to do.
+    with fake_model_server() as server:
+        assert main(eval_args(server.url, data_file, tmp_path / "ray", "--ray", "auto")) == 0
+        assert server.requests == []
+    assert len(records(tmp_path / "ray")) == 12
+
+
+def worker_pids() -> set[int]:
+    """The processes of our Ray actors (Ray titles each `ray::EvalWorker...`)."""
+    pids = set()
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if cmdline and cmdline[0].startswith("ray::EvalWorker"):
+            pids.add(process.pid)
+    return pids
+
+
+def test_a_worker_killed_mid_run_loses_and_repeats_no_record(cluster, data_file, tmp_path):
+    problems = load_problems(data_file=data_file)
+    killed: list[int] = []
+
+    def kill_a_busy_worker(record, tally, total):
+        # Right after the first record, while each worker still has problems in flight.
+        if not killed:
+            victim = min(worker_pids())
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+
+    with fake_model_server(delay_s=0.2) as server:
+        tally = run(
+            run_eval(
+                problems,
+                context_at(server.url),
+                tmp_path / "run",
+                dataset="file",
+                repeats=2,
+                concurrency=2,
+                on_record=kill_a_busy_worker,
+                cluster=cluster,
+            )
+        )
+    rows = records(tmp_path / "run")
+    assert killed and killed[0] not in worker_pids()
+    assert tally.failed == 0 and all(not row.get("error") for row in rows)
+    assert set(by_key(rows)) == {(p.id, repeat) for p in problems for repeat in (0, 1)}
+
+
+def test_ray_flags_are_checked(capsys, monkeypatch, data_file, tmp_path):
+    assert main(eval_args("http://127.0.0.1:9/v1", data_file, tmp_path, "--ray-workers", "2")) == 2
+    assert "--ray-workers needs --ray" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with fake_model_server() as server:
+        assert main(eval_args(server.url, data_file, tmp_path / "r", "--ray")) == 2
+    assert 'pip install "glimprouter[ray]"' in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_ray_eval_and_its_cluster_and_the_rerun_completes(
+    cluster, data_file, tmp_path
+):
+    marker = f"{os.getpid()}-{tmp_path.name}"
+    output = tmp_path / "run"
+    with fake_model_server(delay_s=0.2) as server:
+        args = eval_args(server.url, data_file, output, "--ray", "--ray-workers", "2")
+        with running(
+            [sys.executable, "-m", "glimprouter.cli", *args],
+            env={**os.environ, "GLIMPROUTER_RAY_TEST": marker},
+            ignore_sigint=True,  # as when CI starts it in the background
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ) as process:
+            first_record = lambda: (output / "results.jsonl").exists() and records(output)  # noqa: E731
+            wait_until(first_record, 300, "the eval's first record")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=120) == 143
+        assert processes_marked(marker) == [], "the eval's Ray cluster outlived it"
+        assert main(eval_args(server.url, data_file, output, "--ray", "auto")) == 0
+    assert len(by_key(records(output))) == 12
+
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def processes_marked(marker: str) -> list[psutil.Process]:
+    """Live processes whose environment carries `marker` (what a subprocess and its children
+    inherit)."""
+    marked = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("GLIMPROUTER_RAY_TEST") == marker:
+                marked.append(process)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return marked
+
+
+@pytest.mark.server
+def test_math500_on_a_ray_cluster_matches_the_local_run(vllm_base_url, tmp_path):
+    """The same eval against the session's vLLM, locally and on a Ray cluster the command starts
+    (and stops): the same (problem, repeat) records, graded the same where the answers agree."""
+    selection = ["--dataset", "math500", "--levels", "1", "--limit", "2", "--repeats", "2",
+                 "--data-dir", str(DATA_DIR), "--small-url", vllm_base_url, "--large-url",
+                 vllm_base_url, "--token-budget", "48", "--step-max-tokens", "24",
+                 "--answer-max-tokens", "40", "--seed", "3", "--concurrency", "2"]  # fmt: skip
+    marker = f"{os.getpid()}-{tmp_path.name}"
+    outputs = {"local": [], "ray": ["--ray", "--ray-workers", "2"]}
+    for name, flags in outputs.items():
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "glimprouter.cli",
+                "eval",
+                *selection,
+                *flags,
+                "--output",
+                str(tmp_path / name),
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            env={**os.environ, "GLIMPROUTER_RAY_TEST": marker},
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    assert processes_marked(marker) == [], "the local Ray cluster outlived its eval"
+    local, on_ray = by_key(records(tmp_path / "local")), by_key(records(tmp_path / "ray"))
+    assert set(on_ray) == set(local) and len(local) == 4
+    for key, row in on_ray.items():
+        assert isinstance(row["correct"], bool) and row["steps"] >= 1
+        if row["answer"] == local[key]["answer"]:
+            assert (row["correct"], row["extracted_answer"]) == (
+                local[key]["correct"],
+                local[key]["extracted_answer"],
+            )
