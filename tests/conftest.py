@@ -33,7 +33,7 @@ from proxy import KillableProxy
 
 from glimprouter.evals.grading import math_grader
 from glimprouter.graph.context import ENV_PREFIX, RouterContext
-from glimprouter.serving.local_models import cache_dir
+from glimprouter.vllm_launcher.local_models import cache_dir
 
 SERVE_TIMEOUT_S = 900
 PR_SET_CHILD_SUBREAPER = 36
@@ -146,8 +146,8 @@ def vllm_base_url() -> Iterator[str]:
     if os.environ.get("GLIMPROUTER_TEST_BASE_URL"):
         yield from _slowed(os.environ["GLIMPROUTER_TEST_BASE_URL"])
         return
-    from glimprouter.serving.launcher import free_port
-    from glimprouter.serving.local_models import prepare
+    from glimprouter.vllm_launcher.launcher import free_port
+    from glimprouter.vllm_launcher.local_models import prepare
 
     port = free_port()
     serve = start(

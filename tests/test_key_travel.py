@@ -15,9 +15,9 @@ from glimprouter.cli import build_parser, main
 from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.errors import EndpointError
 from glimprouter.graph.context import RouterContext, redact_url, resolve_context
-from glimprouter.models import check_endpoints
-from glimprouter.serving.cli import specs_from_args
-from glimprouter.serving.launcher import ServerSpec, build_command, build_env
+from glimprouter.model_servers.client import check_endpoints
+from glimprouter.vllm_launcher.cli import specs_from_args
+from glimprouter.vllm_launcher.launcher import ServerSpec, build_command, build_env
 
 KEY = "sk-env-SECRET-91ab"
 HOME_URL = "http://127.0.0.1:8101/v1"

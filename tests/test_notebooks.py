@@ -26,7 +26,7 @@ from processes import running
 
 from glimprouter.evals.report import load_rows, markdown, paired_markdown
 from glimprouter.evals.results import results_dirs
-from glimprouter.serving.launcher import free_port
+from glimprouter.vllm_launcher.launcher import free_port
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -141,7 +141,7 @@ def test_quickstart_stops_at_its_first_cell_naming_the_missing_server(kernels):
         f"cannot reach the small model server at http://127.0.0.1:{port}"
     )
     assert "GLIMPROUTER_SMALL_BASE_URL" in error.evalue
-    assert not any("models.py" in line for line in error.traceback), "the cell, not the client"
+    assert not any("model_servers" in line for line in error.traceback), "the cell, not the client"
     assert cell(notebook, "invoke").outputs == []  # nothing ran after it
 
 

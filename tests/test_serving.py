@@ -16,9 +16,9 @@ import pytest
 from processes import Lines, running, wait_until
 
 from glimprouter.errors import ConfigError, EndpointError
-from glimprouter.serving import launcher, local_models
-from glimprouter.serving.chat_templates import VERBATIM_TEMPLATES
-from glimprouter.serving.launcher import (
+from glimprouter.vllm_launcher import launcher, local_models
+from glimprouter.vllm_launcher.chat_templates import VERBATIM_TEMPLATES
+from glimprouter.vllm_launcher.launcher import (
     VERBATIM_TEMPLATE,
     ServerSpec,
     VLLMServer,
@@ -27,8 +27,8 @@ from glimprouter.serving.launcher import (
     cpu_dtype,
     resolve_chat_template,
 )
-from glimprouter.serving.local_models import LOCAL_MODELS, LOCAL_PAIR, LocalModel, prepare
-from glimprouter.serving.pair import bf16_weights_gib, plan_pair_memory, server_footprint_gib
+from glimprouter.vllm_launcher.local_models import LOCAL_MODELS, LOCAL_PAIR, LocalModel, prepare
+from glimprouter.vllm_launcher.pair import bf16_weights_gib, plan_pair_memory, server_footprint_gib
 
 TEMPLATES = Path(__file__).parent / "templates"
 QWEN3_TEMPLATE = (TEMPLATES / "qwen3_stock.jinja").read_text()
@@ -295,7 +295,7 @@ def test_server_that_exits_fails_fast_with_its_log(monkeypatch, tmp_path) -> Non
 
 LAUNCHER_KILLED = """
 import sys
-from glimprouter.serving import launcher
+from glimprouter.vllm_launcher import launcher
 sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
 launcher.build_command = lambda spec, cpu_only: sleeper
 server = launcher.VLLMServer(launcher.ServerSpec(model="org/model", served_names=["m"]),

@@ -158,7 +158,7 @@ DEMO = textwrap.dedent(
     import contextlib, sys
     from types import SimpleNamespace
     from glimprouter import cli
-    from glimprouter.serving import cli as serving_cli
+    from glimprouter.vllm_launcher import cli as serving_cli
 
     @contextlib.contextmanager
     def fake_serve(specs):

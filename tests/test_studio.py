@@ -28,7 +28,7 @@ from processes import start, wait_until
 
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import InputState, OutputState, StopReason
-from glimprouter.serving.launcher import free_port
+from glimprouter.vllm_launcher.launcher import free_port
 
 pytestmark = pytest.mark.server
 

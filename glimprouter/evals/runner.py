@@ -34,7 +34,7 @@ from glimprouter.evals.results import (
 from glimprouter.graph.builder import graph, run_config
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.invoke import run_question
-from glimprouter.models import check_endpoints
+from glimprouter.model_servers.client import check_endpoints
 from glimprouter.prompts import STEP_SEPARATOR
 
 
