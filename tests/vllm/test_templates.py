@@ -30,9 +30,9 @@ from glimprouter.vllm_launcher.chat_templates import VERBATIM_TEMPLATES
 from glimprouter.vllm_launcher.launcher import ServerSpec, VLLMServer
 from glimprouter.vllm_launcher.local_models import prepare
 
-pytestmark = pytest.mark.server
+pytestmark = pytest.mark.vllm
 
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 QUESTION = "What is 12 + 7 * 3?"
 
 
