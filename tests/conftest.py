@@ -30,7 +30,8 @@ from hypothesis import settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from glimprouter.evals.grading import math_grader
-from glimprouter.graph.context import ENV_PREFIX, RouterContext
+from glimprouter.graph.context import RouterContext
+from glimprouter.graph.settings import ENV_PREFIX
 from glimprouter.vllm_launcher.local_models import cache_dir
 from tests.processes import Lines, start, stop
 from tests.proxy import KillableProxy

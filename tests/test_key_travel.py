@@ -13,7 +13,8 @@ import pytest
 from glimprouter.cli import build_parser, main
 from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.errors import EndpointError
-from glimprouter.graph.context import RouterContext, redact_url, resolve_context
+from glimprouter.graph.context import RouterContext, resolve_context
+from glimprouter.graph.settings import redact_url
 from glimprouter.model_servers.client import check_endpoints
 from glimprouter.vllm_launcher.cli import specs_from_args
 from glimprouter.vllm_launcher.launcher import ServerSpec, build_command, build_env

@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "settings, state and pure logic",
         (
             "glimprouter.errors",
+            "glimprouter.graph.settings",  # setting(...), the tables derived from it, env parsing
             "glimprouter.graph.context",
             "glimprouter.graph.state",
             "glimprouter.scoring",

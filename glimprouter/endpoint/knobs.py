@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 from glimprouter.errors import ConfigError
-from glimprouter.graph.context import RouterContext, request_knobs, request_limits
+from glimprouter.graph.context import RouterContext
+from glimprouter.graph.settings import request_knobs, request_limits
 
 DEFAULT_MODEL_NAME = "glimprouter"
 
@@ -17,7 +18,7 @@ INT64 = 2**63
 # Routing knobs a request may set (RouterContext fields declared with request=True), with the
 # JSON type each takes. Endpoints, API keys, timeouts and retries stay server-side: a client
 # must not redirect them.
-KNOBS: dict[str, type] = request_knobs()
+KNOBS: dict[str, type] = request_knobs(RouterContext)
 # Standard fields whose meaning the router keeps; max_tokens is the reasoning token budget.
 STANDARD_FIELDS: dict[str, type] = {
     "model": str,
@@ -81,7 +82,7 @@ class RouterLimits:
 
 # Request field -> (RouterLimits attribute, CLI flag) of the knobs with a server-side bound; the
 # flag's argparse dest is the attribute (--max-steps itself is the server's default max_steps).
-LIMITED: dict[str, tuple[str, str]] = request_limits()
+LIMITED: dict[str, tuple[str, str]] = request_limits(RouterContext)
 
 
 def bounds(limits: RouterLimits, base: RouterContext) -> dict[str, int]:

@@ -14,7 +14,7 @@ from rich.console import Console
 from glimprouter.ask import SAMPLE_QUESTION, ask
 from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.errors import ConfigError
-from glimprouter.graph.context import read_key_file
+from glimprouter.graph.settings import read_key_file
 from glimprouter.stopping import run
 from glimprouter.vllm_launcher.launcher import (
     CHAT_TEMPLATE_CHOICES,
