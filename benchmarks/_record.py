@@ -14,7 +14,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from glimprouter.serving.pair import machine_memory_gib
+from glimprouter.vllm_launcher.pair import machine_memory_gib
 
 T = TypeVar("T")
 

@@ -22,8 +22,8 @@ from glimprouter import RouterContext
 from glimprouter.evals.datasets import load_problems
 from glimprouter.evals.report import load_rows, markdown, paired_markdown, pareto_plot
 from glimprouter.evals.runner import run_eval
-from glimprouter.serving.local_models import LOCAL_MODELS, LOCAL_PAIR
-from glimprouter.serving.pair import local_pair_specs, serve
+from glimprouter.vllm_launcher.local_models import LOCAL_MODELS, LOCAL_PAIR
+from glimprouter.vllm_launcher.pair import local_pair_specs, serve
 
 
 def peak_rss_gib(pid: int) -> float:

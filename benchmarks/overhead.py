@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from glimprouter import RouterContext, graph, run_config
-from glimprouter.models import complete, stream_with_glimpse
+from glimprouter.model_servers.client import complete, stream_with_glimpse
 
 TOP = [{"token": t, "logprob": -0.6931, "bytes": [ord(t)]} for t in "ab"]  # entropy ln 2
 
@@ -160,7 +160,8 @@ async def bare_loop(url: str, questions: int, steps: int) -> int:
 
 
 async def client_layer(url: str, questions: int, steps: int) -> int:
-    """The same requests through glimprouter.models (ChatOpenAI), without the graph around them."""
+    """The same requests through glimprouter.model_servers.client (ChatOpenAI), without the
+    graph around them."""
     context = RouterContext(small_base_url=url, large_base_url=url)
     for _ in range(questions):
         chain: list[str] = []

@@ -27,7 +27,7 @@ from _record import record, timed
 from glimprouter import RouterContext
 from glimprouter.evals.datasets import Problem, load_problems
 from glimprouter.evals.runner import run_eval
-from glimprouter.models import CONTINUATION
+from glimprouter.model_servers.client import CONTINUATION
 from glimprouter.prompts import next_step_messages
 
 

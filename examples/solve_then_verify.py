@@ -42,7 +42,7 @@ from glimprouter import (
 from glimprouter import graph as router_graph
 from glimprouter.graph.context import MODEL_ROLES, ModelRole
 from glimprouter.graph.state import ModelUsage, StopReason, add_usage
-from glimprouter.models import complete
+from glimprouter.model_servers.client import complete
 from glimprouter.prompts import continuation_messages
 
 MAX_ATTEMPTS_LIMIT = 10

@@ -23,9 +23,9 @@ from glimprouter.graph.threads import (
     thread_lock,
 )
 from glimprouter.live_view import show_event, show_summary
-from glimprouter.models import check_endpoints
+from glimprouter.model_servers.client import check_endpoints
 from glimprouter.prompts import render_question
-from glimprouter.serving.local_models import cache_dir
+from glimprouter.vllm_launcher.local_models import cache_dir
 
 SAMPLE_QUESTION = (
     "A bakery sells muffins for $3 each and cookies for $2 each. Maya buys 4 muffins and "

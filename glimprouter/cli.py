@@ -1,7 +1,7 @@
 """The `glimprouter` command: ask a question, serve a model pair, or run the local demo.
 
 Thin on purpose: it parses flags into a RouterContext and hands over to the graph and the
-serving package. Every GlimpRouterError becomes one line on stderr and exit status 2.
+vLLM launcher. Every GlimpRouterError becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from glimprouter.endpoint.command import add_router_command
 from glimprouter.errors import ConfigError, GlimpRouterError
 from glimprouter.evals.cli import add_eval_commands
 from glimprouter.prompts import TEMPLATES
-from glimprouter.serving.cli import add_serving_commands
 from glimprouter.stopping import exit_status, run, sigterm_stops
+from glimprouter.vllm_launcher.cli import add_serving_commands
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,10 +9,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from glimprouter.graph.context import MODEL_ROLES, RouterContext, cli_flags, read_key_file
+from glimprouter.graph.context import MODEL_ROLES, RouterContext
+from glimprouter.graph.settings import cli_flags, read_key_file
 
 # Flags that map one-to-one onto RouterContext fields (flag, field, type, help).
-CONTEXT_FLAGS = cli_flags()
+CONTEXT_FLAGS = cli_flags(RouterContext)
 
 
 def add_context_flags(

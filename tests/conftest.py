@@ -1,8 +1,8 @@
-"""Shared fixtures: a real vLLM server (SmolLM2-135M from its PyPI package) for the server tests,
-an environment the user's GLIMPROUTER_* settings cannot leak into, and a session that leaves no
-process behind.
+"""Shared fixtures: a real vLLM server (SmolLM2-135M from its PyPI package) for the tests marked
+`vllm` (tests/vllm/), an environment the user's GLIMPROUTER_* settings cannot leak into, and a
+session that leaves no process behind.
 
-The server is started once per session through `glimprouter serve --model`, so every server test
+The server is started once per session through `glimprouter serve --model`, so every vLLM test
 also exercises the serve command: one model served under the names "small" and "large", started
 with SIGINT ignored (as a shell starts a background job, as CI does) and stopped at the end with
 SIGTERM, which must stop vLLM cleanly. Set GLIMPROUTER_TEST_BASE_URL to use a server that is
@@ -28,12 +28,13 @@ from urllib.parse import urlparse
 import pytest
 from hypothesis import settings
 from hypothesis.database import DirectoryBasedExampleDatabase
-from processes import Lines, start, stop
-from proxy import KillableProxy
 
 from glimprouter.evals.grading import math_grader
-from glimprouter.graph.context import ENV_PREFIX, RouterContext
-from glimprouter.serving.local_models import cache_dir
+from glimprouter.graph.context import RouterContext
+from glimprouter.graph.settings import ENV_PREFIX
+from glimprouter.vllm_launcher.local_models import cache_dir
+from tests.processes import Lines, start, stop
+from tests.proxy import KillableProxy
 
 SERVE_TIMEOUT_S = 900
 PR_SET_CHILD_SUBREAPER = 36
@@ -146,8 +147,8 @@ def vllm_base_url() -> Iterator[str]:
     if os.environ.get("GLIMPROUTER_TEST_BASE_URL"):
         yield from _slowed(os.environ["GLIMPROUTER_TEST_BASE_URL"])
         return
-    from glimprouter.serving.launcher import free_port
-    from glimprouter.serving.local_models import prepare
+    from glimprouter.vllm_launcher.launcher import free_port
+    from glimprouter.vllm_launcher.local_models import prepare
 
     port = free_port()
     serve = start(

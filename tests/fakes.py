@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from glimprouter import RouterContext
-from glimprouter.models import CANARY_QUESTION
+from glimprouter.model_servers.client import CANARY_QUESTION
 
 # What a fault hook may answer for a request: None (answer normally), "500" (an error status),
 # "hang" (accept and never answer), "until_closed" (never answer, and record in `closed` when the

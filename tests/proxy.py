@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from glimprouter.models import CANARY_QUESTION
+from glimprouter.model_servers.client import CANARY_QUESTION
 
 # (1-based number of the chat request among all seen, its JSON body) -> hold it?
 HoldRule = Callable[[int, dict[str, Any]], bool]

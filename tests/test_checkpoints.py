@@ -11,12 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fakes import fake_model_server
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from glimprouter.cli import main
 from glimprouter.evals.datasets import CodeTest
 from glimprouter.graph.threads import durable_graph
+from tests.fakes import fake_model_server
 
 
 def _ask(url: str, db: Path, thread: str = "t") -> list[str]:

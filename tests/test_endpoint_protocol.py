@@ -11,11 +11,12 @@ from pathlib import Path
 import jsonschema
 import openai.types.chat as sdk_types
 import pytest
-from fakes import context_at, fake_model_server
 from starlette.testclient import TestClient
 
 from glimprouter.endpoint import create_app
-from glimprouter.graph.context import RouterContext, request_knobs, setting
+from glimprouter.graph.context import RouterContext
+from glimprouter.graph.settings import request_knobs, setting
+from tests.fakes import context_at, fake_model_server
 
 CHAT = {"model": "glimprouter", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
 
@@ -54,7 +55,7 @@ def test_the_document_describes_every_route_and_knob(document):
     assert set(document["paths"]) == {"/v1/chat/completions", "/v1/models", "/health"}
     request = document["components"]["schemas"]["ChatCompletionRequest"]
     descriptions = {f.name: f.metadata["description"] for f in dataclasses.fields(RouterContext)}
-    for knob in request_knobs():
+    for knob in request_knobs(RouterContext):
         assert request["properties"][knob]["description"] == descriptions[knob]
     assert request["additionalProperties"] is False
 
@@ -95,7 +96,7 @@ def test_what_is_sent_matches_the_document_and_the_sdk_types(client, document):
     jsonschema.validate(client.get("/v1/models").json(), schema_of(document, "ModelList"))
 
 
-def test_the_readme_lists_the_request_knobs():
+def test_the_readme_lists_the_request_knobs(RouterContext):
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     listing = text[text.index("Per-request knobs") :].split(" set `token_budget`", 1)[0]
     listed = set(re.findall(r"`(\w+)`", listing)) - {
@@ -103,4 +104,4 @@ def test_the_readme_lists_the_request_knobs():
         "max_tokens",
         "max_completion_tokens",
     }
-    assert listed == set(request_knobs()) | {"task"}
+    assert listed == set(request_knobs(RouterContext)) | {"task"}

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import fake_model_server
 from scipy import stats as scipy_stats
 
 from glimprouter.cli import main
@@ -24,6 +23,7 @@ from glimprouter.evals.results import (
     run_identity,
 )
 from glimprouter.graph.context import RouterContext
+from tests.fakes import fake_model_server
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 

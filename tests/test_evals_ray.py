@@ -12,14 +12,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from fakes import context_at, fake_model_server
-from processes import running, wait_until
 
 from glimprouter.cli import main
 from glimprouter.evals.datasets import load_problems
 from glimprouter.evals.ray_cluster import RayCluster
 from glimprouter.evals.runner import run_eval
 from glimprouter.stopping import run
+from tests.fakes import context_at, fake_model_server
+from tests.processes import running, wait_until
 
 ray = pytest.importorskip("ray")
 
@@ -133,6 +133,19 @@ def test_ray_flags_are_checked(capsys, monkeypatch, data_file, tmp_path):
     assert 'pip install "glimprouter[ray]"' in capsys.readouterr().err
 
 
+def processes_marked(marker: str) -> list[psutil.Process]:
+    """Live processes whose environment carries `marker` (what a subprocess and its children
+    inherit)."""
+    marked = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("GLIMPROUTER_RAY_TEST") == marker:
+                marked.append(process)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return marked
+
+
 def test_sigterm_stops_a_ray_eval_and_its_cluster_and_the_rerun_completes(
     cluster, data_file, tmp_path
 ):
@@ -154,60 +167,3 @@ def test_sigterm_stops_a_ray_eval_and_its_cluster_and_the_rerun_completes(
         assert processes_marked(marker) == [], "the eval's Ray cluster outlived it"
         assert main(eval_args(server.url, data_file, output, "--ray", "auto")) == 0
     assert len(by_key(records(output))) == 12
-
-
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def processes_marked(marker: str) -> list[psutil.Process]:
-    """Live processes whose environment carries `marker` (what a subprocess and its children
-    inherit)."""
-    marked = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get("GLIMPROUTER_RAY_TEST") == marker:
-                marked.append(process)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            pass
-    return marked
-
-
-@pytest.mark.server
-def test_math500_on_a_ray_cluster_matches_the_local_run(vllm_base_url, tmp_path):
-    """The same eval against the session's vLLM, locally and on a Ray cluster the command starts
-    (and stops): the same (problem, repeat) records, graded the same where the answers agree."""
-    selection = ["--dataset", "math500", "--levels", "1", "--limit", "2", "--repeats", "2",
-                 "--data-dir", str(DATA_DIR), "--small-url", vllm_base_url, "--large-url",
-                 vllm_base_url, "--token-budget", "48", "--step-max-tokens", "24",
-                 "--answer-max-tokens", "40", "--seed", "3", "--concurrency", "2"]  # fmt: skip
-    marker = f"{os.getpid()}-{tmp_path.name}"
-    outputs = {"local": [], "ray": ["--ray", "--ray-workers", "2"]}
-    for name, flags in outputs.items():
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "glimprouter.cli",
-                "eval",
-                *selection,
-                *flags,
-                "--output",
-                str(tmp_path / name),
-            ],  # fmt: skip
-            capture_output=True,
-            text=True,
-            timeout=1200,
-            env={**os.environ, "GLIMPROUTER_RAY_TEST": marker},
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-    assert processes_marked(marker) == [], "the local Ray cluster outlived its eval"
-    local, on_ray = by_key(records(tmp_path / "local")), by_key(records(tmp_path / "ray"))
-    assert set(on_ray) == set(local) and len(local) == 4
-    for key, row in on_ray.items():
-        assert isinstance(row["correct"], bool) and row["steps"] >= 1
-        if row["answer"] == local[key]["answer"]:
-            assert (row["correct"], row["extracted_answer"]) == (
-                local[key]["correct"],
-                local[key]["extracted_answer"],
-            )

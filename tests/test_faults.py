@@ -8,7 +8,6 @@ from contextlib import aclosing
 from typing import Any
 
 import pytest
-from fakes import context_at, fake_model_server
 
 from glimprouter import RouterContext, graph, run_config
 from glimprouter.evals.datasets import Problem
@@ -16,6 +15,7 @@ from glimprouter.evals.results import read_results
 from glimprouter.evals.runner import run_eval
 from glimprouter.graph.invoke import run_question
 from glimprouter.graph.threads import DURABILITY, durable_graph, plan_thread, thread_config
+from tests.fakes import context_at, fake_model_server
 
 QUESTION = "What is 2 + 2?"
 GUARD_S = 120  # a hung run fails the test instead of hanging the suite

@@ -22,18 +22,18 @@ from glimprouter import RouterContext
 from glimprouter.cli import build_parser
 from glimprouter.continuation import required_context_length
 from glimprouter.errors import ConfigError, EndpointError
-from glimprouter.models import CANARY_QUESTION, check_endpoints
-from glimprouter.serving import launcher
-from glimprouter.serving import pair as serving_pair
-from glimprouter.serving.chat_templates import (
+from glimprouter.model_servers.client import CANARY_QUESTION, check_endpoints
+from glimprouter.vllm_launcher import launcher
+from glimprouter.vllm_launcher import pair as serving_pair
+from glimprouter.vllm_launcher.chat_templates import (
     VERBATIM_TEMPLATES,
     choose_template,
     continuation_behaviour,
 )
-from glimprouter.serving.cli import specs_from_args
-from glimprouter.serving.launcher import ServerSpec, build_command, build_env
-from glimprouter.serving.pair import start_stages
-from glimprouter.serving.placement import (
+from glimprouter.vllm_launcher.cli import specs_from_args
+from glimprouter.vllm_launcher.launcher import ServerSpec, build_command, build_env
+from glimprouter.vllm_launcher.pair import start_stages
+from glimprouter.vllm_launcher.placement import (
     Engine,
     installed_engine,
     memory_shares,
@@ -140,7 +140,7 @@ def test_four_gpus_put_the_large_model_in_tensor_parallel(monkeypatch, pair) -> 
     small, large = pair
     engine = Engine("cuda", (80.0,) * 4)
     logged: list[str] = []
-    monkeypatch.setattr("glimprouter.serving.cli._log", logged.append)
+    monkeypatch.setattr("glimprouter.vllm_launcher.cli._log", logged.append)
     specs = _serve_specs(monkeypatch, engine, ["--small", str(small), "--large", str(large)])
     (small_env, _), (large_env, large_cmd) = _plan(specs, cpu_only=False)
     assert small_env["CUDA_VISIBLE_DEVICES"] == "0"
@@ -188,7 +188,7 @@ def test_context_fits_budget_and_answer_or_the_models_maximum(monkeypatch, tmp_p
     short = _model(tmp_path, "short", 0.1, max_positions=8192)
     long = _model(tmp_path, "long", 0.1, max_positions=131072)
     logged: list[str] = []
-    monkeypatch.setattr("glimprouter.serving.cli._log", logged.append)
+    monkeypatch.setattr("glimprouter.vllm_launcher.cli._log", logged.append)
     specs = _serve_specs(monkeypatch, Engine("cpu"), ["--small", str(short), "--large", str(long)])
     assert [spec.max_model_len for spec in specs] == [8192, 12288]
     assert required_context_length(8192, 2048) == 12288

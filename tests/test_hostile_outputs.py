@@ -15,7 +15,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from fakes import context_at, fake_model_server
 
 from glimprouter.errors import ConfigError
 from glimprouter.evals.datasets import CodeTest, Problem, _code_tests
@@ -24,6 +23,7 @@ from glimprouter.evals.grading.code import compare_stdout
 from glimprouter.evals.grading.math_grader import GradingError, verify_in_worker
 from glimprouter.evals.results import read_results
 from glimprouter.evals.runner import run_eval
+from tests.fakes import context_at, fake_model_server
 
 ROOMY = SandboxLimits(time_s=10.0)
 # sympy computes this power exactly, for minutes, inside one C call.

@@ -9,15 +9,16 @@ import json
 from pathlib import Path
 
 import pytest
-from fakes import fake_model_server
 
 from glimprouter.cli import build_parser, main
 from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.errors import EndpointError
-from glimprouter.graph.context import RouterContext, redact_url, resolve_context
-from glimprouter.models import check_endpoints
-from glimprouter.serving.cli import specs_from_args
-from glimprouter.serving.launcher import ServerSpec, build_command, build_env
+from glimprouter.graph.context import RouterContext, resolve_context
+from glimprouter.graph.settings import redact_url
+from glimprouter.model_servers.client import check_endpoints
+from glimprouter.vllm_launcher.cli import specs_from_args
+from glimprouter.vllm_launcher.launcher import ServerSpec, build_command, build_env
+from tests.fakes import fake_model_server
 
 KEY = "sk-env-SECRET-91ab"
 HOME_URL = "http://127.0.0.1:8101/v1"

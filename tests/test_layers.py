@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "settings, state and pure logic",
         (
             "glimprouter.errors",
+            "glimprouter.graph.settings",  # setting(...), the tables derived from it, env parsing
             "glimprouter.graph.context",
             "glimprouter.graph.state",
             "glimprouter.scoring",
@@ -33,7 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "the model client",
-        ("glimprouter.models", "glimprouter.models_startup", "glimprouter.models_errors"),
+        ("glimprouter.model_servers",),
     ),
     ("the nodes", ("glimprouter.nodes",)),
     # builder, invoke and threads; the package's context and state sit at the bottom (above).
@@ -48,7 +49,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "glimprouter.cli",
             "glimprouter.endpoint",
             "glimprouter.evals",
-            "glimprouter.serving",
+            "glimprouter.vllm_launcher",
         ),
     ),
 )
@@ -134,9 +135,11 @@ def import_cycles() -> list[frozenset[str]]:
 
 
 def test_the_walk_sees_every_kind_of_import():
-    assert "glimprouter.models" in IMPORTS["glimprouter.nodes.step"]  # from x import y
+    step = IMPORTS["glimprouter.nodes.step"]
+    assert "glimprouter.model_servers.client" in step  # from x import y
     assert "glimprouter.graph.builder" in IMPORTS["glimprouter.evals.solve"]
-    assert "glimprouter.serving.model_files" in IMPORTS["glimprouter.serving.launcher"]  # submodule
+    launcher = IMPORTS["glimprouter.vllm_launcher.launcher"]
+    assert "glimprouter.vllm_launcher.model_files" in launcher  # from package import submodule
 
 
 def test_every_module_has_a_layer():

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-from fakes import FakeModelServer, context_at, fake_model_server
 
 from glimprouter.errors import ConfigError
 from glimprouter.evals.calibrate import recorded_entropies
@@ -24,6 +23,7 @@ from glimprouter.evals.results import (
 )
 from glimprouter.evals.runner import run_eval
 from glimprouter.graph.context import RouterContext
+from tests.fakes import FakeModelServer, context_at, fake_model_server
 
 GRADED = {
     "correct": True,

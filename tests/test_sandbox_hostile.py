@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from processes import wait_until_async
 
 from glimprouter.evals.datasets import CodeTest, Problem
 from glimprouter.evals.grading import Grade, SandboxLimits, grade, sandbox
+from tests.processes import wait_until_async
 
 FAST = SandboxLimits(time_s=2.0)  # for programs meant to reach the limit
 # For programs that end by themselves: a busy machine must not make a timeout of their failure.

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes import fake_model_server
-from test_sandbox_hostile import needs_namespaces
 
 from glimprouter.evals.datasets import CodeTest, Problem
 from glimprouter.evals.grading import SandboxLimits, grade
 from glimprouter.evals.grading.sandbox import SandboxUnavailable, run_python
+from tests.fakes import fake_model_server
+from tests.test_sandbox_hostile import needs_namespaces
 
 REPO = Path(__file__).resolve().parents[1]
 ROOMY = SandboxLimits(time_s=10.0)

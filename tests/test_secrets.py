@@ -7,12 +7,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from fakes import fake_model_server
 from starlette.testclient import TestClient
 
 from glimprouter import RouterContext
 from glimprouter.cli import main
 from glimprouter.endpoint import create_app
+from tests.fakes import fake_model_server
 
 SMALL_KEY = "sk-small-SECRET-7f3a9"
 LARGE_KEY = "sk-large-SECRET-c41e2"

@@ -14,8 +14,8 @@ from glimprouter.context_flags import add_context_flags
 from glimprouter.endpoint.limits import RouterLimits
 from glimprouter.endpoint.protocol import request_model
 from glimprouter.evals.results import run_identity
-from glimprouter.graph.context import (
-    RouterContext,
+from glimprouter.graph.context import RouterContext
+from glimprouter.graph.settings import (
     cli_flags,
     identity_fields,
     request_knobs,
@@ -46,7 +46,8 @@ def test_a_new_setting_reaches_every_surface_from_its_one_declaration():
     assert request_knobs(WithBeams)["beams"] is int
     assert request_limits(WithBeams)["beams"] == ("max_beams", "--max-beams")
     assert "beams" in identity_fields(WithBeams)
-    assert "beams" not in {name for _, name, _, _ in cli_flags()}  # the base class is untouched
+    base_flags = cli_flags(RouterContext)
+    assert "beams" not in {name for _, name, _, _ in base_flags}  # the base class is untouched
 
 
 def test_every_surface_takes_each_declared_setting():
@@ -56,20 +57,22 @@ def test_every_surface_takes_each_declared_setting():
     add_context_flags(parser)
     dests = {action.dest for action in parser._actions}
     assert {f.name for f in dataclasses.fields(RouterContext)} <= dests
-    limit_flags = [arg for _, flag in request_limits().values() for arg in (flag, "7")]
+    limit_flags = [arg for _, flag in request_limits(RouterContext).values() for arg in (flag, "7")]
     router_args = build_parser().parse_args(["serve-router", *limit_flags])
     limits = {f.name for f in dataclasses.fields(RouterLimits)}
-    for attribute, _ in request_limits().values():
+    for attribute, _ in request_limits(RouterContext).values():
         assert attribute in limits and getattr(router_args, attribute) == 7
-    assert set(request_knobs()) <= set(request_model().model_fields)
-    assert set(identity_fields()) <= set(run_identity("math500", RouterContext(), repeats=1))
+    assert set(request_knobs(RouterContext)) <= set(request_model().model_fields)
+    identity = run_identity("math500", RouterContext(), repeats=1)
+    assert set(identity_fields(RouterContext)) <= set(identity)
 
 
 def test_secrets_and_endpoints_stay_off_requests_and_out_of_the_identity():
+    knobs, identity = request_knobs(RouterContext), identity_fields(RouterContext)
     for name in ("small_base_url", "large_base_url", "small_api_key", "large_api_key"):
-        assert name not in request_knobs() and name not in identity_fields()
+        assert name not in knobs and name not in identity
         assert name not in run_identity("math500", RouterContext(), repeats=1)
-    assert "request_timeout" not in request_knobs() and "max_retries" not in request_knobs()
+    assert "request_timeout" not in knobs and "max_retries" not in knobs
     assert all(not f.repr for f in dataclasses.fields(RouterContext) if f.name.endswith("_api_key"))
 
 

@@ -18,12 +18,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from fakes import fake_model_server
-from processes import Lines, running, wait_until
 from rich.console import Console
 
 from glimprouter.live_view import show_event, show_summary
 from glimprouter.stopping import Stopped, exit_status, run, sigterm_stops
+from tests.fakes import fake_model_server
+from tests.processes import Lines, running, wait_until
 
 ENDPOINT_FLAGS = ["--step-max-tokens", "16", "--token-budget", "64", "--answer-max-tokens", "16"]
 GRACE_S = 120  # an upper bound for a loaded machine: a clean stop takes well under a second
@@ -158,7 +158,7 @@ DEMO = textwrap.dedent(
     import contextlib, sys
     from types import SimpleNamespace
     from glimprouter import cli
-    from glimprouter.serving import cli as serving_cli
+    from glimprouter.vllm_launcher import cli as serving_cli
 
     @contextlib.contextmanager
     def fake_serve(specs):

@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-from fakes import context_at, fake_model_server
-
 from glimprouter import RouterContext, graph, run_config
+from tests.fakes import context_at, fake_model_server
 
 
 async def stream(context: RouterContext) -> list[tuple[str, object]]:

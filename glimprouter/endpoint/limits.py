@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 from glimprouter.errors import ConfigError
-from glimprouter.graph.context import RouterContext, request_limits
+from glimprouter.graph.context import RouterContext
+from glimprouter.graph.settings import request_limits
 
 DEFAULT_MODEL_NAME = "glimprouter"
 
@@ -26,7 +27,7 @@ class RouterLimits:
 
 # Request field -> (RouterLimits attribute, CLI flag) of the knobs with a server-side bound; the
 # flag's argparse dest is the attribute (--max-steps itself is the server's default max_steps).
-LIMITED: dict[str, tuple[str, str]] = request_limits()
+LIMITED: dict[str, tuple[str, str]] = request_limits(RouterContext)
 
 
 def bounds(limits: RouterLimits, base: RouterContext) -> dict[str, int]:

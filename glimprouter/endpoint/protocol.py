@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from typing_extensions import TypedDict
 
-from glimprouter.graph.context import RouterContext, request_knobs
+from glimprouter.graph.context import RouterContext
+from glimprouter.graph.settings import request_knobs
 
 # vLLM takes 64-bit integers (e.g. the seed); a bigger JSON number would fail at the model server.
 INT64 = 2**63

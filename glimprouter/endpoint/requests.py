@@ -22,7 +22,8 @@ from glimprouter.endpoint.protocol import (
     request_model,
 )
 from glimprouter.errors import ConfigError
-from glimprouter.graph.context import RouterContext, request_knobs
+from glimprouter.graph.context import RouterContext
+from glimprouter.graph.settings import request_knobs
 from glimprouter.prompts import TEMPLATES
 
 

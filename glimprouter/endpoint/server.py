@@ -12,7 +12,7 @@ from glimprouter.endpoint.app import create_app
 from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, RouterLimits
 from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
-from glimprouter.models import check_endpoints
+from glimprouter.model_servers.client import check_endpoints
 
 
 def serve_router(

@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from glimprouter.errors import ConfigError
-from glimprouter.graph.context import RouterContext, identity_fields
+from glimprouter.graph.context import RouterContext
+from glimprouter.graph.settings import identity_fields
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.json"
 
 # What must match for results to belong together (endpoint URLs and keys may change: a restarted
 # server on another port serves the same model): the settings declared with identity=True.
-CONFIG_FIELDS = identity_fields()
+CONFIG_FIELDS = identity_fields(RouterContext)
 
 
 def run_identity(

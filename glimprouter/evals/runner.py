@@ -32,7 +32,7 @@ from glimprouter.evals.results import (
 )
 from glimprouter.evals.solve import solve
 from glimprouter.graph.context import RouterContext
-from glimprouter.models import check_endpoints
+from glimprouter.model_servers.client import check_endpoints
 
 
 @dataclasses.dataclass

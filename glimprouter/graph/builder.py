@@ -20,7 +20,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 
-from glimprouter.graph.context import MAX_STEPS_LIMIT, RouterContext
+from glimprouter.graph.context import RouterContext
+from glimprouter.graph.settings import MAX_STEPS_LIMIT
 from glimprouter.graph.state import InputState, OutputState, RouterState
 from glimprouter.nodes.answer import answer
 from glimprouter.nodes.decide import decide, route_to_writer

@@ -2,49 +2,25 @@
 
 Each field the caller does not set falls back to the environment variable ``GLIMPROUTER_<FIELD>``
 (upper case), so a notebook, the CLI, LangGraph Studio and a deployment share one source of
-configuration. Studio shows the field descriptions.
+configuration. Studio shows the field descriptions. What else a field declares (its flag, whether
+a request may set it, its eval identity) is its `setting(...)` metadata: glimprouter.graph.settings.
 """
 
 from __future__ import annotations
 
 import os
-import types
-from dataclasses import Field, dataclass, field, fields
-from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_type_hints
 
 from glimprouter.errors import ConfigError
-from glimprouter.strategies import MODEL_ROLES, STRATEGIES, ModelRole, get_strategy
-
-ENV_PREFIX = "GLIMPROUTER_"
-MAX_STEPS_LIMIT = 8192
-
-
-def setting(
-    description: str,
-    *,
-    flag_help: str,
-    flag: str | None = None,
-    request: bool = False,
-    limit: tuple[str, str] | None = None,
-    identity: bool = False,
-) -> dict[str, Any]:
-    """The one declaration of a RouterContext field's surfaces, as its dataclass metadata.
-
-    `description` is what Studio and the README show; `flag_help` the command-line flag's help,
-    and `flag` its name when not --field-name. `request`: a request to serve-router may set it;
-    `limit` (RouterLimits attribute, serve-router flag): the server-side bound of what a request
-    sets. `identity`: part of what an eval's results directory is pinned to.
-    """
-    return {
-        "description": description,
-        "flag": flag,
-        "flag_help": flag_help,
-        "request": request,
-        "limit": limit,
-        "identity": identity,
-    }
+from glimprouter.graph.settings import (
+    ENV_PREFIX,
+    check_values,
+    parse_env,
+    redact_url,
+    setting,
+)
+from glimprouter.strategies import MODEL_ROLES, STRATEGIES, ModelRole
 
 
 @dataclass(kw_only=True)
@@ -261,8 +237,8 @@ class RouterContext:
         for f in fields(self):
             env_name = ENV_PREFIX + f.name.upper()
             if f.name not in given and f.name not in foreign and env_name in os.environ:
-                setattr(self, f.name, _parse_env(env_name, os.environ[env_name], hints[f.name]))
-        self._validate()
+                setattr(self, f.name, parse_env(env_name, os.environ[env_name], hints[f.name]))
+        check_values(self)
 
     def _url_is_callers(self, role: ModelRole, given: frozenset[str]) -> bool:
         """Whether the caller (a run context, a flag) points `role` at a URL other than the
@@ -274,49 +250,6 @@ class RouterContext:
         default = next(f.default for f in fields(self) if f.name == name)
         configured = os.environ.get(ENV_PREFIX + name.upper(), default)
         return getattr(self, name).rstrip("/") != str(configured).rstrip("/")
-
-    def _validate(self) -> None:
-        def bad(name: str, why: str) -> ConfigError:
-            return ConfigError(
-                f"{name}={getattr(self, name)!r} {why} (set it in the run context "
-                f"or {ENV_PREFIX}{name.upper()})"
-            )
-
-        if self.threshold < 0:
-            raise bad(
-                "threshold",
-                "is negative: entropies are >= 0, use 0 to route every step to the large model",
-            )
-        get_strategy(self.method)
-        if not 0 <= self.large_rate <= 1:
-            raise bad("large_rate", "must be a probability in [0, 1]")
-        if self.glimpse_mode not in ("stream", "probe"):
-            raise bad("glimpse_mode", "must be one of ['stream', 'probe']")
-        if self.top_k < 1:
-            raise bad("top_k", "must be at least 1")
-        for name in ("step_max_tokens", "token_budget", "max_steps", "answer_max_tokens"):
-            if getattr(self, name) < 1:
-                raise bad(name, "must be at least 1")
-        if self.max_steps > MAX_STEPS_LIMIT:
-            raise bad("max_steps", f"is above the graph's limit of {MAX_STEPS_LIMIT}")
-        if self.temperature < 0:
-            raise bad("temperature", "must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise bad("top_p", "must be in (0, 1]")
-        if self.answer_model not in MODEL_ROLES:
-            raise bad("answer_model", f"must be one of {list(MODEL_ROLES)}")
-        if self.request_timeout <= 0:
-            raise bad("request_timeout", "must be > 0 seconds")
-        if self.max_retries < 0:
-            raise bad("max_retries", "must be >= 0")
-        for role in MODEL_ROLES:
-            url = getattr(self, f"{role}_base_url")
-            if not url.startswith(("http://", "https://")):
-                raise bad(
-                    f"{role}_base_url", "must be an http(s) URL such as http://127.0.0.1:8001/v1"
-                )
-            if not getattr(self, f"{role}_model"):
-                raise bad(f"{role}_model", "is empty: give the served model name")
 
     def shown_url(self, role: ModelRole) -> str:
         """The base URL of `role` as messages, banners and results show it (no password)."""
@@ -342,47 +275,6 @@ class RouterContext:
         return 6 * max_steps + 8
 
 
-def read_key_file(path: Path, flag: str) -> str:
-    """The API key in the first line of `path`."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read the API key in {path} ({error}): check {flag}") from None
-    if not lines or not lines[0].strip():
-        raise ConfigError(f"{path} holds no API key on its first line: check {flag}")
-    return lines[0].strip()
-
-
-def redact_url(url: str) -> str:
-    """`url` without the password of its user:password@ part, if any."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
-def _parse_env(env_name: str, raw: str, annotation: Any) -> Any:
-    kinds = (
-        [a for a in get_args(annotation) if a is not type(None)]
-        if _is_optional(annotation)
-        else [annotation]
-    )
-    kind = kinds[0]
-    if _is_optional(annotation) and raw.strip().lower() in ("", "none"):
-        return None
-    if get_origin(kind) is Literal:
-        return raw
-    try:
-        return kind(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{env_name}={raw!r} is not a valid {kind.__name__}") from None
-
-
-def _is_optional(annotation: Any) -> bool:
-    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
-
-
 def resolve_context(context: RouterContext | dict[str, Any] | None) -> RouterContext:
     """The run context of a graph run: defaults (and env) when none was passed."""
     if context is None:
@@ -396,47 +288,3 @@ def resolve_context(context: RouterContext | dict[str, Any] | None) -> RouterCon
     return context
 
 
-def flag_of(setting_field: Field) -> str:
-    """The command-line flag of a RouterContext field."""
-    return setting_field.metadata.get("flag") or "--" + setting_field.name.replace("_", "-")
-
-
-def cli_flags(
-    context_type: type[RouterContext] = RouterContext,
-) -> list[tuple[str, str, type, str]]:
-    """(flag, field, value type, help) of every setting that has a flag."""
-    return [
-        (flag_of(f), f.name, _value_type(context_type, f.name), f.metadata["flag_help"])
-        for f in fields(context_type)
-        if "flag_help" in f.metadata
-    ]
-
-
-def request_knobs(context_type: type[RouterContext] = RouterContext) -> dict[str, type]:
-    """The settings a request to serve-router may set, with the type each takes."""
-    return {
-        f.name: _value_type(context_type, f.name)
-        for f in fields(context_type)
-        if f.metadata.get("request")
-    }
-
-
-def request_limits(context_type: type[RouterContext] = RouterContext) -> dict[str, tuple[str, str]]:
-    """Setting -> (RouterLimits attribute, serve-router flag) of the knobs a server bounds."""
-    return {f.name: f.metadata["limit"] for f in fields(context_type) if f.metadata.get("limit")}
-
-
-def identity_fields(context_type: type[RouterContext] = RouterContext) -> tuple[str, ...]:
-    """The settings an eval's results directory is pinned to."""
-    return tuple(f.name for f in fields(context_type) if f.metadata.get("identity"))
-
-
-def _value_type(context_type: type[RouterContext], name: str) -> type:
-    """The type a flag or a request gives the field: the annotation without None, and the
-    value type of a Literal."""
-    annotation = get_type_hints(context_type)[name]
-    if _is_optional(annotation):
-        annotation = next(a for a in get_args(annotation) if a is not type(None))
-    if get_origin(annotation) is Literal:
-        return type(get_args(annotation)[0])
-    return annotation

@@ -9,7 +9,7 @@ from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState
-from glimprouter.models import ContextOverflow, complete
+from glimprouter.model_servers.client import ContextOverflow, complete
 from glimprouter.nodes.common import prompt_args, run_context, step_texts
 from glimprouter.parsing import last_boxed
 from glimprouter.prompts import STEP_SEPARATOR, answer_messages

@@ -15,7 +15,7 @@ from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState
-from glimprouter.models import ContextOverflow, complete, stream_with_glimpse
+from glimprouter.model_servers.client import ContextOverflow, complete, stream_with_glimpse
 from glimprouter.nodes.common import prompt_args, run_strategy, step_texts
 from glimprouter.nodes.next_step import new_step, step_request
 from glimprouter.nodes.routing import next_writer

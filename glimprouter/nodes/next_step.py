@@ -8,7 +8,7 @@ from typing import Any
 
 from glimprouter.graph.context import ModelRole, RouterContext
 from glimprouter.graph.state import RouterState, Step
-from glimprouter.models import Completion
+from glimprouter.model_servers.client import Completion
 from glimprouter.nodes.common import prompt_args, reasoning_tokens, step_texts, steps_of
 from glimprouter.parsing import split_step
 from glimprouter.prompts import STEP_SEPARATOR, next_step_messages

@@ -8,7 +8,7 @@ from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState
-from glimprouter.models import ContextOverflow, complete
+from glimprouter.model_servers.client import ContextOverflow, complete
 from glimprouter.nodes.common import commit_step, prompt_args, run_strategy, step_texts
 from glimprouter.prompts import judge_messages
 from glimprouter.scoring import judge_score

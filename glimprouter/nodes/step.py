@@ -11,7 +11,7 @@ from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import ModelRole, RouterContext
 from glimprouter.graph.state import RouterState
-from glimprouter.models import ContextOverflow, complete
+from glimprouter.model_servers.client import ContextOverflow, complete
 from glimprouter.nodes.common import commit_step, run_strategy
 from glimprouter.nodes.next_step import new_step, step_request
 

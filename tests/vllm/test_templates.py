@@ -23,16 +23,16 @@ import pytest
 
 from glimprouter import RouterContext, graph, run_config
 from glimprouter.errors import EndpointError
-from glimprouter.models import check_endpoints
+from glimprouter.model_servers.client import check_endpoints
 from glimprouter.prompts import answer_prefix, continuation_messages, render_question
-from glimprouter.serving import launcher
-from glimprouter.serving.chat_templates import VERBATIM_TEMPLATES
-from glimprouter.serving.launcher import ServerSpec, VLLMServer
-from glimprouter.serving.local_models import prepare
+from glimprouter.vllm_launcher import launcher
+from glimprouter.vllm_launcher.chat_templates import VERBATIM_TEMPLATES
+from glimprouter.vllm_launcher.launcher import ServerSpec, VLLMServer
+from glimprouter.vllm_launcher.local_models import prepare
 
-pytestmark = pytest.mark.server
+pytestmark = pytest.mark.vllm
 
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 QUESTION = "What is 12 + 7 * 3?"
 
 

@@ -1,7 +1,7 @@
 """`glimprouter serve-router`: the OpenAI-compatible endpoint.
 
-Fast tests run the app in-process against the fake model server of tests/fakes.py; the tests
-marked `server` start the command as a subprocess against real vLLM and use the official SDK.
+These tests run the app in-process against the fake model server of tests/fakes.py; the command
+as a subprocess against real vLLM, driven through the official SDK, is tests/vllm/test_endpoint.py.
 """
 
 from __future__ import annotations
@@ -10,20 +10,14 @@ import asyncio
 import hashlib
 import json
 import socket
-import subprocess
-import sys
 import threading
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 import openai
 import pytest
-from fakes import context_at, fake_model_server
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from processes import Lines, running, stop, wait_until_async
-from proxy import KillableProxy
 from starlette.testclient import TestClient
 
 from glimprouter.endpoint import RouterLimits, create_app
@@ -31,6 +25,8 @@ from glimprouter.endpoint.app import MAX_BODY_BYTES
 from glimprouter.endpoint.responses import finish_reason
 from glimprouter.errors import ConfigError
 from glimprouter.prompts import render_question
+from tests.fakes import context_at, fake_model_server
+from tests.processes import wait_until_async
 
 QUESTION = "What is 2 + 2?"
 
@@ -510,132 +506,3 @@ def test_fuzzed_bodies_get_a_completion_or_an_error_object(client, body):
         assert reply.text.endswith("data: [DONE]\n\n") and '"error"' not in reply.text
     else:
         assert reply.json()["choices"][0]["message"]["role"] == "assistant"
-
-
-# Real vLLM behind a `glimprouter serve-router` subprocess. The model writes ~4 tokens/s on a
-# shared CPU, so every chain is a few short steps.
-ROUTER_FLAGS = [
-    "--step-max-tokens", "16", "--token-budget", "48", "--answer-max-tokens", "16",
-    "--request-timeout", "180", "--seed", "0", "--max-token-budget", "64",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def model_proxy(vllm_base_url):
-    """The router's way to the model server, where tests can hold its requests."""
-    proxy = KillableProxy(urlparse(vllm_base_url).port)
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture(scope="module")
-def router_url(model_proxy):
-    from glimprouter.serving.launcher import free_port
-
-    port = free_port()
-    command = [sys.executable, "-m", "glimprouter.cli", "serve-router", "--port", str(port)]
-    command += ["--small-url", model_proxy.url, "--large-url", model_proxy.url, *ROUTER_FLAGS]
-    with running(command, stdout=subprocess.PIPE, text=True) as router:
-        ready = Lines(router.stdout).wait_for(
-            lambda line: line if line.startswith("serving ") else None, 300, "the ready line"
-        )
-        assert ready.startswith("serving 'glimprouter' at "), ready
-        url = ready.split()[3]
-        assert url == f"http://127.0.0.1:{port}/v1"
-        yield url
-        assert stop(router) == 0, "serve-router did not stop cleanly on SIGTERM"
-
-
-@pytest.mark.server
-def test_sdk_lists_the_model_and_gets_a_routed_completion(router_url):
-    sdk = openai.OpenAI(base_url=router_url, api_key="-", max_retries=0, timeout=600)
-    assert [model.id for model in sdk.models.list()] == ["glimprouter"]
-    with pytest.raises(openai.BadRequestError, match=r"limit of 64 \(--max-token-budget\)"):
-        sdk.chat.completions.create(**chat(), max_tokens=65)
-    reply = sdk.chat.completions.create(**chat())
-    reasoning = reply.choices[0].message.model_extra["reasoning_content"]
-    routing = reply.usage.model_extra["glimprouter"]
-    assert reasoning and routing["steps"] >= 1
-    assert reasoning.count("\n\n") >= routing["steps"] - 1
-    assert reply.choices[0].finish_reason == finish_reason(routing["stop_reason"])
-    assert routing["small"]["requests"] >= routing["steps"] - routing["large_steps"]
-    assert routing["large"]["requests"] >= routing["large_steps"] + 1  # + the answer
-    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
-    assert 0 < reply.usage.completion_tokens_details.reasoning_tokens <= 48
-
-
-@pytest.mark.server
-def test_sdk_streams_reasoning_then_content_then_usage(router_url):
-    sdk = openai.OpenAI(base_url=router_url, api_key="-", max_retries=0, timeout=600)
-    stream = sdk.chat.completions.create(
-        **chat(), stream=True, stream_options={"include_usage": True}, extra_body={"max_steps": 2}
-    )
-    kinds = []
-    for chunk in stream:
-        if chunk.choices:
-            delta = chunk.choices[0].delta
-            if "reasoning_content" in delta.model_extra:
-                kinds.append("reasoning")
-            if delta.content:
-                kinds.append("content")
-        else:
-            usage = chunk.usage
-    steps = usage.model_extra["glimprouter"]["steps"]
-    assert kinds.count("reasoning") == steps >= 1
-    assert kinds[:steps] == ["reasoning"] * steps  # every step before the answer
-    assert set(kinds[steps:]) <= {"content"}
-
-
-@pytest.mark.server
-async def test_concurrent_sdk_requests_run_together_with_their_own_knobs(router_url, model_proxy):
-    sdk = openai.AsyncOpenAI(base_url=router_url, api_key="-", max_retries=0, timeout=600)
-    thresholds = [0, 1e9, 0, 1e9]
-    model_proxy.hold_until_together(4)  # the chains get on only if all four are in flight
-    replies = await asyncio.gather(
-        *(
-            sdk.chat.completions.create(
-                **chat(f"What is {n} + {n}?"),
-                extra_body={"threshold": threshold, "max_steps": 2, "answer_max_tokens": 8},
-            )
-            for n, threshold in enumerate(thresholds)
-        )
-    )
-    assert len({reply.id for reply in replies}) == 4
-    for threshold, reply in zip(thresholds, replies, strict=True):
-        routing = reply.usage.model_extra["glimprouter"]
-        assert 1 <= routing["steps"] <= 2
-        assert routing["large_steps"] == (routing["steps"] if threshold == 0 else 0)
-    async with httpx.AsyncClient() as http:
-        health = (await http.get(router_url.removesuffix("/v1") + "/health")).json()
-    # The peak is the server's since it started, these four at least.
-    assert health["running"] == 0 and health["peak_running"] >= 4
-
-
-@pytest.mark.server
-async def test_64_concurrent_sdk_requests_complete_with_their_own_routing(router_url, model_proxy):
-    sdk = openai.AsyncOpenAI(base_url=router_url, api_key="-", max_retries=0, timeout=1200)
-    thresholds = [0 if n % 2 else 1e9 for n in range(64)]
-    model_proxy.hold_until_together(64)
-    replies = await asyncio.gather(
-        *(
-            sdk.chat.completions.create(
-                **chat(f"Question {n:02d}: what is {n} + 7?"),
-                extra_body={
-                    "threshold": threshold,
-                    "step_max_tokens": 8,
-                    "token_budget": 16,
-                    "answer_max_tokens": 8,
-                },
-            )
-            for n, threshold in enumerate(thresholds)
-        )
-    )
-    assert len({reply.id for reply in replies}) == 64
-    for threshold, reply in zip(thresholds, replies, strict=True):
-        routing = reply.usage.model_extra["glimprouter"]
-        assert routing["steps"] >= 1 and routing["stop_reason"]
-        # Each reply was routed by its own request's threshold: nothing crossed over.
-        assert routing["large_steps"] == (routing["steps"] if threshold == 0 else 0)
-    async with httpx.AsyncClient() as http:
-        health = (await http.get(router_url.removesuffix("/v1") + "/health")).json()
-    assert health["running"] == 0 and health["peak_running"] >= 64

@@ -13,13 +13,13 @@ from contextlib import aclosing
 from urllib.parse import urlparse
 
 import pytest
-from processes import Lines, running, wait_until
-from proxy import KillableProxy
 
 from glimprouter import ConfigError
 from glimprouter.graph.threads import DURABILITY, durable_graph, plan_thread, thread_config
+from tests.processes import Lines, running, wait_until
+from tests.proxy import KillableProxy
 
-pytestmark = pytest.mark.server
+pytestmark = pytest.mark.vllm
 
 QUESTION = "List the first ten prime numbers and add them up, one step at a time."
 STEP_LINE = re.compile(r"^step\s+(\d+)\s+(small|large)\s+H=\S+.*?(\d+) tok")

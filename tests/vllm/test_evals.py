@@ -10,14 +10,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from processes import running, signal_group, wait_until
-from proxy import KillableProxy
 
 from glimprouter.evals.datasets import load_problems, split_problems
+from tests.processes import running, signal_group, wait_until
+from tests.proxy import KillableProxy
 
-pytestmark = pytest.mark.server
+pytestmark = pytest.mark.vllm
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
 TINY_BUDGET = ["--token-budget", "48", "--step-max-tokens", "24", "--answer-max-tokens", "40"]
 
 

@@ -1,4 +1,5 @@
-"""Serving: local model registry and verification, vLLM command lines, chat templates, lifecycle."""
+"""The vLLM launcher: local model registry and verification, vLLM command lines, chat templates,
+lifecycle."""
 
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from processes import Lines, running, wait_until
 
 from glimprouter.errors import ConfigError, EndpointError
-from glimprouter.serving import launcher, local_models
-from glimprouter.serving.chat_templates import VERBATIM_TEMPLATES
-from glimprouter.serving.launcher import (
+from glimprouter.vllm_launcher import launcher, local_models
+from glimprouter.vllm_launcher.chat_templates import VERBATIM_TEMPLATES
+from glimprouter.vllm_launcher.launcher import (
     VERBATIM_TEMPLATE,
     ServerSpec,
     VLLMServer,
@@ -27,8 +27,9 @@ from glimprouter.serving.launcher import (
     cpu_dtype,
     resolve_chat_template,
 )
-from glimprouter.serving.local_models import LOCAL_MODELS, LOCAL_PAIR, LocalModel, prepare
-from glimprouter.serving.pair import bf16_weights_gib, plan_pair_memory, server_footprint_gib
+from glimprouter.vllm_launcher.local_models import LOCAL_MODELS, LOCAL_PAIR, LocalModel, prepare
+from glimprouter.vllm_launcher.pair import bf16_weights_gib, plan_pair_memory, server_footprint_gib
+from tests.processes import Lines, running, wait_until
 
 TEMPLATES = Path(__file__).parent / "templates"
 QWEN3_TEMPLATE = (TEMPLATES / "qwen3_stock.jinja").read_text()
@@ -295,7 +296,7 @@ def test_server_that_exits_fails_fast_with_its_log(monkeypatch, tmp_path) -> Non
 
 LAUNCHER_KILLED = """
 import sys
-from glimprouter.serving import launcher
+from glimprouter.vllm_launcher import launcher
 sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
 launcher.build_command = lambda spec, cpu_only: sleeper
 server = launcher.VLLMServer(launcher.ServerSpec(model="org/model", served_names=["m"]),
@@ -333,41 +334,6 @@ def test_server_dies_with_a_launcher_killed_by_sigkill(tmp_path) -> None:
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(server_pid, signal.SIGKILL)
-
-
-# --- a real vLLM server -----------------------------------------------------------------------
-
-
-@pytest.mark.server
-def test_real_server_serves_aliases_logprobs_and_continuation(vllm_base_url: str) -> None:
-    import httpx
-
-    with httpx.Client(base_url=vllm_base_url, timeout=120) as http:
-        assert {m["id"] for m in http.get("/models").json()["data"]} >= {"small", "large"}
-        question = {"role": "user", "content": "What is 12 * 7?"}
-        probe = http.post(
-            "/chat/completions",
-            json={
-                "model": "large",
-                "messages": [question],
-                "logprobs": True,
-                "top_logprobs": 20,
-                "max_tokens": 1,
-            },
-        ).json()
-        assert len(probe["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 20
-        step = http.post(
-            "/chat/completions",
-            json={
-                "model": "small",
-                "messages": [question, {"role": "assistant", "content": "<think>\nFirst,"}],
-                "continue_final_message": True,
-                "add_generation_prompt": False,
-                "max_tokens": 16,
-                "stop": ["\n\n"],
-            },
-        ).json()
-        assert step["choices"][0]["message"]["content"]
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
-"""Serving: the local default models and launching vLLM's OpenAI-compatible servers."""
+"""Launching vLLM: the local default models and launching vLLM's OpenAI-compatible servers."""
 
-from glimprouter.serving.launcher import (
+from glimprouter.vllm_launcher.launcher import (
     VERBATIM_TEMPLATE,
     ServerSpec,
     VLLMServer,
@@ -10,7 +10,7 @@ from glimprouter.serving.launcher import (
     is_cpu_only,
     resolve_chat_template,
 )
-from glimprouter.serving.local_models import (
+from glimprouter.vllm_launcher.local_models import (
     LOCAL_MODELS,
     LOCAL_PAIR,
     LocalModel,
@@ -18,7 +18,7 @@ from glimprouter.serving.local_models import (
     get_local_model,
     prepare,
 )
-from glimprouter.serving.pair import local_pair_specs, place_pair, serve
+from glimprouter.vllm_launcher.pair import local_pair_specs, place_pair, serve
 
 __all__ = [
     "LOCAL_MODELS",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from glimprouter.serving.local_models import read_chat_template
+from glimprouter.vllm_launcher.local_models import read_chat_template
 
 
 def _hub_file(repo: str, name: str) -> Path | None:

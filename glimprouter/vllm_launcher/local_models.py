@@ -25,7 +25,9 @@ from glimprouter.errors import ConfigError, GlimpRouterError
 
 _CHUNK = 1 << 20
 # `-c` rather than `-m`: the package imports this module first, which `-m` warns about.
-_CONVERT_PROGRAM = "from glimprouter.serving.local_models import _convert_main; _convert_main()"
+_CONVERT_PROGRAM = (
+    "from glimprouter.vllm_launcher.local_models import _convert_main; _convert_main()"
+)
 
 
 @dataclass(frozen=True)

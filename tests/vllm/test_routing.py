@@ -12,14 +12,14 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-from proxy import KillableProxy
 
 from glimprouter import EndpointError, graph, run_config
 from glimprouter.ask import ask
 from glimprouter.prompts import next_step_messages
 from glimprouter.scoring import top_k_entropy
+from tests.proxy import KillableProxy
 
-pytestmark = pytest.mark.server
+pytestmark = pytest.mark.vllm
 
 QUESTION = "What is 12 + 7 * 3?"
 

@@ -30,10 +30,14 @@ from typing import IO
 from glimprouter.continuation import required_context_length
 from glimprouter.errors import ConfigError, EndpointError
 from glimprouter.graph.context import RouterContext
-from glimprouter.serving import model_files
-from glimprouter.serving.chat_templates import VERBATIM_TEMPLATES, choose_template, template_family
-from glimprouter.serving.local_models import cache_dir
-from glimprouter.serving.placement import (
+from glimprouter.vllm_launcher import model_files
+from glimprouter.vllm_launcher.chat_templates import (
+    VERBATIM_TEMPLATES,
+    choose_template,
+    template_family,
+)
+from glimprouter.vllm_launcher.local_models import cache_dir
+from glimprouter.vllm_launcher.placement import (
     context_length,
     installed_engine,
 )

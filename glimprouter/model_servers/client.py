@@ -24,7 +24,7 @@ from glimprouter.continuation import CONTINUATION
 from glimprouter.errors import EndpointError
 from glimprouter.graph.context import ModelRole, RouterContext
 from glimprouter.graph.state import ModelUsage
-from glimprouter.models_errors import (
+from glimprouter.model_servers.errors import (
     bad_key,
     check_finish,
     no_logprobs,
@@ -32,7 +32,7 @@ from glimprouter.models_errors import (
     unknown_model,
     unreachable,
 )
-from glimprouter.models_startup import (
+from glimprouter.model_servers.startup import (
     CANARY_QUESTION,
     EndpointReport,
     check_endpoints,

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from glimprouter.serving import model_files
-from glimprouter.serving.launcher import ServerSpec, VLLMServer, cpu_dtype, is_cpu_only
-from glimprouter.serving.local_models import LOCAL_PAIR, prepare
-from glimprouter.serving.placement import installed_engine, plan_pair
+from glimprouter.vllm_launcher import model_files
+from glimprouter.vllm_launcher.launcher import ServerSpec, VLLMServer, cpu_dtype, is_cpu_only
+from glimprouter.vllm_launcher.local_models import LOCAL_PAIR, prepare
+from glimprouter.vllm_launcher.placement import installed_engine, plan_pair
 
 
 def start_stages(specs: list[ServerSpec]) -> list[list[int]]:

@@ -14,17 +14,17 @@ from rich.console import Console
 from glimprouter.ask import SAMPLE_QUESTION, ask
 from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.errors import ConfigError
-from glimprouter.graph.context import read_key_file
-from glimprouter.serving.launcher import (
+from glimprouter.graph.settings import read_key_file
+from glimprouter.stopping import run
+from glimprouter.vllm_launcher.launcher import (
     CHAT_TEMPLATE_CHOICES,
     ServerSpec,
     VLLMServer,
     default_max_model_len,
     is_cpu_only,
 )
-from glimprouter.serving.pair import local_pair_specs, place_pair, serve
-from glimprouter.serving.placement import parse_gpus
-from glimprouter.stopping import run
+from glimprouter.vllm_launcher.pair import local_pair_specs, place_pair, serve
+from glimprouter.vllm_launcher.placement import parse_gpus
 
 DEFAULT_PORTS = {"small": 8001, "large": 8002}
 ROLES = ("small", "large")

@@ -1,5 +1,5 @@
 """One line per way a model server fails, naming the setting or the server flag to change:
-shared by the requests (glimprouter.models) and the start-up check (glimprouter.models_startup)."""
+shared by the requests (model_servers.client) and the start-up check (model_servers.startup)."""
 
 from __future__ import annotations
 

@@ -9,14 +9,14 @@ from urllib.parse import urlparse
 
 import pytest
 from langchain_core.callbacks import AsyncCallbackHandler
-from proxy import KillableProxy
 
 from glimprouter import graph, run_config
 from glimprouter.graph.invoke import run_question
 from glimprouter.graph.threads import DURABILITY, durable_graph, thread_config
 from glimprouter.prompts import answer_messages, render_question
+from tests.proxy import KillableProxy
 
-pytestmark = pytest.mark.server
+pytestmark = pytest.mark.vllm
 
 QUESTION = "Count from one to twenty, one number per step."
 CONCURRENT_QUESTIONS = 64

@@ -18,12 +18,12 @@ from glimprouter.continuation import (
 )
 from glimprouter.errors import EndpointError
 from glimprouter.graph.context import MODEL_ROLES, ModelRole, RouterContext
-from glimprouter.models_errors import bad_key, unknown_model, unreachable, url_setting
+from glimprouter.model_servers.errors import bad_key, unknown_model, unreachable, url_setting
 from glimprouter.prompts import continuation_messages
 
-# The logger of the client as a whole, as before the start-up check had its own module: users
-# who configured "glimprouter.models" keep seeing its warnings.
-logger = logging.getLogger("glimprouter.models")
+# The logger of the model-server client as a whole (the package), not of this module: users who
+# configure "glimprouter.model_servers" see the start-up check's warnings with the requests'.
+logger = logging.getLogger("glimprouter.model_servers")
 
 
 async def served_models(context: RouterContext, role: ModelRole) -> list[str]:
@@ -182,13 +182,13 @@ async def canary(context: RouterContext, role: ModelRole) -> None:
             raise EndpointError(
                 f"{where} wraps the continued thinking in a think block of its chat template: "
                 "restart it with glimprouter serve, or vLLM's --chat-template with a verbatim "
-                "template (glimprouter/serving/templates/)"
+                "template (glimprouter/vllm_launcher/templates/)"
             )
         if behaviour == "strips":
             raise EndpointError(
                 f"{where} cuts the continued text up to </think> in its chat template, so the "
                 "answer request fails: restart it with glimprouter serve, or vLLM's "
-                "--chat-template with a verbatim template (glimprouter/serving/templates/)"
+                "--chat-template with a verbatim template (glimprouter/vllm_launcher/templates/)"
             )
 
 

@@ -24,15 +24,15 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from langgraph_sdk import get_client
-from processes import start, wait_until
 
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import InputState, OutputState, StopReason
-from glimprouter.serving.launcher import free_port
+from glimprouter.vllm_launcher.launcher import free_port
+from tests.processes import start, wait_until
 
-pytestmark = pytest.mark.server
+pytestmark = pytest.mark.vllm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LANGGRAPH = Path(sys.executable).with_name("langgraph")
 STARTUP_TIMEOUT_S = 180
 # What `langgraph dev` needs in the shell to stay offline; langgraph.json adds the rest.

@@ -1,0 +1,183 @@
+"""What a RouterContext field is besides its value: the `setting(...)` metadata that declares its
+surfaces (its command-line flag, whether a request to serve-router may set it and what bounds it,
+whether an eval's identity includes it), the tables the CLI, the endpoint and the evals derive
+from those declarations, how a setting is read from the environment or a key file and shown, and
+the bounds of each setting's value (`check_values`).
+
+The derivations take the context class (RouterContext or a subclass) as their argument, and the
+check a context, so that this module sits below glimprouter.graph.context, which declares its
+fields with `setting`.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import Field, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit, urlunsplit
+
+from glimprouter.errors import ConfigError
+from glimprouter.strategies import MODEL_ROLES, get_strategy
+
+ENV_PREFIX = "GLIMPROUTER_"
+MAX_STEPS_LIMIT = 8192
+
+
+def setting(
+    description: str,
+    *,
+    flag_help: str,
+    flag: str | None = None,
+    request: bool = False,
+    limit: tuple[str, str] | None = None,
+    identity: bool = False,
+) -> dict[str, Any]:
+    """The one declaration of a RouterContext field's surfaces, as its dataclass metadata.
+
+    `description` is what Studio and the README show; `flag_help` the command-line flag's help,
+    and `flag` its name when not --field-name. `request`: a request to serve-router may set it;
+    `limit` (RouterLimits attribute, serve-router flag): the server-side bound of what a request
+    sets. `identity`: part of what an eval's results directory is pinned to.
+    """
+    return {
+        "description": description,
+        "flag": flag,
+        "flag_help": flag_help,
+        "request": request,
+        "limit": limit,
+        "identity": identity,
+    }
+
+
+def flag_of(setting_field: Field) -> str:
+    """The command-line flag of a RouterContext field."""
+    return setting_field.metadata.get("flag") or "--" + setting_field.name.replace("_", "-")
+
+
+def cli_flags(context_type: type) -> list[tuple[str, str, type, str]]:
+    """(flag, field, value type, help) of every setting that has a flag."""
+    return [
+        (flag_of(f), f.name, _value_type(context_type, f.name), f.metadata["flag_help"])
+        for f in fields(context_type)
+        if "flag_help" in f.metadata
+    ]
+
+
+def request_knobs(context_type: type) -> dict[str, type]:
+    """The settings a request to serve-router may set, with the type each takes."""
+    return {
+        f.name: _value_type(context_type, f.name)
+        for f in fields(context_type)
+        if f.metadata.get("request")
+    }
+
+
+def request_limits(context_type: type) -> dict[str, tuple[str, str]]:
+    """Setting -> (RouterLimits attribute, serve-router flag) of the knobs a server bounds."""
+    return {f.name: f.metadata["limit"] for f in fields(context_type) if f.metadata.get("limit")}
+
+
+def identity_fields(context_type: type) -> tuple[str, ...]:
+    """The settings an eval's results directory is pinned to."""
+    return tuple(f.name for f in fields(context_type) if f.metadata.get("identity"))
+
+
+def _value_type(context_type: type, name: str) -> type:
+    """The type a flag or a request gives the field: the annotation without None, and the
+    value type of a Literal."""
+    annotation = get_type_hints(context_type)[name]
+    if is_optional(annotation):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) is Literal:
+        return type(get_args(annotation)[0])
+    return annotation
+
+
+def read_key_file(path: Path, flag: str) -> str:
+    """The API key in the first line of `path`."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the API key in {path} ({error}): check {flag}") from None
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"{path} holds no API key on its first line: check {flag}")
+    return lines[0].strip()
+
+
+def redact_url(url: str) -> str:
+    """`url` without the password of its user:password@ part, if any."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def parse_env(env_name: str, raw: str, annotation: Any) -> Any:
+    """The value of the environment variable `env_name` (text `raw`) for a field `annotation`."""
+    kinds = (
+        [a for a in get_args(annotation) if a is not type(None)]
+        if is_optional(annotation)
+        else [annotation]
+    )
+    kind = kinds[0]
+    if is_optional(annotation) and raw.strip().lower() in ("", "none"):
+        return None
+    if get_origin(kind) is Literal:
+        return raw
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{env_name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def is_optional(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
+
+
+def check_values(context: Any) -> None:
+    """Refuse a context (RouterContext or a subclass) whose settings are out of bounds, naming
+    the setting and where to set it."""
+
+    def bad(name: str, why: str) -> ConfigError:
+        return ConfigError(
+            f"{name}={getattr(context, name)!r} {why} (set it in the run context "
+            f"or {ENV_PREFIX}{name.upper()})"
+        )
+
+    if context.threshold < 0:
+        raise bad(
+            "threshold",
+            "is negative: entropies are >= 0, use 0 to route every step to the large model",
+        )
+    get_strategy(context.method)
+    if not 0 <= context.large_rate <= 1:
+        raise bad("large_rate", "must be a probability in [0, 1]")
+    if context.glimpse_mode not in ("stream", "probe"):
+        raise bad("glimpse_mode", "must be one of ['stream', 'probe']")
+    if context.top_k < 1:
+        raise bad("top_k", "must be at least 1")
+    for name in ("step_max_tokens", "token_budget", "max_steps", "answer_max_tokens"):
+        if getattr(context, name) < 1:
+            raise bad(name, "must be at least 1")
+    if context.max_steps > MAX_STEPS_LIMIT:
+        raise bad("max_steps", f"is above the graph's limit of {MAX_STEPS_LIMIT}")
+    if context.temperature < 0:
+        raise bad("temperature", "must be >= 0")
+    if not 0 < context.top_p <= 1:
+        raise bad("top_p", "must be in (0, 1]")
+    if context.answer_model not in MODEL_ROLES:
+        raise bad("answer_model", f"must be one of {list(MODEL_ROLES)}")
+    if context.request_timeout <= 0:
+        raise bad("request_timeout", "must be > 0 seconds")
+    if context.max_retries < 0:
+        raise bad("max_retries", "must be >= 0")
+    for role in MODEL_ROLES:
+        url = getattr(context, f"{role}_base_url")
+        if not url.startswith(("http://", "https://")):
+            raise bad(
+                f"{role}_base_url", "must be an http(s) URL such as http://127.0.0.1:8001/v1"
+            )
+        if not getattr(context, f"{role}_model"):
+            raise bad(f"{role}_model", "is empty: give the served model name")

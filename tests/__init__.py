@@ -1,0 +1,1 @@
+"""The test suite. Its helpers (fakes, proxy, processes) are imported as tests.<module>."""

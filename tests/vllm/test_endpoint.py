@@ -1,0 +1,148 @@
+"""`glimprouter serve-router` against real vLLM: the command runs as a subprocess, in front of
+the test session's vLLM server (through a proxy that can hold its requests), and is driven through
+the official SDK. The in-process tests, against the fake model server, are tests/test_endpoint.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from urllib.parse import urlparse
+
+import httpx
+import openai
+import pytest
+
+from glimprouter.endpoint.responses import finish_reason
+from tests.processes import Lines, running, stop
+from tests.proxy import KillableProxy
+from tests.test_endpoint import chat
+
+# Real vLLM behind a `glimprouter serve-router` subprocess. The model writes ~4 tokens/s on a
+# shared CPU, so every chain is a few short steps.
+ROUTER_FLAGS = [
+    "--step-max-tokens", "16", "--token-budget", "48", "--answer-max-tokens", "16",
+    "--request-timeout", "180", "--seed", "0", "--max-token-budget", "64",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model_proxy(vllm_base_url):
+    """The router's way to the model server, where tests can hold its requests."""
+    proxy = KillableProxy(urlparse(vllm_base_url).port)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture(scope="module")
+def router_url(model_proxy):
+    from glimprouter.vllm_launcher.launcher import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "glimprouter.cli", "serve-router", "--port", str(port)]
+    command += ["--small-url", model_proxy.url, "--large-url", model_proxy.url, *ROUTER_FLAGS]
+    with running(command, stdout=subprocess.PIPE, text=True) as router:
+        ready = Lines(router.stdout).wait_for(
+            lambda line: line if line.startswith("serving ") else None, 300, "the ready line"
+        )
+        assert ready.startswith("serving 'glimprouter' at "), ready
+        url = ready.split()[3]
+        assert url == f"http://127.0.0.1:{port}/v1"
+        yield url
+        assert stop(router) == 0, "serve-router did not stop cleanly on SIGTERM"
+
+
+@pytest.mark.vllm
+def test_sdk_lists_the_model_and_gets_a_routed_completion(router_url):
+    sdk = openai.OpenAI(base_url=router_url, api_key="-", max_retries=0, timeout=600)
+    assert [model.id for model in sdk.models.list()] == ["glimprouter"]
+    with pytest.raises(openai.BadRequestError, match=r"limit of 64 \(--max-token-budget\)"):
+        sdk.chat.completions.create(**chat(), max_tokens=65)
+    reply = sdk.chat.completions.create(**chat())
+    reasoning = reply.choices[0].message.model_extra["reasoning_content"]
+    routing = reply.usage.model_extra["glimprouter"]
+    assert reasoning and routing["steps"] >= 1
+    assert reasoning.count("\n\n") >= routing["steps"] - 1
+    assert reply.choices[0].finish_reason == finish_reason(routing["stop_reason"])
+    assert routing["small"]["requests"] >= routing["steps"] - routing["large_steps"]
+    assert routing["large"]["requests"] >= routing["large_steps"] + 1  # + the answer
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    assert 0 < reply.usage.completion_tokens_details.reasoning_tokens <= 48
+
+
+@pytest.mark.vllm
+def test_sdk_streams_reasoning_then_content_then_usage(router_url):
+    sdk = openai.OpenAI(base_url=router_url, api_key="-", max_retries=0, timeout=600)
+    stream = sdk.chat.completions.create(
+        **chat(), stream=True, stream_options={"include_usage": True}, extra_body={"max_steps": 2}
+    )
+    kinds = []
+    for chunk in stream:
+        if chunk.choices:
+            delta = chunk.choices[0].delta
+            if "reasoning_content" in delta.model_extra:
+                kinds.append("reasoning")
+            if delta.content:
+                kinds.append("content")
+        else:
+            usage = chunk.usage
+    steps = usage.model_extra["glimprouter"]["steps"]
+    assert kinds.count("reasoning") == steps >= 1
+    assert kinds[:steps] == ["reasoning"] * steps  # every step before the answer
+    assert set(kinds[steps:]) <= {"content"}
+
+
+@pytest.mark.vllm
+async def test_concurrent_sdk_requests_run_together_with_their_own_knobs(router_url, model_proxy):
+    sdk = openai.AsyncOpenAI(base_url=router_url, api_key="-", max_retries=0, timeout=600)
+    thresholds = [0, 1e9, 0, 1e9]
+    model_proxy.hold_until_together(4)  # the chains get on only if all four are in flight
+    replies = await asyncio.gather(
+        *(
+            sdk.chat.completions.create(
+                **chat(f"What is {n} + {n}?"),
+                extra_body={"threshold": threshold, "max_steps": 2, "answer_max_tokens": 8},
+            )
+            for n, threshold in enumerate(thresholds)
+        )
+    )
+    assert len({reply.id for reply in replies}) == 4
+    for threshold, reply in zip(thresholds, replies, strict=True):
+        routing = reply.usage.model_extra["glimprouter"]
+        assert 1 <= routing["steps"] <= 2
+        assert routing["large_steps"] == (routing["steps"] if threshold == 0 else 0)
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(router_url.removesuffix("/v1") + "/health")).json()
+    # The peak is the server's since it started, these four at least.
+    assert health["running"] == 0 and health["peak_running"] >= 4
+
+
+@pytest.mark.vllm
+async def test_64_concurrent_sdk_requests_complete_with_their_own_routing(router_url, model_proxy):
+    sdk = openai.AsyncOpenAI(base_url=router_url, api_key="-", max_retries=0, timeout=1200)
+    thresholds = [0 if n % 2 else 1e9 for n in range(64)]
+    model_proxy.hold_until_together(64)
+    replies = await asyncio.gather(
+        *(
+            sdk.chat.completions.create(
+                **chat(f"Question {n:02d}: what is {n} + 7?"),
+                extra_body={
+                    "threshold": threshold,
+                    "step_max_tokens": 8,
+                    "token_budget": 16,
+                    "answer_max_tokens": 8,
+                },
+            )
+            for n, threshold in enumerate(thresholds)
+        )
+    )
+    assert len({reply.id for reply in replies}) == 64
+    for threshold, reply in zip(thresholds, replies, strict=True):
+        routing = reply.usage.model_extra["glimprouter"]
+        assert routing["steps"] >= 1 and routing["stop_reason"]
+        # Each reply was routed by its own request's threshold: nothing crossed over.
+        assert routing["large_steps"] == (routing["steps"] if threshold == 0 else 0)
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(router_url.removesuffix("/v1") + "/health")).json()
+    assert health["running"] == 0 and health["peak_running"] >= 64
