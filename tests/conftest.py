@@ -147,7 +147,7 @@ def vllm_base_url() -> Iterator[str]:
     if os.environ.get("GLIMPROUTER_TEST_BASE_URL"):
         yield from _slowed(os.environ["GLIMPROUTER_TEST_BASE_URL"])
         return
-    from glimprouter.vllm_launcher.launcher import free_port
+    from glimprouter.vllm_launcher.command import free_port
     from glimprouter.vllm_launcher.local_models import prepare
 
     port = free_port()

@@ -23,7 +23,7 @@ from glimprouter.cli import build_parser
 from glimprouter.continuation import required_context_length
 from glimprouter.errors import ConfigError, EndpointError
 from glimprouter.model_servers.client import CANARY_QUESTION, check_endpoints
-from glimprouter.vllm_launcher import launcher
+from glimprouter.vllm_launcher import command
 from glimprouter.vllm_launcher import pair as serving_pair
 from glimprouter.vllm_launcher.chat_templates import (
     VERBATIM_TEMPLATES,
@@ -31,7 +31,7 @@ from glimprouter.vllm_launcher.chat_templates import (
     continuation_behaviour,
 )
 from glimprouter.vllm_launcher.cli import specs_from_args
-from glimprouter.vllm_launcher.launcher import ServerSpec, build_command, build_env
+from glimprouter.vllm_launcher.command import ServerSpec, build_command, build_env
 from glimprouter.vllm_launcher.pair import start_stages
 from glimprouter.vllm_launcher.placement import (
     Engine,
@@ -53,7 +53,7 @@ def _model(root: Path, name: str, weights_gib: float, max_positions: int = 32768
         weights.truncate(int(weights_gib * GIB))
     (folder / "config.json").write_text(json.dumps({"max_position_embeddings": max_positions}))
     (folder / "chat_template.jinja").write_text(
-        (launcher.VERBATIM_TEMPLATE).read_text()  # continues verbatim: kept as stock
+        (command.VERBATIM_TEMPLATE).read_text()  # continues verbatim: kept as stock
     )
     return folder
 
@@ -65,7 +65,7 @@ def pair(tmp_path) -> tuple[Path, Path]:
 
 
 def _serve_specs(monkeypatch, engine: Engine, argv: list[str]) -> list[ServerSpec]:
-    for module in (launcher, serving_pair):  # is_cpu_only and place_pair ask the engine
+    for module in (command, serving_pair):  # is_cpu_only and place_pair ask the engine
         monkeypatch.setattr(module, "installed_engine", lambda: engine)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     for name in ("TOKEN_BUDGET", "ANSWER_MAX_TOKENS"):

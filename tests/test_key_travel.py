@@ -17,7 +17,7 @@ from glimprouter.graph.context import RouterContext, resolve_context
 from glimprouter.graph.settings import redact_url
 from glimprouter.model_servers.client import check_endpoints
 from glimprouter.vllm_launcher.cli import specs_from_args
-from glimprouter.vllm_launcher.launcher import ServerSpec, build_command, build_env
+from glimprouter.vllm_launcher.command import ServerSpec, build_command, build_env
 from tests.fakes import fake_model_server
 
 KEY = "sk-env-SECRET-91ab"

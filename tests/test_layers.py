@@ -138,7 +138,7 @@ def test_the_walk_sees_every_kind_of_import():
     step = IMPORTS["glimprouter.nodes.step"]
     assert "glimprouter.model_servers.client" in step  # from x import y
     assert "glimprouter.graph.builder" in IMPORTS["glimprouter.evals.solve"]
-    launcher = IMPORTS["glimprouter.vllm_launcher.launcher"]
+    launcher = IMPORTS["glimprouter.vllm_launcher.command"]
     assert "glimprouter.vllm_launcher.model_files" in launcher  # from package import submodule
 
 

@@ -20,7 +20,7 @@ from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from glimprouter.vllm_launcher.launcher import free_port
+from glimprouter.vllm_launcher.command import free_port
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 CELL_TIMEOUT_S = 300

@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 
 from glimprouter.errors import ConfigError, EndpointError
-from glimprouter.vllm_launcher import launcher, local_models
+from glimprouter.vllm_launcher import command, launcher, local_models
 from glimprouter.vllm_launcher.chat_templates import VERBATIM_TEMPLATES
-from glimprouter.vllm_launcher.launcher import (
+from glimprouter.vllm_launcher.command import (
     VERBATIM_TEMPLATE,
     ServerSpec,
-    VLLMServer,
     build_command,
     build_env,
     cpu_dtype,
     resolve_chat_template,
 )
+from glimprouter.vllm_launcher.launcher import VLLMServer
 from glimprouter.vllm_launcher.local_models import LOCAL_MODELS, LOCAL_PAIR, LocalModel, prepare
 from glimprouter.vllm_launcher.pair import bf16_weights_gib, plan_pair_memory, server_footprint_gib
 from tests.processes import Lines, running, wait_until
@@ -131,7 +131,7 @@ def model_dir(tmp_path) -> Path:
 
 
 def test_command_has_the_required_flags_and_no_reasoning_parser(model_dir, monkeypatch) -> None:
-    monkeypatch.setattr(launcher, "cpu_dtype", lambda: "bfloat16")
+    monkeypatch.setattr(command, "cpu_dtype", lambda: "bfloat16")
     spec = ServerSpec(model=model_dir, served_names=["small", "large"], port=8123)
     cmd = build_command(spec, cpu_only=True)
     assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]

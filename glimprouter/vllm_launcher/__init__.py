@@ -1,15 +1,15 @@
 """Launching vLLM: the local default models and launching vLLM's OpenAI-compatible servers."""
 
-from glimprouter.vllm_launcher.launcher import (
+from glimprouter.vllm_launcher.command import (
     VERBATIM_TEMPLATE,
     ServerSpec,
-    VLLMServer,
     build_command,
     build_env,
     free_port,
     is_cpu_only,
     resolve_chat_template,
 )
+from glimprouter.vllm_launcher.launcher import VLLMServer
 from glimprouter.vllm_launcher.local_models import (
     LOCAL_MODELS,
     LOCAL_PAIR,

@@ -16,13 +16,13 @@ from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.errors import ConfigError
 from glimprouter.graph.settings import read_key_file
 from glimprouter.stopping import run
-from glimprouter.vllm_launcher.launcher import (
+from glimprouter.vllm_launcher.command import (
     CHAT_TEMPLATE_CHOICES,
     ServerSpec,
-    VLLMServer,
     default_max_model_len,
     is_cpu_only,
 )
+from glimprouter.vllm_launcher.launcher import VLLMServer
 from glimprouter.vllm_launcher.pair import local_pair_specs, place_pair, serve
 from glimprouter.vllm_launcher.placement import parse_gpus
 

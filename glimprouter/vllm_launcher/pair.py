@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from glimprouter.vllm_launcher import model_files
-from glimprouter.vllm_launcher.launcher import ServerSpec, VLLMServer, cpu_dtype, is_cpu_only
+from glimprouter.vllm_launcher.command import ServerSpec, cpu_dtype, is_cpu_only
+from glimprouter.vllm_launcher.launcher import VLLMServer
 from glimprouter.vllm_launcher.local_models import LOCAL_PAIR, prepare
 from glimprouter.vllm_launcher.placement import installed_engine, plan_pair
 

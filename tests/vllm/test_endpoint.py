@@ -37,7 +37,7 @@ def model_proxy(vllm_base_url):
 
 @pytest.fixture(scope="module")
 def router_url(model_proxy):
-    from glimprouter.vllm_launcher.launcher import free_port
+    from glimprouter.vllm_launcher.command import free_port
 
     port = free_port()
     command = [sys.executable, "-m", "glimprouter.cli", "serve-router", "--port", str(port)]

@@ -27,7 +27,7 @@ from langgraph_sdk import get_client
 
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import InputState, OutputState, StopReason
-from glimprouter.vllm_launcher.launcher import free_port
+from glimprouter.vllm_launcher.command import free_port
 from tests.processes import start, wait_until
 
 pytestmark = pytest.mark.vllm

@@ -25,9 +25,10 @@ from glimprouter import RouterContext, graph, run_config
 from glimprouter.errors import EndpointError
 from glimprouter.model_servers.client import check_endpoints
 from glimprouter.prompts import answer_prefix, continuation_messages, render_question
-from glimprouter.vllm_launcher import launcher
+from glimprouter.vllm_launcher import command, launcher
 from glimprouter.vllm_launcher.chat_templates import VERBATIM_TEMPLATES
-from glimprouter.vllm_launcher.launcher import ServerSpec, VLLMServer
+from glimprouter.vllm_launcher.command import ServerSpec
+from glimprouter.vllm_launcher.launcher import VLLMServer
 from glimprouter.vllm_launcher.local_models import prepare
 
 pytestmark = pytest.mark.vllm
@@ -222,7 +223,7 @@ def test_canary_refuses_a_server_users_start_by_hand(
     by_hand = launcher.build_command
     monkeypatch.setattr(launcher, "build_command", lambda spec, cpu: by_hand(spec, cpu) + flags)
     model = smollm2_copy(
-        tmp_model_root, launcher.VERBATIM_TEMPLATE.read_text(), think_tokens=think_tokens
+        tmp_model_root, command.VERBATIM_TEMPLATE.read_text(), think_tokens=think_tokens
     )
     server = start(started, spec_for(model))
     with pytest.raises(EndpointError, match=line) as refused:
