@@ -162,8 +162,46 @@ def test_sigterm_stops_a_ray_eval_and_its_cluster_and_the_rerun_completes(
         ) as process:
             first_record = lambda: (output / "results.jsonl").exists() and records(output)  # noqa: E731
             wait_until(first_record, 300, "the eval's first record")
+            assert len(processes_marked(marker)) > 1, "the eval runs its own Ray cluster"
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=120) == 143
         assert processes_marked(marker) == [], "the eval's Ray cluster outlived it"
         assert main(eval_args(server.url, data_file, output, "--ray", "auto")) == 0
     assert len(by_key(records(output))) == 12
+
+
+def test_a_ray_eval_killed_with_sigkill_leaves_nothing_and_resumes(cluster, data_file, tmp_path):
+    marker = f"{os.getpid()}-{tmp_path.name}"
+    output = tmp_path / "run"
+    with fake_model_server(delay_s=0.2) as server:
+        args = eval_args(server.url, data_file, output, "--ray", "--ray-workers", "2")
+        with running(
+            [sys.executable, "-m", "glimprouter.cli", *args],
+            env={**os.environ, "GLIMPROUTER_RAY_TEST": marker},
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ) as process:
+            first_record = lambda: (output / "results.jsonl").exists() and records(output)  # noqa: E731
+            wait_until(first_record, 300, "the eval's first record")
+            assert len(processes_marked(marker)) > 1, "the eval runs its own Ray cluster"
+            process.kill()
+            process.wait()
+        # Ray stops the cluster of a driver that died (its raylet watches the driver).
+        wait_until(
+            lambda: not processes_marked(marker), 120, "the killed eval's Ray cluster to end"
+        )
+        assert main(eval_args(server.url, data_file, output, "--ray", "auto")) == 0
+    assert len(by_key(records(output))) == 12
+
+
+def test_a_sweep_runs_every_threshold_on_one_cluster(cluster, data_file, tmp_path):
+    with fake_model_server() as server:
+        args = eval_args(server.url, data_file, tmp_path, "--ray", "auto")
+        args[0] = "sweep"
+        args[args.index("--output") + 1] = str(tmp_path / "sweep")
+        assert main([*args, "--thresholds", "0.5,1.5"]) == 0
+    runs = sorted(path.name for path in (tmp_path / "sweep").iterdir())
+    assert runs == ["glimprouter-t0.5", "glimprouter-t1.5"]
+    for run_dir in runs:
+        assert len(by_key(records(tmp_path / "sweep" / run_dir))) == 12
+    assert ray.is_initialized(), "a cluster the sweep joined is left running"
