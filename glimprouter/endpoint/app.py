@@ -10,11 +10,13 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from glimprouter.endpoint.errors import RequestError, as_request_error
+from glimprouter.endpoint.keys import ApiKeys, RequireKey
 from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, RouterLimits, bounds
 from glimprouter.endpoint.load import Load
 from glimprouter.endpoint.openapi import openapi_document
@@ -58,9 +60,11 @@ def create_app(
     *,
     served_model_name: str = DEFAULT_MODEL_NAME,
     task: str = "math",
+    api_keys: ApiKeys | None = None,
 ) -> Starlette:
     """The ASGI app: GET /v1/models, POST /v1/chat/completions, GET /health (load) and GET
-    /openapi.json (the wire format, from the protocol's models)."""
+    /openapi.json (the wire format, from the protocol's models). With `api_keys`, /v1 needs one
+    of them."""
     limits = limits or RouterLimits()
     bounded = bounds(limits, base_context)
     if task not in TEMPLATES:
@@ -127,6 +131,7 @@ def create_app(
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},
+        middleware=[Middleware(RequireKey, keys=api_keys or ApiKeys())],
     )
 
 

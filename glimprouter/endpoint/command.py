@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from glimprouter.context_flags import add_context_flags, context_from_args
+from glimprouter.endpoint.keys import KEYS_ENV, keys_from
 from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, LIMITED, RouterLimits
 from glimprouter.endpoint.server import serve_router
 from glimprouter.prompts import TEMPLATES
@@ -32,6 +34,26 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
         default="math",
         choices=sorted(TEMPLATES),
         help="prompt family of requests that set no task (default math)",
+    )
+    access = parser.add_argument_group("access")
+    access.add_argument(
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help=f"a key clients must send as 'Authorization: Bearer KEY' (repeatable; shows in ps: "
+        f"prefer --api-key-file or {KEYS_ENV}, comma-separated)",
+    )
+    access.add_argument(
+        "--api-key-file",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help="a file of keys, one per line (repeatable)",
+    )
+    access.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host with no API key (anyone who reaches it may use it)",
     )
     group = parser.add_argument_group(
         "request limits (default: the server's own setting, so requests may only lower it)"
@@ -61,6 +83,8 @@ def _serve_router_command(args: argparse.Namespace) -> int:
             port=args.port,
             served_model_name=args.served_model_name,
             task=args.task,
+            api_keys=keys_from(args.api_key, args.api_key_file),
+            allow_unauthenticated=args.allow_unauthenticated,
         )
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C or SIGTERM once it has shut down: a stop
         pass

@@ -9,6 +9,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from glimprouter.endpoint.app import create_app
+from glimprouter.endpoint.keys import ApiKeys, check_exposure
 from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, RouterLimits
 from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
@@ -23,15 +24,27 @@ def serve_router(
     port: int = 8000,
     served_model_name: str = DEFAULT_MODEL_NAME,
     task: str = "math",
+    api_keys: ApiKeys | None = None,
+    allow_unauthenticated: bool = False,
 ) -> None:
     """Check both model servers, then serve the endpoint until interrupted; prints one line with
-    the base URL once it accepts requests."""
-    app = create_app(base_context, limits, served_model_name=served_model_name, task=task)
-    asyncio.run(_serve(app, base_context, host, port, served_model_name))
+    the base URL once it accepts requests. Without `api_keys` only a loopback `host` is served,
+    unless `allow_unauthenticated`."""
+    api_keys = api_keys or ApiKeys()
+    check_exposure(host, api_keys, allow_unauthenticated)
+    app = create_app(
+        base_context, limits, served_model_name=served_model_name, task=task, api_keys=api_keys
+    )
+    asyncio.run(_serve(app, base_context, host, port, served_model_name, len(api_keys)))
 
 
 async def _serve(
-    app: Starlette, base_context: RouterContext, host: str, port: int, served_model_name: str
+    app: Starlette,
+    base_context: RouterContext,
+    host: str,
+    port: int,
+    served_model_name: str,
+    keys: int,
 ) -> None:
     await check_endpoints(base_context)
     # Our own socket: a taken port is one line naming the flag, and --port 0 picks a free one.
@@ -53,7 +66,8 @@ async def _serve(
         shown = f"[{host}]" if ":" in host else host
         print(
             f"serving {served_model_name!r} at http://{shown}:{sock.getsockname()[1]}/v1 "
-            f"(small: {base_context.shown_url('small')}, large: {base_context.shown_url('large')})",
+            f"(small: {base_context.shown_url('small')}, large: {base_context.shown_url('large')}; "
+            + (f"{keys} API key{'s' if keys > 1 else ''})" if keys else "no API key)"),
             flush=True,
         )
     await serving

@@ -6,6 +6,7 @@ the official SDK. The in-process tests, against the fake model server, are tests
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from urllib.parse import urlparse
@@ -14,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from glimprouter.endpoint.keys import KEYS_ENV
 from glimprouter.endpoint.responses import finish_reason
 from tests.processes import Lines, running, stop
 from tests.proxy import KillableProxy
@@ -35,27 +37,47 @@ def model_proxy(vllm_base_url):
     proxy.close()
 
 
+# The router's API key, given as its environment variable (what a deployment does: no key in ps).
+ROUTER_KEY = "sk-router-test-5f1c0a"
+
+
 @pytest.fixture(scope="module")
-def router_url(model_proxy):
+def router_url(model_proxy, tmp_path_factory):
     from glimprouter.vllm_launcher.command import free_port
 
     port = free_port()
     command = [sys.executable, "-m", "glimprouter.cli", "serve-router", "--port", str(port)]
     command += ["--small-url", model_proxy.url, "--large-url", model_proxy.url, *ROUTER_FLAGS]
-    with running(command, stdout=subprocess.PIPE, text=True) as router:
-        ready = Lines(router.stdout).wait_for(
+    log = tmp_path_factory.mktemp("router") / "stderr"
+    with (
+        log.open("w") as stderr,
+        running(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, KEYS_ENV: ROUTER_KEY},
+        ) as router,
+    ):
+        printed = Lines(router.stdout)
+        ready = printed.wait_for(
             lambda line: line if line.startswith("serving ") else None, 300, "the ready line"
         )
         assert ready.startswith("serving 'glimprouter' at "), ready
+        assert ready.rstrip().endswith("1 API key)"), ready
         url = ready.split()[3]
         assert url == f"http://127.0.0.1:{port}/v1"
+        refused = httpx.post(f"{url}/chat/completions", json=chat(), timeout=60)
+        assert refused.status_code == 401, refused.text
         yield url
         assert stop(router) == 0, "serve-router did not stop cleanly on SIGTERM"
+        everything = printed.rest(60) + log.read_text()
+        assert ROUTER_KEY not in everything, "the API key shows in the router's output"
 
 
 @pytest.mark.vllm
 def test_sdk_lists_the_model_and_gets_a_routed_completion(router_url):
-    sdk = openai.OpenAI(base_url=router_url, api_key="-", max_retries=0, timeout=600)
+    sdk = openai.OpenAI(base_url=router_url, api_key=ROUTER_KEY, max_retries=0, timeout=600)
     assert [model.id for model in sdk.models.list()] == ["glimprouter"]
     with pytest.raises(openai.BadRequestError, match=r"limit of 64 \(--max-token-budget\)"):
         sdk.chat.completions.create(**chat(), max_tokens=65)
@@ -73,7 +95,7 @@ def test_sdk_lists_the_model_and_gets_a_routed_completion(router_url):
 
 @pytest.mark.vllm
 def test_sdk_streams_reasoning_then_content_then_usage(router_url):
-    sdk = openai.OpenAI(base_url=router_url, api_key="-", max_retries=0, timeout=600)
+    sdk = openai.OpenAI(base_url=router_url, api_key=ROUTER_KEY, max_retries=0, timeout=600)
     stream = sdk.chat.completions.create(
         **chat(), stream=True, stream_options={"include_usage": True}, extra_body={"max_steps": 2}
     )
@@ -95,7 +117,7 @@ def test_sdk_streams_reasoning_then_content_then_usage(router_url):
 
 @pytest.mark.vllm
 async def test_concurrent_sdk_requests_run_together_with_their_own_knobs(router_url, model_proxy):
-    sdk = openai.AsyncOpenAI(base_url=router_url, api_key="-", max_retries=0, timeout=600)
+    sdk = openai.AsyncOpenAI(base_url=router_url, api_key=ROUTER_KEY, max_retries=0, timeout=600)
     thresholds = [0, 1e9, 0, 1e9]
     model_proxy.hold_until_together(4)  # the chains get on only if all four are in flight
     replies = await asyncio.gather(
@@ -120,7 +142,7 @@ async def test_concurrent_sdk_requests_run_together_with_their_own_knobs(router_
 
 @pytest.mark.vllm
 async def test_64_concurrent_sdk_requests_complete_with_their_own_routing(router_url, model_proxy):
-    sdk = openai.AsyncOpenAI(base_url=router_url, api_key="-", max_retries=0, timeout=1200)
+    sdk = openai.AsyncOpenAI(base_url=router_url, api_key=ROUTER_KEY, max_retries=0, timeout=1200)
     thresholds = [0 if n % 2 else 1e9 for n in range(64)]
     model_proxy.hold_until_together(64)
     replies = await asyncio.gather(
