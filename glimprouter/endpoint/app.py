@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -16,9 +17,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from glimprouter.endpoint.errors import RequestError, as_request_error
-from glimprouter.endpoint.keys import ApiKeys, RequireKey
+from glimprouter.endpoint.keys import OPEN_PATHS, ApiKeys, RequireKey
 from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, RouterLimits, bounds
 from glimprouter.endpoint.load import Load
+from glimprouter.endpoint.metrics import CountRequests, RouterMetrics
 from glimprouter.endpoint.openapi import openapi_document
 from glimprouter.endpoint.protocol import Health, ModelCard, ModelList, request_model
 from glimprouter.endpoint.requests import parse_chat_request
@@ -61,15 +63,17 @@ def create_app(
     served_model_name: str = DEFAULT_MODEL_NAME,
     task: str = "math",
     api_keys: ApiKeys | None = None,
+    open_metrics: bool = False,
 ) -> Starlette:
     """The ASGI app: GET /v1/models, POST /v1/chat/completions, GET /health (load) and GET
     /openapi.json (the wire format, from the protocol's models). With `api_keys`, /v1 needs one
-    of them."""
+    of them, and so does /metrics unless `open_metrics`."""
     limits = limits or RouterLimits()
     bounded = bounds(limits, base_context)
     if task not in TEMPLATES:
         raise ConfigError(f"unknown task {task!r}; valid tasks: {sorted(TEMPLATES)}")
     load = Load(limits.max_concurrency)
+    metrics = RouterMetrics(load)
     started = int(time.time())
 
     document = openapi_document(request_model(type(base_context)))
@@ -81,6 +85,9 @@ def create_app(
     async def health(request: Request) -> Response:
         state = Health(running=load.running, waiting=load.waiting, peak_running=load.peak_running)
         return JSONResponse(state.model_dump(mode="json"))
+
+    async def exposition(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
@@ -97,7 +104,7 @@ def create_app(
         except RequestError as error:
             return error.response()
         reply = Reply(served_model_name, include_usage=chat.include_usage)
-        run = GraphRun(chat, load)
+        run = GraphRun(chat, load, metrics)
         streaming = False
         try:
             if chat.stream:
@@ -129,9 +136,17 @@ def create_app(
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/metrics", exposition, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},
-        middleware=[Middleware(RequireKey, keys=api_keys or ApiKeys())],
+        middleware=[
+            Middleware(CountRequests, metrics=metrics),
+            Middleware(
+                RequireKey,
+                keys=api_keys or ApiKeys(),
+                open_paths=OPEN_PATHS | ({"/metrics"} if open_metrics else set()),
+            ),
+        ],
     )
 
 

@@ -55,6 +55,11 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve a non-loopback --host with no API key (anyone who reaches it may use it)",
     )
+    access.add_argument(
+        "--open-metrics",
+        action="store_true",
+        help="serve /metrics without a key (by default it needs one, when keys are set)",
+    )
     group = parser.add_argument_group(
         "request limits (default: the server's own setting, so requests may only lower it)"
     )
@@ -85,6 +90,7 @@ def _serve_router_command(args: argparse.Namespace) -> int:
             task=args.task,
             api_keys=keys_from(args.api_key, args.api_key_file),
             allow_unauthenticated=args.allow_unauthenticated,
+            open_metrics=args.open_metrics,
         )
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C or SIGTERM once it has shut down: a stop
         pass

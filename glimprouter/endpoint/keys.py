@@ -1,7 +1,8 @@
 """API keys: who may use the endpoint. Requests under /v1 need `Authorization: Bearer KEY` with
 one of the server's keys, else an OpenAI-shaped 401 and nothing runs; /health and /openapi.json
-stay open (a load balancer's probe, a client generator). Keys are compared in constant time and
-never logged, echoed or kept in plain text: the server holds their SHA-256 digests only."""
+stay open (a load balancer's probe, a client generator), and /metrics when told. Keys are
+compared in constant time and never logged, echoed or kept in plain text: the server holds their
+SHA-256 digests only."""
 
 from __future__ import annotations
 
@@ -83,12 +84,15 @@ def _is_loopback(host: str) -> bool:
 class RequireKey:
     """ASGI middleware: a request to a closed path without a valid key gets a 401."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: ApiKeys, open_paths: frozenset[str] = OPEN_PATHS
+    ) -> None:
         self.app = app
         self.keys = keys
+        self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.keys and scope["path"] not in OPEN_PATHS:
+        if scope["type"] == "http" and self.keys and scope["path"] not in self.open_paths:
             headers = dict(scope["headers"])
             authorization = headers.get(b"authorization", b"").decode("latin-1")
             if not self.keys.admits(authorization):

@@ -4,12 +4,14 @@ when the client leaves."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Any
 
 from starlette.requests import Request
 
 from glimprouter.endpoint.load import Load
+from glimprouter.endpoint.metrics import RouterMetrics
 from glimprouter.endpoint.requests import ChatRequest
 from glimprouter.errors import EndpointError
 from glimprouter.graph.builder import graph, run_config
@@ -25,13 +27,14 @@ class GraphRun:
     graph's own ({"event": "step", ...}, {"event": "answer", ...}), then {"event": "result"}.
     """
 
-    def __init__(self, chat: ChatRequest, load: Load) -> None:
+    def __init__(self, chat: ChatRequest, load: Load, metrics: RouterMetrics) -> None:
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._task = asyncio.create_task(self._produce(chat, load))
+        self._task = asyncio.create_task(self._produce(chat, load, metrics))
 
-    async def _produce(self, chat: ChatRequest, load: Load) -> None:
+    async def _produce(self, chat: ChatRequest, load: Load, metrics: RouterMetrics) -> None:
         try:
             async with load.slot():
+                started = time.perf_counter()
                 output = await run_question(
                     graph,
                     {"question": chat.question, "task": chat.task},
@@ -39,6 +42,7 @@ class GraphRun:
                     run_config(chat.context),
                     on_event=self._events.put_nowait,
                 )
+                metrics.record_chain(output, time.perf_counter() - started)
         except Exception as error:  # handed to the reader, which answers with an error object
             self._events.put_nowait({"event": "error", "error": error})
             return

@@ -26,6 +26,7 @@ def serve_router(
     task: str = "math",
     api_keys: ApiKeys | None = None,
     allow_unauthenticated: bool = False,
+    open_metrics: bool = False,
 ) -> None:
     """Check both model servers, then serve the endpoint until interrupted; prints one line with
     the base URL once it accepts requests. Without `api_keys` only a loopback `host` is served,
@@ -33,7 +34,12 @@ def serve_router(
     api_keys = api_keys or ApiKeys()
     check_exposure(host, api_keys, allow_unauthenticated)
     app = create_app(
-        base_context, limits, served_model_name=served_model_name, task=task, api_keys=api_keys
+        base_context,
+        limits,
+        served_model_name=served_model_name,
+        task=task,
+        api_keys=api_keys,
+        open_metrics=open_metrics,
     )
     asyncio.run(_serve(app, base_context, host, port, served_model_name, len(api_keys)))
 
