@@ -18,6 +18,7 @@ from glimprouter.graph.state import OutputState
 from glimprouter.graph.threads import (
     DURABILITY,
     durable_graph,
+    is_postgres,
     plan_thread,
     thread_config,
     thread_lock,
@@ -33,10 +34,10 @@ SAMPLE_QUESTION = (
 )
 
 
-def default_checkpoint_db() -> Path:
+def default_checkpoint_db() -> str | Path:
     """Where `ask --thread-id` saves chains unless told otherwise."""
     if env := os.environ.get("GLIMPROUTER_CHECKPOINT_DB"):
-        return Path(env)
+        return env if is_postgres(env) else Path(env)
     return cache_dir() / "threads.sqlite"
 
 

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument(
         "--checkpoint-db",
         default=None,
-        help="SQLite file of saved chains (default: GLIMPROUTER_CHECKPOINT_DB or "
+        help="where saved chains live: a SQLite file, or a PostgreSQL URI postgresql://... that "
+        "several machines share (default: GLIMPROUTER_CHECKPOINT_DB or "
         "~/.cache/glimprouter/threads.sqlite)",
     )
     add_context_flags(ask)

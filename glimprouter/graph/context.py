@@ -286,5 +286,3 @@ def resolve_context(context: RouterContext | dict[str, Any] | None) -> RouterCon
             raise ConfigError(f"unknown context field(s) {unknown}; valid fields: {sorted(known)}")
         return RouterContext(**context)
     return context
-
-

@@ -176,8 +176,6 @@ def check_values(context: Any) -> None:
     for role in MODEL_ROLES:
         url = getattr(context, f"{role}_base_url")
         if not url.startswith(("http://", "https://")):
-            raise bad(
-                f"{role}_base_url", "must be an http(s) URL such as http://127.0.0.1:8001/v1"
-            )
+            raise bad(f"{role}_base_url", "must be an http(s) URL such as http://127.0.0.1:8001/v1")
         if not getattr(context, f"{role}_model"):
             raise bad(f"{role}_model", "is empty: give the served model name")

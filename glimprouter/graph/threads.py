@@ -1,4 +1,5 @@
-"""Durable chains: a run saved in SQLite after every step, resumable under its thread id.
+"""Durable chains: a run saved in SQLite or PostgreSQL after every step, resumable under its
+thread id.
 
 A thread holds one question's chain. Killing the process loses at most the step in flight:
 running the same thread id again continues from the last finished step, and a finished thread
@@ -26,17 +27,31 @@ from langgraph.graph.state import CompiledStateGraph
 from glimprouter.errors import ConfigError
 from glimprouter.graph.builder import build_graph, run_config
 from glimprouter.graph.context import RouterContext
+from glimprouter.graph.settings import redact_url
 from glimprouter.graph.state import InputState
 
 # Write each checkpoint before the next step starts, so a kill never loses a finished step.
 DURABILITY = "sync"
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(location: str | Path) -> bool:
+    """Whether a checkpoint database is a PostgreSQL URI rather than a SQLite file."""
+    return str(location).startswith(POSTGRES_SCHEMES)
+
+
 @asynccontextmanager
-async def durable_graph(path: str | Path) -> AsyncIterator[CompiledStateGraph]:
-    """The routing graph with its checkpoints in the SQLite file at `path` (created if new, for
-    its owner's eyes only: chains hold questions and answers)."""
-    path = Path(path).expanduser()
+async def durable_graph(location: str | Path) -> AsyncIterator[CompiledStateGraph]:
+    """The routing graph with its checkpoints in `location`: a SQLite file (created if new, for
+    its owner's eyes only: chains hold questions and answers), or a PostgreSQL URI
+    (postgresql://user:password@host/db), which router processes on any machine can share."""
+    if is_postgres(location):
+        async with _postgres_saver(str(location)) as saver:
+            yield build_graph(checkpointer=saver)
+        return
+    path = Path(location).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # SQLite gives its journal and WAL files the database file's mode.
@@ -60,33 +75,71 @@ async def durable_graph(path: str | Path) -> AsyncIterator[CompiledStateGraph]:
             ) from None
 
 
+@asynccontextmanager
+async def _postgres_saver(uri: str) -> AsyncIterator[Any]:
+    """LangGraph's own PostgreSQL saver (langgraph-checkpoint-postgres), its tables created on
+    first use."""
+    try:
+        import psycopg
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    except ImportError:
+        raise ConfigError(
+            'a PostgreSQL --checkpoint-db needs pip install "glimprouter[postgres]"'
+        ) from None
+    try:
+        async with AsyncPostgresSaver.from_conn_string(uri, serde=STRICT_SERDE) as saver:
+            await saver.setup()
+            yield saver
+    except psycopg.OperationalError as error:
+        raise ConfigError(
+            f"cannot use the PostgreSQL checkpoint database {redact_url(uri)}: "
+            f"{str(error).strip().splitlines()[0]}; check --checkpoint-db / "
+            "GLIMPROUTER_CHECKPOINT_DB"
+        ) from None
+
+
 # LangGraph's strict msgpack mode: a checkpoint revives only the types LangGraph itself allows,
 # never a class some other module (or a forged database) names; our state is plain data.
 STRICT_SERDE = JsonPlusSerializer(allowed_msgpack_modules=None)
 
 
 @asynccontextmanager
-async def thread_lock(path: str | Path, thread_id: str) -> AsyncIterator[None]:
-    """Hold thread `thread_id` of the database at `path` while this process runs it: two
-    processes resuming one thread would fork its chain. A byte of `path`.lock (one per thread,
-    by hash) carries a POSIX lock, which the kernel drops when the process ends however it ends.
-    """
-    lock_path = Path(path).expanduser().with_name(Path(path).name + ".lock")
+async def thread_lock(location: str | Path, thread_id: str) -> AsyncIterator[None]:
+    """Hold thread `thread_id` of the database at `location` while this process runs it: two
+    processes resuming one thread would fork its chain. The lock goes when the process ends,
+    however it ends: a POSIX lock on a byte of `path`.lock (one per thread, by hash) for SQLite,
+    a session advisory lock for PostgreSQL."""
+    key = zlib.crc32(thread_id.encode())
+    refusal = ConfigError(
+        f"thread {thread_id!r} of {_shown(location)} is being run by another process: wait for "
+        "it to end, or pick another --thread-id"
+    )
+    if is_postgres(location):
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(str(location), autocommit=True) as conn:
+            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))).fetchone()
+            if not row[0]:
+                raise refusal
+            yield  # the lock ends with the session
+        return
+    lock_path = Path(location).expanduser().with_name(Path(location).name + ".lock")
     descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, zlib.crc32(thread_id.encode()))
+        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, key)
     except OSError as error:
         os.close(descriptor)
         if error.errno not in (errno.EAGAIN, errno.EACCES):
             raise
-        raise ConfigError(
-            f"thread {thread_id!r} of {path} is being run by another process: wait for it to "
-            "end, or pick another --thread-id"
-        ) from None
+        raise refusal from None
     try:
         yield
     finally:
         os.close(descriptor)
+
+
+def _shown(location: str | Path) -> str:
+    return redact_url(str(location)) if is_postgres(location) else str(location)
 
 
 def thread_config(context: RouterContext, thread_id: str) -> dict[str, Any]:

@@ -1,0 +1,84 @@
+"""Durable chains in PostgreSQL (`--checkpoint-db postgresql://...`), against a real server the
+session starts: saved after every step, read back without asking a model again, resumed by
+another process after a SIGKILL with its earlier steps unchanged, one process per thread."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import zlib
+
+import psycopg
+
+from glimprouter.cli import main
+from glimprouter.graph.threads import durable_graph
+from tests.fakes import fake_model_server
+from tests.processes import running, wait_until
+
+
+def ask_args(url: str, database: str, thread: str) -> list[str]:
+    return ["ask", "What is 2 + 2?", "--thread-id", thread, "--checkpoint-db", database,
+            "--small-url", url, "--large-url", url, "--step-max-tokens", "16",
+            "--token-budget", "160", "--answer-max-tokens", "16"]  # fmt: skip
+
+
+def saved_steps(database: str, thread: str) -> list[dict]:
+    async def read() -> list[dict]:
+        async with durable_graph(database) as graph:
+            state = await graph.aget_state({"configurable": {"thread_id": thread}})
+            return list(state.values.get("steps") or [])
+
+    return asyncio.run(read())
+
+
+def test_a_chain_saved_in_postgres_is_read_back_without_asking_again(postgres_uri, capsys):
+    with fake_model_server() as server:
+        assert main(ask_args(server.url, postgres_uri, "read-back")) == 0
+        asked = len(server.requests)
+        assert main(ask_args(server.url, postgres_uri, "read-back")) == 0
+        assert len(server.requests) == asked
+    assert "is finished; its saved result" in capsys.readouterr().out
+    assert saved_steps(postgres_uri, "read-back")
+
+
+def test_a_chain_killed_mid_way_resumes_in_another_process(postgres_uri):
+    thread = "killed"
+    with fake_model_server(delay_s=0.3) as slow:
+        with running(
+            [sys.executable, "-m", "glimprouter.cli", *ask_args(slow.url, postgres_uri, thread)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ) as first:
+            before = wait_until(
+                lambda: (steps := saved_steps(postgres_uri, thread)) and len(steps) >= 2 and steps,
+                300,
+                "two saved steps",
+            )
+            first.kill()
+            first.wait()
+    before = saved_steps(postgres_uri, thread)  # what the killed process had saved last
+    with fake_model_server() as server:
+        assert main(ask_args(server.url, postgres_uri, thread)) == 0
+    after = saved_steps(postgres_uri, thread)
+    assert len(after) > len(before) >= 2
+    assert after[: len(before)] == before, "the resumed chain rewrote earlier steps"
+
+
+def test_a_thread_another_process_runs_is_refused(postgres_uri, capsys):
+    with psycopg.connect(postgres_uri, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (zlib.crc32(b"held"),))
+        with fake_model_server() as server:
+            assert main(ask_args(server.url, postgres_uri, "held")) == 2
+            assert server.requests == []
+    err = capsys.readouterr().err
+    assert "being run by another process" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_unreachable_database_is_one_line_with_no_password(capsys):
+    database = "postgresql://router:s3cret@127.0.0.1:1/chains"
+    with fake_model_server() as server:
+        assert main(ask_args(server.url, database, "t")) == 2
+    err = capsys.readouterr().err
+    assert "cannot use the PostgreSQL checkpoint database" in err and "--checkpoint-db" in err
+    assert "s3cret" not in err and len(err.strip().splitlines()) == 1
