@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from glimprouter.endpoint.chains import Chains
 from glimprouter.endpoint.errors import RequestError, as_request_error
 from glimprouter.endpoint.keys import OPEN_PATHS, ApiKeys, RequireKey
 from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, RouterLimits, bounds
@@ -64,16 +66,19 @@ def create_app(
     task: str = "math",
     api_keys: ApiKeys | None = None,
     open_metrics: bool = False,
+    checkpoint_db: str | Path | None = None,
 ) -> Starlette:
     """The ASGI app: GET /v1/models, POST /v1/chat/completions, GET /health (load) and GET
     /openapi.json (the wire format, from the protocol's models). With `api_keys`, /v1 needs one
-    of them, and so does /metrics unless `open_metrics`."""
+    of them, and so does /metrics unless `open_metrics`. With `checkpoint_db`, a request may
+    carry a thread_id whose chain is kept there."""
     limits = limits or RouterLimits()
     bounded = bounds(limits, base_context)
     if task not in TEMPLATES:
         raise ConfigError(f"unknown task {task!r}; valid tasks: {sorted(TEMPLATES)}")
     load = Load(limits.max_concurrency)
     metrics = RouterMetrics(load)
+    chains = Chains(checkpoint_db)
     started = int(time.time())
 
     document = openapi_document(request_model(type(base_context)))
@@ -104,7 +109,7 @@ def create_app(
         except RequestError as error:
             return error.response()
         reply = Reply(served_model_name, include_usage=chat.include_usage)
-        run = GraphRun(chat, load, metrics)
+        run = GraphRun(chat, chains, load, metrics)
         streaming = False
         try:
             if chat.stream:
@@ -139,6 +144,7 @@ def create_app(
             Route("/metrics", exposition, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},
+        lifespan=lambda app: chains.opened(),
         middleware=[
             Middleware(CountRequests, metrics=metrics),
             Middleware(

@@ -60,6 +60,12 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve /metrics without a key (by default it needs one, when keys are set)",
     )
+    parser.add_argument(
+        "--checkpoint-db",
+        metavar="LOCATION",
+        help="keep the chains of requests that carry a thread_id: a SQLite file, or a PostgreSQL "
+        "URI postgresql://... that several router processes share",
+    )
     group = parser.add_argument_group(
         "request limits (default: the server's own setting, so requests may only lower it)"
     )
@@ -91,6 +97,7 @@ def _serve_router_command(args: argparse.Namespace) -> int:
             api_keys=keys_from(args.api_key, args.api_key_file),
             allow_unauthenticated=args.allow_unauthenticated,
             open_metrics=args.open_metrics,
+            checkpoint_db=args.checkpoint_db,
         )
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C or SIGTERM once it has shut down: a stop
         pass

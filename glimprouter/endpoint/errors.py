@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 
 from glimprouter.endpoint.protocol import ErrorObject, ErrorResponse
 from glimprouter.errors import ConfigError, EndpointError
+from glimprouter.graph.threads import ThreadBusy
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ def as_request_error(error: Exception) -> RequestError:
     a 502, anything else a 500 whose details stay in the server's log."""
     if isinstance(error, RequestError):
         return error
+    if isinstance(error, ThreadBusy):
+        return RequestError(409, str(error), param="thread_id", code="thread_busy")
     if isinstance(error, ConfigError):
         return RequestError(400, str(error), code="invalid_value")
     if isinstance(error, EndpointError):

@@ -79,6 +79,14 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: Int64 | None = Field(None, description="The reasoning token budget.")
     max_completion_tokens: Int64 | None = Field(None, description="The reasoning token budget.")
     task: str | None = Field(None, description="The prompt template: math, code, plain, ...")
+    thread_id: str | None = Field(
+        None,
+        description="Keep the chain under this id (a server started with --checkpoint-db): it is "
+        "saved after every step, and a later request with the same id and question resumes it "
+        "or, once finished, returns it without asking a model again.",
+        min_length=1,
+        max_length=256,
+    )
 
 
 def _extra_fields() -> dict[str, Any]:

@@ -36,6 +36,7 @@ class ChatRequest:
     context: RouterContext
     stream: bool
     include_usage: bool
+    thread_id: str | None = None
 
 
 def parse_chat_request(
@@ -93,6 +94,7 @@ def parse_chat_request(
         context=_run_context(request, base, limits),
         stream=bool(request.stream),
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
+        thread_id=request.thread_id,
     )
 
 

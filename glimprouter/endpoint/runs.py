@@ -10,12 +10,11 @@ from typing import Any
 
 from starlette.requests import Request
 
+from glimprouter.endpoint.chains import Chains
 from glimprouter.endpoint.load import Load
 from glimprouter.endpoint.metrics import RouterMetrics
 from glimprouter.endpoint.requests import ChatRequest
 from glimprouter.errors import EndpointError
-from glimprouter.graph.builder import graph, run_config
-from glimprouter.graph.invoke import run_question
 from glimprouter.graph.state import OutputState
 
 
@@ -27,21 +26,19 @@ class GraphRun:
     graph's own ({"event": "step", ...}, {"event": "answer", ...}), then {"event": "result"}.
     """
 
-    def __init__(self, chat: ChatRequest, load: Load, metrics: RouterMetrics) -> None:
+    def __init__(
+        self, chat: ChatRequest, chains: Chains, load: Load, metrics: RouterMetrics
+    ) -> None:
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._task = asyncio.create_task(self._produce(chat, load, metrics))
+        self._task = asyncio.create_task(self._produce(chat, chains, load, metrics))
 
-    async def _produce(self, chat: ChatRequest, load: Load, metrics: RouterMetrics) -> None:
+    async def _produce(
+        self, chat: ChatRequest, chains: Chains, load: Load, metrics: RouterMetrics
+    ) -> None:
         try:
             async with load.slot():
                 started = time.perf_counter()
-                output = await run_question(
-                    graph,
-                    {"question": chat.question, "task": chat.task},
-                    chat.context,
-                    run_config(chat.context),
-                    on_event=self._events.put_nowait,
-                )
+                output = await chains.run(chat, self._events.put_nowait)
                 metrics.record_chain(output, time.perf_counter() - started)
         except Exception as error:  # handed to the reader, which answers with an error object
             self._events.put_nowait({"event": "error", "error": error})

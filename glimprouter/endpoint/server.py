@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -27,6 +28,7 @@ def serve_router(
     api_keys: ApiKeys | None = None,
     allow_unauthenticated: bool = False,
     open_metrics: bool = False,
+    checkpoint_db: str | Path | None = None,
 ) -> None:
     """Check both model servers, then serve the endpoint until interrupted; prints one line with
     the base URL once it accepts requests. Without `api_keys` only a loopback `host` is served,
@@ -40,6 +42,7 @@ def serve_router(
         task=task,
         api_keys=api_keys,
         open_metrics=open_metrics,
+        checkpoint_db=checkpoint_db,
     )
     asyncio.run(_serve(app, base_context, host, port, served_model_name, len(api_keys)))
 

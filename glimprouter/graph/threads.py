@@ -37,6 +37,10 @@ DURABILITY = "sync"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
+class ThreadBusy(ConfigError):
+    """Another process (or request) is running the thread."""
+
+
 def is_postgres(location: str | Path) -> bool:
     """Whether a checkpoint database is a PostgreSQL URI rather than a SQLite file."""
     return str(location).startswith(POSTGRES_SCHEMES)
@@ -110,7 +114,7 @@ async def thread_lock(location: str | Path, thread_id: str) -> AsyncIterator[Non
     however it ends: a POSIX lock on a byte of `path`.lock (one per thread, by hash) for SQLite,
     a session advisory lock for PostgreSQL."""
     key = zlib.crc32(thread_id.encode())
-    refusal = ConfigError(
+    refusal = ThreadBusy(
         f"thread {thread_id!r} of {_shown(location)} is being run by another process: wait for "
         "it to end, or pick another --thread-id"
     )
