@@ -20,6 +20,7 @@ from glimprouter.endpoint.responses import finish_reason
 from tests.processes import Lines, running, stop
 from tests.proxy import KillableProxy
 from tests.test_endpoint import chat
+from tests.test_endpoint_threads import kill_a_router_mid_chain_and_resume
 
 # Real vLLM behind a `glimprouter serve-router` subprocess. The model writes ~4 tokens/s on a
 # shared CPU, so every chain is a few short steps.
@@ -168,3 +169,11 @@ async def test_64_concurrent_sdk_requests_complete_with_their_own_routing(router
     async with httpx.AsyncClient() as http:
         health = (await http.get(router_url.removesuffix("/v1") + "/health")).json()
     assert health["running"] == 0 and health["peak_running"] >= 64
+
+
+@pytest.mark.vllm
+def test_a_router_killed_mid_chain_on_vllm_is_resumed_by_another_router(
+    vllm_base_url, postgres_uri
+):
+    """Two serve-router processes in front of the session's vLLM and one PostgreSQL."""
+    kill_a_router_mid_chain_and_resume(vllm_base_url, postgres_uri, "vllm-killed-router", 64)
