@@ -52,6 +52,7 @@ def test_schemas_expose_input_output_and_every_context_knob():
         "usage",
         "stop_reason",
         "error",
+        "answer_cut",
     }
     knobs = graph.get_context_jsonschema()["properties"]
     assert {"threshold", "top_k", "small_base_url", "large_model", "token_budget"} <= set(knobs)

@@ -176,7 +176,7 @@ async def _sse(reply: Reply, run: GraphRun, first: dict[str, Any]) -> AsyncItera
                 yield data(reply.chunk({"content": event["text"]}))
             event = await run.next_event()
         output = event["output"]
-        yield data(reply.chunk({}, finish_reason(output["stop_reason"])))
+        yield data(reply.chunk({}, finish_reason(output["stop_reason"], output.get("answer_cut"))))
         if reply.include_usage:
             yield data(reply.usage_chunk(output))
     except Exception as error:  # the status is sent: the error goes in the stream, as OpenAI does

@@ -8,9 +8,10 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from glimprouter.endpoint.protocol import ErrorObject, ErrorResponse
+from glimprouter.endpoint.protocol import ErrorObject, ErrorResponse, WrittenSoFar
 from glimprouter.errors import ConfigError, EndpointError
 from glimprouter.graph.threads import ThreadBusy
+from glimprouter.prompts import STEP_SEPARATOR
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,10 @@ class RequestError(Exception):
         param: str | None = None,
         code: str | None = None,
         kind: str = "invalid_request_error",
+        written: list[str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.written = written
         self.status = status
         self.message = message
         self.param = param
@@ -37,7 +40,13 @@ class RequestError(Exception):
     def body(self) -> dict[str, Any]:
         """The JSON error object, as OpenAI's API and SDKs shape it."""
         error = ErrorObject(message=self.message, type=self.kind, param=self.param, code=self.code)
-        return ErrorResponse(error=error).model_dump(mode="json")
+        written = None
+        if self.written is not None:  # what a failed chain wrote before it failed
+            written = WrittenSoFar(
+                reasoning_content=STEP_SEPARATOR.join(self.written), steps=len(self.written)
+            )
+        body = ErrorResponse(error=error, glimprouter=written)
+        return body.model_dump(mode="json", exclude=None if written else {"glimprouter"})
 
     def response(self) -> JSONResponse:
         """The error as an HTTP response."""
@@ -45,6 +54,14 @@ class RequestError(Exception):
         # header instead of retrying the whole chain of thought.
         headers = {"x-should-retry": "false"} if self.status == 502 else None
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+class ChainCut(EndpointError):
+    """A model server failed mid-chain (after its retries): the run's output so far."""
+
+    def __init__(self, output: dict[str, Any]) -> None:
+        super().__init__(output["error"])
+        self.output = output
 
 
 def as_request_error(error: Exception) -> RequestError:
@@ -56,6 +73,14 @@ def as_request_error(error: Exception) -> RequestError:
         return RequestError(409, str(error), param="thread_id", code="thread_busy")
     if isinstance(error, ConfigError):
         return RequestError(400, str(error), code="invalid_value")
+    if isinstance(error, ChainCut):
+        return RequestError(
+            502,
+            str(error),
+            code="model_server_error",
+            kind="server_error",
+            written=[step["text"] for step in error.output.get("steps") or []],
+        )
     if isinstance(error, EndpointError):
         return RequestError(502, str(error), code="model_server_error", kind="server_error")
     log.error("unexpected error in a routed run", exc_info=error)

@@ -131,10 +131,20 @@ class ErrorObject(BaseModel):
     code: str | None
 
 
+class WrittenSoFar(BaseModel):
+    """What a chain a model server cut had written: its steps, which a later request with its
+    thread_id resumes after."""
+
+    reasoning_content: str
+    steps: int
+
+
 class ErrorResponse(BaseModel):
-    """Every refusal and failure, as OpenAI's API and SDKs shape it."""
+    """Every refusal and failure, as OpenAI's API and SDKs shape it; a chain cut by a failing
+    model server adds what it had written."""
 
     error: ErrorObject
+    glimprouter: WrittenSoFar | None = None
 
 
 class ModelUsage(BaseModel):

@@ -29,10 +29,10 @@ from glimprouter.prompts import STEP_SEPARATOR
 CUT_SHORT = frozenset({"token_budget", "max_steps", "context_length"})
 
 
-def finish_reason(stop_reason: str | None) -> FinishReason:
+def finish_reason(stop_reason: str | None, answer_cut: bool | None = False) -> FinishReason:
     """OpenAI's finish reason: "length" when the chain was cut short (budget, step limit, full
-    context) and the answer forced, else "stop"."""
-    return "length" if stop_reason in CUT_SHORT else "stop"
+    context) and the answer forced, or the answer stopped at answer_max_tokens; else "stop"."""
+    return "length" if stop_reason in CUT_SHORT or answer_cut else "stop"
 
 
 def usage_of(result: dict[str, Any]) -> Usage:
@@ -74,7 +74,8 @@ class Reply:
                 step["text"] for step in result.get("steps") or []
             ),
         )
-        choice = Choice(message=message, finish_reason=finish_reason(result.get("stop_reason")))
+        finish = finish_reason(result.get("stop_reason"), result.get("answer_cut"))
+        choice = Choice(message=message, finish_reason=finish)
         completion = ChatCompletion(**self._head(), choices=[choice], usage=usage_of(result))
         return completion.model_dump(mode="json")
 

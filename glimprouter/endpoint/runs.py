@@ -11,10 +11,10 @@ from typing import Any
 from starlette.requests import Request
 
 from glimprouter.endpoint.chains import Chains
+from glimprouter.endpoint.errors import ChainCut
 from glimprouter.endpoint.load import Load
 from glimprouter.endpoint.metrics import RouterMetrics
 from glimprouter.endpoint.requests import ChatRequest
-from glimprouter.errors import EndpointError
 from glimprouter.graph.state import OutputState
 
 
@@ -46,7 +46,7 @@ class GraphRun:
         # The end last, once the slot is free: a client that has its answer sees the load it
         # left behind.
         if output.get("error"):  # a model server failed mid-chain, after its retries
-            self._events.put_nowait({"event": "error", "error": EndpointError(output["error"])})
+            self._events.put_nowait({"event": "error", "error": ChainCut(output)})
         else:
             self._events.put_nowait({"event": "result", "output": output})
 

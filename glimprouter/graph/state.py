@@ -83,6 +83,7 @@ class OutputState(TypedDict):
     usage: Annotated[dict[str, ModelUsage], add_usage]
     stop_reason: StopReason | None
     error: NotRequired[str | None]  # why a model server failed, with stop_reason "endpoint_error"
+    answer_cut: NotRequired[bool | None]  # the answer stopped at answer_max_tokens
 
 
 class RouterState(InputState, OutputState):

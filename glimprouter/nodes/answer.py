@@ -38,4 +38,9 @@ async def answer(state: RouterState, runtime: Runtime[RouterContext]) -> dict[st
     get_stream_writer()(
         {"event": "answer", "model": role, "text": result.text, "final_answer": final_answer}
     )
-    return {"answer": result.text, "final_answer": final_answer, "usage": result.usage(role)}
+    return {
+        "answer": result.text,
+        "final_answer": final_answer,
+        "answer_cut": result.finish_reason == "length",
+        "usage": result.usage(role),
+    }

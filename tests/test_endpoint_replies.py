@@ -1,0 +1,46 @@
+"""Honest replies: an answer cut by answer_max_tokens finishes with "length", and a chain a model
+server cuts mid-way gets a 502 whose body carries the steps it had written."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+
+from glimprouter.endpoint import create_app
+from glimprouter.prompts import STEP_SEPARATOR
+from tests.fakes import context_at, fake_model_server
+
+
+def chat(**fields) -> dict:
+    body = {"model": "glimprouter", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+    return body | fields
+
+
+@pytest.mark.parametrize(("answer_max_tokens", "finish"), [(2, "length"), (64, "stop")])
+def test_an_answer_cut_by_its_token_limit_finishes_with_length(answer_max_tokens, finish):
+    body = chat(answer_max_tokens=answer_max_tokens)
+    with (
+        fake_model_server() as server,
+        TestClient(
+            create_app(context_at(server.url, token_budget=400, answer_max_tokens=64))
+        ) as client,
+    ):
+        reply = client.post("/v1/chat/completions", json=body).json()
+        with client.stream("POST", "/v1/chat/completions", json=body | {"stream": True}) as stream:
+            lines = [line for line in stream.iter_lines() if '"finish_reason": "' in line]
+    assert reply["usage"]["glimprouter"]["stop_reason"] not in ("token_budget", "max_steps")
+    assert reply["choices"][0]["finish_reason"] == finish
+    assert lines and f'"finish_reason": "{finish}"' in lines[-1]
+
+
+def test_a_chain_cut_mid_way_gets_a_502_with_its_steps():
+    cut_after_three = lambda index, _: "500" if index >= 3 else None  # noqa: E731
+    with fake_model_server(fault=cut_after_three) as server:
+        with TestClient(create_app(context_at(server.url, token_budget=160))) as client:
+            reply = client.post("/v1/chat/completions", json=chat())
+    assert reply.status_code == 502 and reply.headers["x-should-retry"] == "false"
+    body = reply.json()
+    assert body["error"]["code"] == "model_server_error"
+    written = body["glimprouter"]
+    assert written["steps"] >= 1
+    assert len(written["reasoning_content"].split(STEP_SEPARATOR)) == written["steps"]
