@@ -207,7 +207,15 @@ def test_cli_ask_json_returns_a_complete_result(server_context):
     )
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout)
-    assert set(result) == {"answer", "final_answer", "steps", "usage", "stop_reason", "error"}
+    assert set(result) == {
+        "answer",
+        "final_answer",
+        "steps",
+        "usage",
+        "stop_reason",
+        "error",
+        "answer_cut",
+    }
     assert result["steps"] and result["stop_reason"]
     assert sum(step["completion_tokens"] for step in result["steps"]) <= 96
 
