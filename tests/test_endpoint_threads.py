@@ -5,7 +5,6 @@ database, with its earlier steps unchanged."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import subprocess
@@ -17,10 +16,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from glimprouter.endpoint import RouterLimits, create_app
-from glimprouter.graph.threads import durable_graph
 from glimprouter.prompts import STEP_SEPARATOR
 from tests.fakes import context_at, fake_model_server
 from tests.processes import Lines, start, stop, wait_until
+from tests.test_postgres_threads import saved_steps
 
 LIMITS = RouterLimits(max_token_budget=160)
 
@@ -39,15 +38,6 @@ def database(request, tmp_path) -> str:
 
 def app_at(url: str, database: str | None):
     return TestClient(create_app(context_at(url, token_budget=160), LIMITS, checkpoint_db=database))
-
-
-def saved_steps(database: str, thread: str) -> list[dict]:
-    async def read() -> list[dict]:
-        async with durable_graph(database) as graph:
-            state = await graph.aget_state({"configurable": {"thread_id": thread}})
-            return list(state.values.get("steps") or [])
-
-    return asyncio.run(read())
 
 
 def test_a_finished_thread_is_returned_again_without_asking_a_model(database, request):

@@ -146,9 +146,12 @@ def processes_marked(marker: str) -> list[psutil.Process]:
     return marked
 
 
-def test_sigterm_stops_a_ray_eval_and_its_cluster_and_the_rerun_completes(
-    cluster, data_file, tmp_path
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_ray_eval_leaves_no_cluster_and_the_rerun_completes(
+    cluster, data_file, tmp_path, stop_signal
 ):
+    """SIGTERM unwinds (exit 143, the cluster stopped); after SIGKILL Ray itself stops the
+    cluster of a driver that died (its raylet watches the driver)."""
     marker = f"{os.getpid()}-{tmp_path.name}"
     output = tmp_path / "run"
     with fake_model_server(delay_s=0.2) as server:
@@ -163,33 +166,11 @@ def test_sigterm_stops_a_ray_eval_and_its_cluster_and_the_rerun_completes(
             first_record = lambda: (output / "results.jsonl").exists() and records(output)  # noqa: E731
             wait_until(first_record, 300, "the eval's first record")
             assert len(processes_marked(marker)) > 1, "the eval runs its own Ray cluster"
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=120) == 143
-        assert processes_marked(marker) == [], "the eval's Ray cluster outlived it"
-        assert main(eval_args(server.url, data_file, output, "--ray", "auto")) == 0
-    assert len(by_key(records(output))) == 12
-
-
-def test_a_ray_eval_killed_with_sigkill_leaves_nothing_and_resumes(cluster, data_file, tmp_path):
-    marker = f"{os.getpid()}-{tmp_path.name}"
-    output = tmp_path / "run"
-    with fake_model_server(delay_s=0.2) as server:
-        args = eval_args(server.url, data_file, output, "--ray", "--ray-workers", "2")
-        with running(
-            [sys.executable, "-m", "glimprouter.cli", *args],
-            env={**os.environ, "GLIMPROUTER_RAY_TEST": marker},
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ) as process:
-            first_record = lambda: (output / "results.jsonl").exists() and records(output)  # noqa: E731
-            wait_until(first_record, 300, "the eval's first record")
-            assert len(processes_marked(marker)) > 1, "the eval runs its own Ray cluster"
-            process.kill()
-            process.wait()
-        # Ray stops the cluster of a driver that died (its raylet watches the driver).
-        wait_until(
-            lambda: not processes_marked(marker), 120, "the killed eval's Ray cluster to end"
-        )
+            process.send_signal(stop_signal)
+            assert process.wait(timeout=120) == (143 if stop_signal == signal.SIGTERM else -9)
+        if stop_signal == signal.SIGTERM:  # unwound: its cluster stopped before it exited
+            assert processes_marked(marker) == [], "the eval's Ray cluster outlived it"
+        wait_until(lambda: not processes_marked(marker), 120, "the killed eval's cluster to end")
         assert main(eval_args(server.url, data_file, output, "--ray", "auto")) == 0
     assert len(by_key(records(output))) == 12
 
