@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any, TypeVar
 
-from glimprouter.vllm_launcher.launcher import die_with_parent
+from glimprouter.stopping import die_with_parent
 
 T = TypeVar("T")
 

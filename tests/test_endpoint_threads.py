@@ -94,13 +94,16 @@ def test_thread_ids_are_checked(tmp_path):
             assert client.post("/v1/chat/completions", json=empty).status_code == 400
 
 
-def start_router(url: str, database: str, token_budget: int = 160):
-    """A serve-router process; its base URL once it is ready."""
+def start_router(
+    url: str, database: str | None, token_budget: int = 160, *flags: str, **popen
+) -> tuple[subprocess.Popen, str]:
+    """A serve-router process (with `flags`, and --checkpoint-db `database` if given); its base
+    URL once it is ready."""
     command = [sys.executable, "-m", "glimprouter.cli", "serve-router", "--port", "0",
                "--small-url", url, "--large-url", url, "--token-budget", str(token_budget),
                "--step-max-tokens", "16", "--answer-max-tokens", "16", "--max-retries", "0",
-               "--checkpoint-db", database]  # fmt: skip
-    process = start(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+               *(["--checkpoint-db", database] if database else []), *flags]  # fmt: skip
+    process = start(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **popen)
     ready = Lines(process.stdout).wait_for(
         lambda line: line if line.startswith("serving ") else None, 120, "the ready line"
     )

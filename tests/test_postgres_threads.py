@@ -82,3 +82,23 @@ def test_an_unreachable_database_is_one_line_with_no_password(capsys):
     err = capsys.readouterr().err
     assert "cannot use the PostgreSQL checkpoint database" in err and "--checkpoint-db" in err
     assert "s3cret" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_processes_opening_a_fresh_database_together_all_get_it(postgres_uri):
+    """Router workers start together: one creates LangGraph's tables, the others wait for it
+    (unguarded, all but one failed with a unique violation, and a waiting lock deadlocked with
+    the migrations' CREATE INDEX CONCURRENTLY)."""
+    fresh = postgres_uri.replace("/postgres?", "/opened_together?")
+    assert fresh != postgres_uri
+
+    async def open_together() -> list[BaseException | None]:
+        async with await psycopg.AsyncConnection.connect(postgres_uri, autocommit=True) as conn:
+            await conn.execute("CREATE DATABASE opened_together")
+
+        async def open_one() -> None:
+            async with durable_graph(fresh):
+                pass
+
+        return await asyncio.gather(*(open_one() for _ in range(4)), return_exceptions=True)
+
+    assert asyncio.run(open_together()) == [None] * 4

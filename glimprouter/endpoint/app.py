@@ -76,8 +76,8 @@ def create_app(
     bounded = bounds(limits, base_context)
     if task not in TEMPLATES:
         raise ConfigError(f"unknown task {task!r}; valid tasks: {sorted(TEMPLATES)}")
-    load = Load(limits.max_concurrency)
-    metrics = RouterMetrics(load)
+    metrics = RouterMetrics()
+    load = Load(limits.max_concurrency, on_change=metrics.record_load)
     chains = Chains(checkpoint_db)
     started = int(time.time())
 

@@ -61,6 +61,14 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
         help="serve /metrics without a key (by default it needs one, when keys are set)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="router processes serving the port (default 1); they share only --checkpoint-db, "
+        "and /metrics sums them",
+    )
+    parser.add_argument(
         "--checkpoint-db",
         metavar="LOCATION",
         help="keep the chains of requests that carry a thread_id: a SQLite file, or a PostgreSQL "
@@ -98,6 +106,7 @@ def _serve_router_command(args: argparse.Namespace) -> int:
             allow_unauthenticated=args.allow_unauthenticated,
             open_metrics=args.open_metrics,
             checkpoint_db=args.checkpoint_db,
+            workers=args.workers,
         )
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C or SIGTERM once it has shut down: a stop
         pass

@@ -1,17 +1,25 @@
 """What serve-router does, for Prometheus (prometheus-client): requests by route and status,
 chains running and waiting, chains finished by stop reason and their duration, steps by writer,
 the glimpse entropy, tokens and requests per model role, model-server errors per role. Served as
-GET /metrics in Prometheus' text format."""
+GET /metrics in Prometheus' text format.
+
+Behind `serve-router --workers N` every worker writes its values to PROMETHEUS_MULTIPROC_DIR
+(prometheus-client's multiprocess mode, chosen by that variable when prometheus-client is
+imported), and a scrape answered by any worker sums them all: counters and histograms over every
+worker that ever ran, the running and waiting gauges over the live ones."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from glimprouter.endpoint.load import Load
 from glimprouter.strategies import MODEL_ROLES
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Routes by name: any other path counts as "other", so a scanner cannot grow the label set.
 ROUTES = ("/v1/chat/completions", "/v1/models", "/health", "/metrics", "/openapi.json")
@@ -22,19 +30,22 @@ CHAIN_SECONDS_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
 class RouterMetrics:
     """The endpoint's metrics, in a registry of their own (one per app)."""
 
-    def __init__(self, load: Load) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
         self.requests = Counter(
             "glimprouter_http_requests", "HTTP requests by route and status code",
             ["route", "code"], registry=registry,
         )  # fmt: skip
-        running = Gauge("glimprouter_chains_running", "chains being run", registry=registry)
-        running.set_function(lambda: load.running)
-        waiting = Gauge(
-            "glimprouter_chains_waiting", "chains waiting for --max-concurrency", registry=registry
-        )
-        waiting.set_function(lambda: load.waiting)
+        # livesum: a worker that died runs and waits for nothing, whatever it last wrote.
+        self.running = Gauge(
+            "glimprouter_chains_running", "chains being run", multiprocess_mode="livesum",
+            registry=registry,
+        )  # fmt: skip
+        self.waiting = Gauge(
+            "glimprouter_chains_waiting", "chains waiting for --max-concurrency",
+            multiprocess_mode="livesum", registry=registry,
+        )  # fmt: skip
         self.chains = Counter(
             "glimprouter_chains_finished", "chains finished, by stop reason", ["stop_reason"],
             registry=registry,
@@ -78,7 +89,18 @@ class RouterMetrics:
         if error := output.get("error"):
             self.model_errors.labels(_role_in(error)).inc()
 
+    def record_load(self, running: int, waiting: int) -> None:
+        """This process's chains running and waiting (a Load's `on_change`)."""
+        self.running.set(running)
+        self.waiting.set(waiting)
+
     def exposition(self) -> bytes:
+        """The metrics in Prometheus' text format: every worker's, in multiprocess mode."""
+        if directory := os.environ.get(MULTIPROCESS_DIR_ENV):
+            # prometheus-client's recipe: a fresh registry that only reads the workers' files.
+            everyone = CollectorRegistry()
+            MultiProcessCollector(everyone, path=directory)
+            return generate_latest(everyone)
         return generate_latest(self.registry)
 
 

@@ -8,6 +8,7 @@ gives back its result without asking any model again.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import os
@@ -82,7 +83,8 @@ async def durable_graph(location: str | Path) -> AsyncIterator[CompiledStateGrap
 @asynccontextmanager
 async def _postgres_saver(uri: str) -> AsyncIterator[Any]:
     """LangGraph's own PostgreSQL saver (langgraph-checkpoint-postgres), its tables created on
-    first use."""
+    first use by one process at a time: router processes starting together on a fresh database
+    would otherwise race to create them, and all but one fail."""
     try:
         import psycopg
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -92,7 +94,11 @@ async def _postgres_saver(uri: str) -> AsyncIterator[Any]:
         ) from None
     try:
         async with AsyncPostgresSaver.from_conn_string(uri, serde=STRICT_SERDE) as saver:
-            await saver.setup()
+            await _take_setup_lock(saver.conn)
+            try:
+                await saver.setup()
+            finally:
+                await saver.conn.execute("SELECT pg_advisory_unlock(%s, 0)", (SETUP_LOCK,))
             yield saver
     except psycopg.OperationalError as error:
         raise ConfigError(
@@ -101,6 +107,17 @@ async def _postgres_saver(uri: str) -> AsyncIterator[Any]:
             "GLIMPROUTER_CHECKPOINT_DB"
         ) from None
 
+
+async def _take_setup_lock(conn: Any) -> None:
+    """Wait for the lock on creating the tables. Polled, because a waiting pg_advisory_lock is a
+    running statement, which the holder's CREATE INDEX CONCURRENTLY waits for: a deadlock."""
+    # The two-key form: a key space apart from the one-key thread locks.
+    query = "SELECT pg_try_advisory_lock(%s, 0) AS taken"  # the saver's rows are dicts
+    while not (await (await conn.execute(query, (SETUP_LOCK,))).fetchone())["taken"]:
+        await asyncio.sleep(0.05)
+
+
+SETUP_LOCK = zlib.crc32(b"glimprouter checkpoint tables") >> 1  # fits PostgreSQL's int4
 
 # LangGraph's strict msgpack mode: a checkpoint revives only the types LangGraph itself allows,
 # never a class some other module (or a forged database) names; our state is plain data.

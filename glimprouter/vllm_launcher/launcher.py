@@ -14,15 +14,14 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from glimprouter.errors import ConfigError, EndpointError
+from glimprouter.stopping import die_with_parent
 from glimprouter.vllm_launcher.command import ServerSpec, build_command, build_env, is_cpu_only
 from glimprouter.vllm_launcher.local_models import cache_dir
 
@@ -157,31 +156,6 @@ class VLLMServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook that has the child receive SIGTERM when this process dies (Linux).
-
-    `finally` blocks do not run on SIGKILL or an unhandled SIGTERM; without this the server
-    would outlive the eval that started it. Resolved before the fork, so the child only makes
-    two system calls.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent, set_parent_death_signal = os.getpid(), 1  # PR_SET_PDEATHSIG
-
-    def hook() -> None:
-        prctl(set_parent_death_signal, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the hook ran
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return hook
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
