@@ -7,7 +7,7 @@ from pathlib import Path
 
 from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.endpoint.keys import KEYS_ENV, keys_from
-from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, LIMITED, RouterLimits
+from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, LIMITED, RouterLimits, server_flags
 from glimprouter.endpoint.server import serve_router
 from glimprouter.prompts import TEMPLATES
 
@@ -71,12 +71,17 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
     )
     for knob, (_, flag) in LIMITED.items():
         group.add_argument(flag, type=int, metavar="N", help=f"largest {knob} a request may set")
-    group.add_argument(
-        "--max-concurrency",
-        type=int,
-        metavar="N",
-        help="chains of thought run at once; more requests wait (default: no bound)",
-    )
+    bounds = parser.add_argument_group("load and slow clients")
+    for field in server_flags():
+        metadata = field.metadata
+        bounds.add_argument(
+            metadata["flag"],
+            dest=field.name,
+            type=metadata["type"],
+            metavar=metadata["metavar"],
+            default=field.default,
+            help=metadata["flag_help"],
+        )
     add_context_flags(parser)
     parser.set_defaults(handler=_serve_router_command)
 
@@ -84,7 +89,7 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
 def _serve_router_command(args: argparse.Namespace) -> int:
     limits = RouterLimits(
         **{attribute: getattr(args, attribute) for attribute, _ in LIMITED.values()},
-        max_concurrency=args.max_concurrency,
+        **{field.name: getattr(args, field.name) for field in server_flags()},
     )
     try:
         serve_router(

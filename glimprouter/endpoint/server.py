@@ -10,6 +10,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from glimprouter.endpoint.app import create_app
+from glimprouter.endpoint.connections import bounded_protocol
 from glimprouter.endpoint.keys import ApiKeys, check_exposure
 from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, RouterLimits
 from glimprouter.errors import ConfigError
@@ -35,6 +36,7 @@ def serve_router(
     unless `allow_unauthenticated`."""
     api_keys = api_keys or ApiKeys()
     check_exposure(host, api_keys, allow_unauthenticated)
+    limits = limits or RouterLimits()
     app = create_app(
         base_context,
         limits,
@@ -44,11 +46,23 @@ def serve_router(
         open_metrics=open_metrics,
         checkpoint_db=checkpoint_db,
     )
-    asyncio.run(_serve(app, base_context, host, port, served_model_name, len(api_keys)))
+    config = uvicorn_config(app, limits)
+    asyncio.run(_serve(config, base_context, host, port, served_model_name, len(api_keys)))
+
+
+def uvicorn_config(app: Starlette, limits: RouterLimits) -> uvicorn.Config:
+    """How uvicorn serves the app: slow clients bounded by `limits` on every connection."""
+    return uvicorn.Config(
+        app,
+        http=bounded_protocol(limits.header_timeout, limits.send_timeout),
+        # A slow chain of thought must not hold Ctrl-C for minutes: in-flight runs get a few
+        # seconds.
+        timeout_graceful_shutdown=5,
+    )
 
 
 async def _serve(
-    app: Starlette,
+    config: uvicorn.Config,
     base_context: RouterContext,
     host: str,
     port: int,
@@ -66,8 +80,7 @@ async def _serve(
         raise ConfigError(
             f"cannot listen on {host}:{port} ({error.strerror}): choose another --port or --host"
         ) from None
-    # A slow chain of thought must not hold Ctrl-C for minutes: in-flight runs get a few seconds.
-    server = uvicorn.Server(uvicorn.Config(app, timeout_graceful_shutdown=5))
+    server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)

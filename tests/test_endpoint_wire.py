@@ -1,0 +1,172 @@
+"""serve-router against clients that would hold it: a slow header, a stream nobody reads. Each is
+cut off within its bound while other clients are served.
+
+The connection bounds run the real uvicorn server (server.uvicorn_config) in a thread, driven
+by raw sockets; waits synchronise on what the server does (a closed socket, a model request
+received or closed), with a generous deadline only as a failure guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from glimprouter.cli import build_parser
+from glimprouter.endpoint import RouterLimits, create_app
+from glimprouter.endpoint.server import uvicorn_config
+from glimprouter.errors import ConfigError
+from tests.fakes import context_at, fake_model_server
+from tests.processes import wait_until
+
+GUARD_S = 60  # an upper bound for a slow machine, never a guess at how long something takes
+BOUND_S = 0.5
+KEYS = ["sk-wire-first-0123456789", "sk-wire-second-abcdefghij"]
+
+
+def chat(question: str = "What is 2 + 2?", **fields: Any) -> dict[str, Any]:
+    return {"model": "glimprouter", "messages": [{"role": "user", "content": question}], **fields}
+
+
+@contextlib.contextmanager
+def serving(app, limits: RouterLimits) -> Iterator[str]:
+    """`app` served by uvicorn as serve-router configures it, on a free loopback port, in a
+    thread; its base URL. Stopped when the block ends."""
+    server = uvicorn.Server(uvicorn_config(app, limits))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=asyncio.run, args=(server.serve(sockets=[sock]),))
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), GUARD_S, "uvicorn serving")
+        assert server.started
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(GUARD_S)
+        sock.close()
+
+
+def connect(url: str, receive_buffer: int | None = None) -> socket.socket:
+    """A raw client connection to `url`, with a failure-guard timeout on every call."""
+    client = socket.socket()
+    if receive_buffer is not None:  # before connecting, so the window it advertises is small
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    client.settimeout(GUARD_S)
+    client.connect(("127.0.0.1", int(url.rpartition(":")[2])))
+    return client
+
+
+def closed_by_the_server(client: socket.socket) -> bool:
+    """Whether the server closed the connection (what it may still have sent is read first)."""
+    try:
+        while client.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def read_response(client: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length: status, headers (lower-case names), body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = client.recv(65536)
+        assert chunk, f"the connection closed mid-response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (x.partition(":") for x in lines)}
+    while len(body) < int(headers["content-length"]):
+        body += client.recv(65536)
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.fixture(scope="module")
+def backend():
+    with fake_model_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def router(backend):
+    limits = RouterLimits(header_timeout=BOUND_S, send_timeout=BOUND_S)
+    with serving(create_app(context_at(backend.url), limits), limits) as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    ("answered_first", "sent"),
+    [
+        (False, b""),  # connected, and nothing more
+        (False, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty"),
+        # After a response: uvicorn's own keep-alive timer stops at the first byte received.
+        (True, b"GET /health HTTP/1.1\r\nHo"),
+    ],
+    ids=["nothing", "half the headers", "half the next headers"],
+)
+def test_a_client_slow_with_its_headers_is_disconnected(router, answered_first, sent):
+    with connect(router) as slow:
+        if answered_first:
+            slow.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert read_response(slow)[0] == 200
+        slow.sendall(sent)
+        # Another connection is served meanwhile, then the slow one is closed by the server.
+        assert httpx.post(f"{router}/v1/chat/completions", json=chat()).status_code == 200
+        assert closed_by_the_server(slow)
+
+
+def flood(index: int, request: dict[str, Any]) -> Any:
+    """The fake's fault hook: a question with "Flood" gets steps of a megabyte each (a stream
+    that fills any socket buffer), then its model request is held until the router closes it;
+    other questions are answered as usual."""
+    if "Flood" not in request["messages"][0]["content"]:
+        return None
+    steps_done = request["messages"][-1]["content"].count("\n\n")
+    if steps_done >= 6:
+        return "until_closed"
+    return {"content": f"{'x' * 1_000_000} {steps_done}\n\n"}
+
+
+def test_a_stream_nobody_reads_is_cut_off_and_its_run_stopped():
+    limits = RouterLimits(send_timeout=BOUND_S)
+    with fake_model_server(fault=flood) as server:
+        context = context_at(server.url, token_budget=1000, max_steps=100, threshold=1e9)
+        with serving(create_app(context, limits), limits) as url:
+            body = json.dumps(chat("Flood me", stream=True)).encode()
+            with connect(url, receive_buffer=4096) as stalled:
+                stalled.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                wait_until(lambda: server.requests, GUARD_S, "the stream's first model request")
+                # It never reads; another client is served meanwhile.
+                reply = httpx.post(f"{url}/v1/chat/completions", json=chat(), timeout=GUARD_S)
+                assert reply.status_code == 200
+                # The run is stopped: it would otherwise wait forever on its held model request.
+                wait_until(
+                    lambda: httpx.get(f"{url}/health").json()["running"] == 0,
+                    GUARD_S,
+                    "the stalled stream's run stopped",
+                )
+                finished = httpx.get(f"{url}/metrics").text
+                assert 'glimprouter_chains_finished_total{stop_reason="end_of_sequence"} 1.0' in (
+                    finished
+                )  # the other client's chain only
+                assert closed_by_the_server(stalled)
+
+
+def test_the_connection_bounds_are_serve_router_flags_checked_at_startup(backend):
+    args = build_parser().parse_args(["serve-router", "--header-timeout", "0.5"])
+    assert (args.header_timeout, args.send_timeout) == (0.5, 30.0)
+    with pytest.raises(ConfigError, match="--header-timeout 0 must be above 0"):
+        create_app(context_at(backend.url), RouterLimits(header_timeout=0))
