@@ -1,5 +1,6 @@
-"""serve-router against clients that would hold it: a slow header, a stream nobody reads. Each is
-cut off within its bound while other clients are served.
+"""serve-router against clients that would hold it: a slow header, a stream nobody reads, a flood
+beyond the waiting queue. Each is refused or cut off within its bound while other clients are
+served.
 
 The connection bounds run the real uvicorn server (server.uvicorn_config) in a thread, driven
 by raw sockets; waits synchronise on what the server does (a closed socket, a model request
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from glimprouter.endpoint import RouterLimits, create_app
 from glimprouter.endpoint.server import uvicorn_config
 from glimprouter.errors import ConfigError
 from tests.fakes import context_at, fake_model_server
-from tests.processes import wait_until
+from tests.processes import wait_until, wait_until_async
 
 GUARD_S = 60  # an upper bound for a slow machine, never a guess at how long something takes
 BOUND_S = 0.5
@@ -165,8 +167,63 @@ def test_a_stream_nobody_reads_is_cut_off_and_its_run_stopped():
                 assert closed_by_the_server(stalled)
 
 
-def test_the_connection_bounds_are_serve_router_flags_checked_at_startup(backend):
-    args = build_parser().parse_args(["serve-router", "--header-timeout", "0.5"])
-    assert (args.header_timeout, args.send_timeout) == (0.5, 30.0)
-    with pytest.raises(ConfigError, match="--header-timeout 0 must be above 0"):
-        create_app(context_at(backend.url), RouterLimits(header_timeout=0))
+async def test_a_flood_beyond_the_waiting_queue_gets_429_at_once():
+    gate = threading.Event()  # model requests are answered once the test opens it
+
+    def held(index: int, request: dict[str, Any]) -> None:
+        gate.wait(GUARD_S)
+
+    with fake_model_server(fault=held) as server:
+        limits = RouterLimits(max_concurrency=1, max_waiting=1)
+        app = create_app(context_at(server.url), limits)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://router") as http:
+
+            async def health() -> dict[str, Any]:
+                return (await http.get("/health")).json()
+
+            try:
+                post = http.post("/v1/chat/completions", json=chat(), timeout=GUARD_S)
+                running = asyncio.ensure_future(post)
+                await wait_until_async(lambda: server.requests, GUARD_S, "the first chain running")
+                waiting = asyncio.ensure_future(
+                    http.post("/v1/chat/completions", json=chat(), timeout=GUARD_S)
+                )
+                deadline = asyncio.get_running_loop().time() + GUARD_S
+                while (await health())["waiting"] != 1:
+                    assert asyncio.get_running_loop().time() < deadline, "no chain waiting"
+                    await asyncio.sleep(0.02)
+                requests_before = len(server.requests)
+                refused = await http.post(
+                    "/v1/chat/completions", json=chat(stream=True), timeout=GUARD_S
+                )
+                assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+                error = refused.json()["error"]
+                assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+                assert "--max-waiting" in error["message"]
+                assert len(server.requests) == requests_before, "a refused chain ran"
+            finally:
+                gate.set()
+            replies = await asyncio.gather(running, waiting)
+            assert [reply.status_code for reply in replies] == [200, 200]
+            assert await health() == {"status": "ok", "running": 0, "waiting": 0, "peak_running": 1}
+            exposition = (await http.get("/metrics")).text
+            assert re.search(
+                r'glimprouter_http_requests_total\{code="429",route="/v1/chat/completions"\} 1.0',
+                exposition,
+            ), exposition
+
+
+def test_the_bounds_are_serve_router_flags_checked_at_startup(backend):
+    args = build_parser().parse_args(
+        ["serve-router", "--max-concurrency", "2", "--max-waiting", "3", "--header-timeout", "0.5"]
+    )
+    assert (args.max_concurrency, args.max_waiting, args.header_timeout) == (2, 3, 0.5)
+    assert args.send_timeout == 30.0
+    for limits, needle in [
+        (RouterLimits(max_waiting=3), "--max-waiting needs --max-concurrency"),
+        (RouterLimits(max_concurrency=1, max_waiting=-1), "--max-waiting -1 must be at least 0"),
+        (RouterLimits(header_timeout=0), "--header-timeout 0 must be above 0"),
+    ]:
+        with pytest.raises(ConfigError, match=needle):
+            create_app(context_at(backend.url), limits)

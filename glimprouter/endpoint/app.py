@@ -20,7 +20,12 @@ from starlette.routing import Route
 from glimprouter.endpoint.chains import Chains
 from glimprouter.endpoint.errors import RequestError, as_request_error
 from glimprouter.endpoint.keys import OPEN_PATHS, ApiKeys, RequireKey
-from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, RouterLimits, bounds
+from glimprouter.endpoint.limits import (
+    DEFAULT_MAX_WAITING,
+    DEFAULT_MODEL_NAME,
+    RouterLimits,
+    bounds,
+)
 from glimprouter.endpoint.load import Load
 from glimprouter.endpoint.metrics import CountRequests, RouterMetrics
 from glimprouter.endpoint.openapi import openapi_document
@@ -76,7 +81,8 @@ def create_app(
     bounded = bounds(limits, base_context)
     if task not in TEMPLATES:
         raise ConfigError(f"unknown task {task!r}; valid tasks: {sorted(TEMPLATES)}")
-    load = Load(limits.max_concurrency)
+    max_waiting = DEFAULT_MAX_WAITING if limits.max_waiting is None else limits.max_waiting
+    load = Load(limits.max_concurrency, max_waiting)
     metrics = RouterMetrics(load)
     chains = Chains(checkpoint_db)
     started = int(time.time())

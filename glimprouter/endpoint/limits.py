@@ -12,6 +12,8 @@ from glimprouter.graph.context import RouterContext
 from glimprouter.graph.settings import request_limits
 
 DEFAULT_MODEL_NAME = "glimprouter"
+# Chains that may wait for a place among --max-concurrency when --max-waiting is not given.
+DEFAULT_MAX_WAITING = 64
 
 
 def _server_flag(default: Any, flag: str, least: float, flag_help: str) -> Any:
@@ -41,6 +43,11 @@ class RouterLimits:
     max_concurrency: int | None = _server_flag(
         None, "--max-concurrency", 1,
         "chains of thought run at once; more requests wait (default: no bound)",
+    )  # fmt: skip
+    max_waiting: int | None = _server_flag(
+        None, "--max-waiting", 0,
+        "chains that may wait for --max-concurrency; beyond, a 429 with Retry-After "
+        f"(default {DEFAULT_MAX_WAITING})",
     )  # fmt: skip
     header_timeout: float = _server_flag(
         10.0, "--header-timeout", 0,
@@ -84,6 +91,8 @@ def bounds(limits: RouterLimits, base: RouterContext) -> dict[str, int]:
             raise ConfigError(f"{flag} {value} must be at least {least}")
         if field.metadata["type"] is float and value <= least:
             raise ConfigError(f"{flag} {value} must be above {least}")
+    if limits.max_waiting is not None and limits.max_concurrency is None:
+        raise ConfigError("--max-waiting needs --max-concurrency: without it no chain waits")
     return resolved
 
 

@@ -1,4 +1,5 @@
-"""Concurrency: the chains of thought in flight, bounded by --max-concurrency."""
+"""Load: the chains of thought in flight, bounded by --max-concurrency with at most --max-waiting
+waiting their turn."""
 
 from __future__ import annotations
 
@@ -6,12 +7,20 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from glimprouter.endpoint.errors import RequestError
+
+# What a refused client is told to wait before it tries again; the OpenAI SDKs honour it.
+RETRY_AFTER_S = 1
+
 
 class Load:
-    """Chains of thought in flight, bounded when max_concurrency is set (the rest wait)."""
+    """Chains of thought in flight, bounded when max_concurrency is set: up to max_waiting more
+    wait for a place, and any beyond are refused with a 429 before anything runs."""
 
-    def __init__(self, max_concurrency: int | None) -> None:
+    def __init__(self, max_concurrency: int | None, max_waiting: int) -> None:
         self._semaphore = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        self.max_concurrency = max_concurrency
+        self.max_waiting = max_waiting
         self.running = 0
         self.waiting = 0
         self.peak_running = 0
@@ -19,6 +28,12 @@ class Load:
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one place among the running chains for the duration of a run."""
+        if self._semaphore is not None and self._semaphore.locked():
+            if self.waiting >= self.max_waiting:
+                raise too_many(
+                    f"the router is at capacity ({self.max_concurrency} chains running, "
+                    f"{self.waiting} waiting: --max-concurrency, --max-waiting)"
+                )
         self.waiting += 1
         try:
             if self._semaphore is not None:
@@ -33,3 +48,14 @@ class Load:
             self.running -= 1
             if self._semaphore is not None:
                 self._semaphore.release()
+
+
+def too_many(why: str) -> RequestError:
+    """A 429 shaped as OpenAI's rate-limit errors, with a Retry-After."""
+    return RequestError(
+        429,
+        f"{why}; retry after {RETRY_AFTER_S} s",
+        kind="requests",
+        code="rate_limit_exceeded",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
