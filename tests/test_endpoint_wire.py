@@ -1,6 +1,6 @@
-"""serve-router against clients that would hold it: a slow header, a stream nobody reads, a flood
-beyond the waiting queue. Each is refused or cut off within its bound while other clients are
-served.
+"""serve-router against clients that would hold it: a slow header or body, a stream nobody reads,
+a flood beyond the waiting queue, and a cross-site "simple" POST. Each is refused or cut off
+within its bound while other clients are served.
 
 The connection bounds run the real uvicorn server (server.uvicorn_config) in a thread, driven
 by raw sockets; waits synchronise on what the server does (a closed socket, a model request
@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from starlette.testclient import TestClient
 
 from glimprouter.cli import build_parser
 from glimprouter.endpoint import RouterLimits, create_app
@@ -100,7 +101,7 @@ def backend():
 
 @pytest.fixture(scope="module")
 def router(backend):
-    limits = RouterLimits(header_timeout=BOUND_S, send_timeout=BOUND_S)
+    limits = RouterLimits(header_timeout=BOUND_S, body_timeout=BOUND_S, send_timeout=BOUND_S)
     with serving(create_app(context_at(backend.url), limits), limits) as url:
         yield url
 
@@ -124,6 +125,22 @@ def test_a_client_slow_with_its_headers_is_disconnected(router, answered_first, 
         # Another connection is served meanwhile, then the slow one is closed by the server.
         assert httpx.post(f"{router}/v1/chat/completions", json=chat()).status_code == 200
         assert closed_by_the_server(slow)
+
+
+def test_a_client_slow_with_its_body_gets_a_408_and_runs_nothing(router, backend):
+    before = len(backend.requests)
+    with connect(router) as slow:
+        slow.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b'{"model": "'
+        )
+        assert httpx.post(f"{router}/v1/chat/completions", json=chat()).status_code == 200
+        status, headers, body = read_response(slow)
+        assert status == 408 and headers["connection"] == "close"
+        error = json.loads(body)["error"]
+        assert error["code"] == "request_timeout" and "--body-timeout" in error["message"]
+        assert closed_by_the_server(slow)
+    assert len(backend.requests) == before + 6  # the other request's three steps, two models
 
 
 def flood(index: int, request: dict[str, Any]) -> Any:
@@ -214,12 +231,40 @@ async def test_a_flood_beyond_the_waiting_queue_gets_429_at_once():
             ), exposition
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,  # a browser's fetch of a Blob: no preflight, no type
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",  # curl -d, an HTML form
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+    ],
+)
+def test_a_body_not_sent_as_json_gets_a_415_and_runs_nothing(backend, content_type):
+    with TestClient(create_app(context_at(backend.url))) as client:
+        before = len(backend.requests)
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        reply = client.post(
+            "/v1/chat/completions", content=json.dumps(chat()).encode(), headers=headers
+        )
+        assert reply.status_code == 415, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "unsupported_media_type"
+        assert "application/json" in error["message"]
+        assert len(backend.requests) == before
+        as_json = {"Content-Type": "Application/JSON; charset=utf-8"}
+        accepted = client.post("/v1/chat/completions", content=json.dumps(chat()), headers=as_json)
+        assert accepted.status_code == 200
+
+
 def test_the_bounds_are_serve_router_flags_checked_at_startup(backend):
     args = build_parser().parse_args(
         ["serve-router", "--max-concurrency", "2", "--max-waiting", "3", "--header-timeout", "0.5"]
     )
     assert (args.max_concurrency, args.max_waiting, args.header_timeout) == (2, 3, 0.5)
-    assert args.send_timeout == 30.0
+    assert (args.body_timeout, args.send_timeout) == (30.0, 30.0)
     for limits, needle in [
         (RouterLimits(max_waiting=3), "--max-waiting needs --max-concurrency"),
         (RouterLimits(max_concurrency=1, max_waiting=-1), "--max-waiting -1 must be at least 0"),

@@ -3,6 +3,7 @@ request body's JSON and the server-sent event stream."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -41,16 +42,37 @@ from glimprouter.prompts import STEP_SEPARATOR, TEMPLATES
 MAX_BODY_BYTES = 1 << 20
 
 
-async def read_json(request: Request) -> Any:
-    """The request body as JSON, refusing oversized bodies and what the JSON standard forbids
-    (NaN, Infinity)."""
+async def read_json(request: Request, timeout_s: float) -> Any:
+    """The request body as JSON, refusing another media type (a browser's cross-site "simple"
+    POST is text/plain, a form, or a Blob with none), a body that takes over `timeout_s` to
+    arrive, oversized bodies and what the JSON standard forbids (NaN, Infinity)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise RequestError(
+            415,
+            f"the request body must be JSON, sent as Content-Type: application/json (not "
+            f"{media_type or 'none'})",
+            code="unsupported_media_type",
+        )
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise RequestError(
-                413, f"the request body is over {MAX_BODY_BYTES} bytes", code="body_too_large"
-            )
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise RequestError(
+                        413,
+                        f"the request body is over {MAX_BODY_BYTES} bytes",
+                        code="body_too_large",
+                    )
+    except TimeoutError:
+        raise RequestError(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s (serve-router --body-timeout)",
+            code="request_timeout",
+            # The rest of the body may never come: the connection cannot carry another request.
+            headers={"Connection": "close"},
+        ) from None
 
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON")
@@ -106,7 +128,7 @@ def create_app(
     async def chat_completions(request: Request) -> Response:
         try:
             chat = parse_chat_request(
-                await read_json(request),
+                await read_json(request, limits.body_timeout),
                 base_context,
                 bounded,
                 served_model_name=served_model_name,

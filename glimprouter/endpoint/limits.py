@@ -54,6 +54,11 @@ class RouterLimits:
         "seconds a client has to send a request's headers, from connecting or from the previous "
         "response; then the connection is closed (default 10)",
     )  # fmt: skip
+    body_timeout: float = _server_flag(
+        30.0, "--body-timeout", 0,
+        "seconds a client has to send a request's body once its headers are in; then a 408 "
+        "(default 30)",
+    )  # fmt: skip
     send_timeout: float = _server_flag(
         30.0, "--send-timeout", 0,
         "seconds a reply may wait on a client that reads nothing; then the connection is closed "
