@@ -1,6 +1,6 @@
 """serve-router against clients that would hold it: a slow header or body, a stream nobody reads,
-a flood beyond the waiting queue, and a cross-site "simple" POST. Each is refused or cut off
-within its bound while other clients are served.
+a flood beyond the waiting queue, a cross-site "simple" POST and a foreign Host. Each is refused
+or cut off within its bound while other clients are served.
 
 The connection bounds run the real uvicorn server (server.uvicorn_config) in a thread, driven
 by raw sockets; waits synchronise on what the server does (a closed socket, a model request
@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 
 from glimprouter.cli import build_parser
 from glimprouter.endpoint import RouterLimits, create_app
+from glimprouter.endpoint.hosts import answered_hosts, host_name
 from glimprouter.endpoint.server import uvicorn_config
 from glimprouter.errors import ConfigError
 from tests.fakes import context_at, fake_model_server
@@ -259,12 +260,43 @@ def test_a_body_not_sent_as_json_gets_a_415_and_runs_nothing(backend, content_ty
         assert accepted.status_code == 200
 
 
+def test_a_foreign_host_is_refused_on_loopback(backend):
+    hosts = answered_hosts("127.0.0.1", ["Router.example"])
+    with TestClient(create_app(context_at(backend.url), hosts=hosts)) as client:
+        for host in ("localhost:8000", "127.0.0.1", "[::1]:8000", "router.example:443"):
+            assert client.get("/v1/models", headers={"Host": host}).status_code == 200, host
+        for host in ("attacker.example", "attacker.example:8000", "127.0.0.1.attacker.example"):
+            refused = client.get("/v1/models", headers={"Host": host})
+            assert refused.status_code == 400, host
+            error = refused.json()["error"]
+            assert error["code"] == "invalid_host" and "--allowed-host" in error["message"]
+        exposition = client.get("/metrics", headers={"Host": "localhost"}).text
+        assert 'glimprouter_http_requests_total{code="400",route="/v1/models"} 3.0' in exposition
+
+
+def test_which_hosts_are_answered():
+    assert answered_hosts("::1") == {"localhost", "127.0.0.1", "[::1]"}
+    assert answered_hosts("localhost", ["a.example"]) == {
+        "localhost",
+        "127.0.0.1",
+        "[::1]",
+        "a.example",
+    }
+    assert answered_hosts("0.0.0.0") is None  # elsewhere, any, unless told
+    assert answered_hosts("10.0.0.7", ["A.example"]) == {"a.example"}
+    assert [host_name(h) for h in ("[::1]:80", "LocalHost:1", "x", " 127.0.0.1 ")] == [
+        "[::1]", "localhost", "x", "127.0.0.1",
+    ]  # fmt: skip
+
+
 def test_the_bounds_are_serve_router_flags_checked_at_startup(backend):
     args = build_parser().parse_args(
-        ["serve-router", "--max-concurrency", "2", "--max-waiting", "3", "--header-timeout", "0.5"]
-    )
+        ["serve-router", "--max-concurrency", "2", "--max-waiting", "3", "--header-timeout",
+         "0.5", "--allowed-host", "a.example", "--allowed-host", "b.example"]
+    )  # fmt: skip
     assert (args.max_concurrency, args.max_waiting, args.header_timeout) == (2, 3, 0.5)
     assert (args.body_timeout, args.send_timeout) == (30.0, 30.0)
+    assert args.allowed_host == ["a.example", "b.example"]
     for limits, needle in [
         (RouterLimits(max_waiting=3), "--max-waiting needs --max-concurrency"),
         (RouterLimits(max_concurrency=1, max_waiting=-1), "--max-waiting -1 must be at least 0"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from glimprouter.endpoint.chains import Chains
 from glimprouter.endpoint.errors import RequestError, as_request_error
+from glimprouter.endpoint.hosts import RequireHost
 from glimprouter.endpoint.keys import OPEN_PATHS, ApiKeys, RequireKey
 from glimprouter.endpoint.limits import (
     DEFAULT_MAX_WAITING,
@@ -94,11 +95,13 @@ def create_app(
     api_keys: ApiKeys | None = None,
     open_metrics: bool = False,
     checkpoint_db: str | Path | None = None,
+    hosts: Collection[str] | None = None,
 ) -> Starlette:
     """The ASGI app: GET /v1/models, POST /v1/chat/completions, GET /health (load) and GET
     /openapi.json (the wire format, from the protocol's models). With `api_keys`, /v1 needs one
     of them, and so does /metrics unless `open_metrics`. With `checkpoint_db`, a request may
-    carry a thread_id whose chain is kept there."""
+    carry a thread_id whose chain is kept there. With `hosts`, a request naming another Host is
+    refused."""
     limits = limits or RouterLimits()
     bounded = bounds(limits, base_context)
     if task not in TEMPLATES:
@@ -173,8 +176,10 @@ def create_app(
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lambda app: chains.opened(),
+        # Outermost first: every refusal below is counted.
         middleware=[
             Middleware(CountRequests, metrics=metrics),
+            Middleware(RequireHost, hosts=None if hosts is None else frozenset(hosts)),
             Middleware(
                 RequireKey,
                 keys=api_keys or ApiKeys(),

@@ -56,6 +56,14 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
         help="serve a non-loopback --host with no API key (anyone who reaches it may use it)",
     )
     access.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a Host name requests may address, as behind a proxy (repeatable); on a loopback "
+        "--host only loopback names are answered besides (DNS rebinding), elsewhere any when "
+        "none is given",
+    )
+    access.add_argument(
         "--open-metrics",
         action="store_true",
         help="serve /metrics without a key (by default it needs one, when keys are set)",
@@ -103,6 +111,7 @@ def _serve_router_command(args: argparse.Namespace) -> int:
             allow_unauthenticated=args.allow_unauthenticated,
             open_metrics=args.open_metrics,
             checkpoint_db=args.checkpoint_db,
+            allowed_hosts=args.allowed_host or (),
         )
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C or SIGTERM once it has shut down: a stop
         pass

@@ -64,7 +64,7 @@ def keys_from(values: list[str] | None, files: list[Path] | None) -> ApiKeys:
 
 def check_exposure(host: str, keys: ApiKeys, allow_unauthenticated: bool) -> None:
     """Refuse to serve a non-loopback address with no key, unless told to."""
-    if keys or allow_unauthenticated or _is_loopback(host):
+    if keys or allow_unauthenticated or is_loopback(host):
         return
     raise ConfigError(
         f"serve-router would listen on {host} with no API key, open to anyone who reaches it: "
@@ -72,7 +72,8 @@ def check_exposure(host: str, keys: ApiKeys, allow_unauthenticated: bool) -> Non
     )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address, or localhost) is this machine's loopback."""
     if host == "localhost":
         return True
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 
 import uvicorn
@@ -11,6 +12,7 @@ from starlette.applications import Starlette
 
 from glimprouter.endpoint.app import create_app
 from glimprouter.endpoint.connections import bounded_protocol
+from glimprouter.endpoint.hosts import answered_hosts
 from glimprouter.endpoint.keys import ApiKeys, check_exposure
 from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, RouterLimits
 from glimprouter.errors import ConfigError
@@ -30,10 +32,12 @@ def serve_router(
     allow_unauthenticated: bool = False,
     open_metrics: bool = False,
     checkpoint_db: str | Path | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> None:
     """Check both model servers, then serve the endpoint until interrupted; prints one line with
     the base URL once it accepts requests. Without `api_keys` only a loopback `host` is served,
-    unless `allow_unauthenticated`."""
+    unless `allow_unauthenticated`. On a loopback `host` a request must name a loopback Host or
+    one of `allowed_hosts`; elsewhere one of `allowed_hosts` when given."""
     api_keys = api_keys or ApiKeys()
     check_exposure(host, api_keys, allow_unauthenticated)
     limits = limits or RouterLimits()
@@ -45,6 +49,7 @@ def serve_router(
         api_keys=api_keys,
         open_metrics=open_metrics,
         checkpoint_db=checkpoint_db,
+        hosts=answered_hosts(host, allowed_hosts),
     )
     config = uvicorn_config(app, limits)
     asyncio.run(_serve(config, base_context, host, port, served_model_name, len(api_keys)))
