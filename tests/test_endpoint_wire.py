@@ -1,6 +1,6 @@
 """serve-router against clients that would hold it: a slow header or body, a stream nobody reads,
-a flood beyond the waiting queue, a cross-site "simple" POST and a foreign Host. Each is refused
-or cut off within its bound while other clients are served.
+a flood beyond the waiting queue, too many streams on one key, a cross-site "simple" POST and a
+foreign Host. Each is refused or cut off within its bound while other clients are served.
 
 The connection bounds run the real uvicorn server (server.uvicorn_config) in a thread, driven
 by raw sockets; waits synchronise on what the server does (a closed socket, a model request
@@ -26,6 +26,7 @@ from starlette.testclient import TestClient
 from glimprouter.cli import build_parser
 from glimprouter.endpoint import RouterLimits, create_app
 from glimprouter.endpoint.hosts import answered_hosts, host_name
+from glimprouter.endpoint.keys import ApiKeys
 from glimprouter.endpoint.server import uvicorn_config
 from glimprouter.errors import ConfigError
 from tests.fakes import context_at, fake_model_server
@@ -185,6 +186,59 @@ def test_a_stream_nobody_reads_is_cut_off_and_its_run_stopped():
                 assert closed_by_the_server(stalled)
 
 
+def hold_second_steps(index: int, request: dict[str, Any]) -> Any:
+    """The fake's fault hook: a question with "Hold" gets its first step, then its next model
+    request is held until the router closes it."""
+    held = "Hold" in request["messages"][0]["content"]
+    return "until_closed" if held and "\n\n" in request["messages"][-1]["content"] else None
+
+
+def test_a_key_holding_its_most_streams_gets_a_429_for_another():
+    limits = RouterLimits(max_streams_per_key=1)
+    with fake_model_server(fault=hold_second_steps) as server:
+        app = create_app(context_at(server.url, threshold=1e9), limits, api_keys=ApiKeys(KEYS))
+        with serving(app, limits) as url, httpx.Client(base_url=url, timeout=GUARD_S) as http:
+
+            def open_stream(key: str, question: str = "Hold on") -> Any:
+                request = http.build_request(
+                    "POST",
+                    "/v1/chat/completions",
+                    json=chat(question, stream=True),
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                return http.send(request, stream=True)
+
+            first = open_stream(KEYS[0])
+            lines = first.iter_lines()  # kept: a discarded iterator closes the response
+            assert first.status_code == 200 and next(lines).startswith("data: ")
+            refused = open_stream(KEYS[0])
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+            error = json.loads(refused.read())["error"]
+            assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+            assert "--max-streams-per-key" in error["message"]
+            other_key = open_stream(KEYS[1])
+            assert other_key.status_code == 200
+            # Requests that do not stream are not counted.
+            whole = http.post(
+                "/v1/chat/completions",
+                json=chat(),
+                headers={"Authorization": f"Bearer {KEYS[0]}"},
+            )
+            assert whole.status_code == 200
+            first.close()
+            # Its run stopped (its held model request closed), its place is free again.
+            wait_until(lambda: len(server.closed) == 1, GUARD_S, "the first stream's run stopped")
+            again = open_stream(KEYS[0])
+            assert again.status_code == 200
+            again.close()
+            other_key.close()
+            wait_until(
+                lambda: http.get("/health").json()["running"] == 0,
+                GUARD_S,
+                "every stream's run stopped",
+            )
+
+
 async def test_a_flood_beyond_the_waiting_queue_gets_429_at_once():
     gate = threading.Event()  # model requests are answered once the test opens it
 
@@ -295,12 +349,13 @@ def test_the_bounds_are_serve_router_flags_checked_at_startup(backend):
          "0.5", "--allowed-host", "a.example", "--allowed-host", "b.example"]
     )  # fmt: skip
     assert (args.max_concurrency, args.max_waiting, args.header_timeout) == (2, 3, 0.5)
-    assert (args.body_timeout, args.send_timeout) == (30.0, 30.0)
+    assert (args.body_timeout, args.send_timeout, args.max_streams_per_key) == (30.0, 30.0, 16)
     assert args.allowed_host == ["a.example", "b.example"]
     for limits, needle in [
         (RouterLimits(max_waiting=3), "--max-waiting needs --max-concurrency"),
         (RouterLimits(max_concurrency=1, max_waiting=-1), "--max-waiting -1 must be at least 0"),
         (RouterLimits(header_timeout=0), "--header-timeout 0 must be above 0"),
+        (RouterLimits(max_streams_per_key=0), "--max-streams-per-key 0 must be at least 1"),
     ]:
         with pytest.raises(ConfigError, match=needle):
             create_app(context_at(backend.url), limits)

@@ -4,9 +4,10 @@ request body's JSON and the server-sent event stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from glimprouter.endpoint.chains import Chains
 from glimprouter.endpoint.errors import RequestError, as_request_error
@@ -28,7 +30,7 @@ from glimprouter.endpoint.limits import (
     RouterLimits,
     bounds,
 )
-from glimprouter.endpoint.load import Load
+from glimprouter.endpoint.load import Load, OpenStreams
 from glimprouter.endpoint.metrics import CountRequests, RouterMetrics
 from glimprouter.endpoint.openapi import openapi_document
 from glimprouter.endpoint.protocol import Health, ModelCard, ModelList, request_model
@@ -99,15 +101,18 @@ def create_app(
 ) -> Starlette:
     """The ASGI app: GET /v1/models, POST /v1/chat/completions, GET /health (load) and GET
     /openapi.json (the wire format, from the protocol's models). With `api_keys`, /v1 needs one
-    of them, and so does /metrics unless `open_metrics`. With `checkpoint_db`, a request may
-    carry a thread_id whose chain is kept there. With `hosts`, a request naming another Host is
-    refused."""
+    of them, and so does /metrics unless `open_metrics`; each key holds at most
+    max_streams_per_key open streams. With `checkpoint_db`, a request may carry a thread_id
+    whose chain is kept there. With `hosts`, a request naming another Host is refused."""
     limits = limits or RouterLimits()
     bounded = bounds(limits, base_context)
     if task not in TEMPLATES:
         raise ConfigError(f"unknown task {task!r}; valid tasks: {sorted(TEMPLATES)}")
+    api_keys = api_keys or ApiKeys()
     max_waiting = DEFAULT_MAX_WAITING if limits.max_waiting is None else limits.max_waiting
     load = Load(limits.max_concurrency, max_waiting)
+    # Without keys every client is the same one (on loopback, its one user): no bound per key.
+    streams = OpenStreams(limits.max_streams_per_key) if api_keys else None
     metrics = RouterMetrics(load)
     chains = Chains(checkpoint_db)
     started = int(time.time())
@@ -129,6 +134,7 @@ def create_app(
         return JSONResponse(document)
 
     async def chat_completions(request: Request) -> Response:
+        held = contextlib.ExitStack()  # a stream's place among its key's, until the stream ends
         try:
             chat = parse_chat_request(
                 await read_json(request, limits.body_timeout),
@@ -137,10 +143,17 @@ def create_app(
                 served_model_name=served_model_name,
                 default_task=task,
             )
+            if chat.stream and streams is not None:
+                held.enter_context(streams.held(request.state.api_key))
         except RequestError as error:
             return error.response()
         reply = Reply(served_model_name, include_usage=chat.include_usage)
         run = GraphRun(chat, chains, load, metrics)
+
+        def end() -> None:
+            run.cancel()
+            held.close()
+
         streaming = False
         try:
             if chat.stream:
@@ -148,11 +161,7 @@ def create_app(
                 # error status rather than an error inside a 200 stream.
                 first = await unless_disconnected(request, run.next_event())
                 streaming = True
-                return StreamingResponse(
-                    _sse(reply, run, first),
-                    media_type="text/event-stream",
-                    headers={"Cache-Control": "no-cache"},
-                )
+                return _Stream(_sse(reply, run, first), end)
             return JSONResponse(reply.completion(await unless_disconnected(request, run.output())))
         except ClientGone:
             return Response(status_code=499)  # nginx's "client closed request": nobody reads it
@@ -160,7 +169,7 @@ def create_app(
             return as_request_error(error).response()
         finally:
             if not streaming:
-                run.cancel()
+                end()
 
     async def http_error(request: Request, error: HTTPException) -> Response:
         body = RequestError(error.status_code, str(error.detail)).body()
@@ -182,16 +191,33 @@ def create_app(
             Middleware(RequireHost, hosts=None if hosts is None else frozenset(hosts)),
             Middleware(
                 RequireKey,
-                keys=api_keys or ApiKeys(),
+                keys=api_keys,
                 open_paths=OPEN_PATHS | ({"/metrics"} if open_metrics else set()),
             ),
         ],
     )
 
 
+class _Stream(StreamingResponse):
+    """A server-sent event stream that calls `end` once it is over, however it ends (finished,
+    the client gone, or cut by the server), even if it never started."""
+
+    def __init__(self, events: AsyncIterator[str], end: Callable[[], None]) -> None:
+        super().__init__(
+            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+        self._end = end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._end()
+
+
 async def _sse(reply: Reply, run: GraphRun, first: dict[str, Any]) -> AsyncIterator[str]:
     """The stream: a role chunk, each step as reasoning_content, the answer as content, the
-    finish reason, then usage when asked for. The run stops when the client leaves."""
+    finish reason, then usage when asked for."""
 
     def data(payload: dict[str, Any]) -> str:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
@@ -214,6 +240,4 @@ async def _sse(reply: Reply, run: GraphRun, first: dict[str, Any]) -> AsyncItera
             yield data(reply.usage_chunk(output))
     except Exception as error:  # the status is sent: the error goes in the stream, as OpenAI does
         yield data(as_request_error(error).body())
-    finally:
-        run.cancel()
     yield "data: [DONE]\n\n"

@@ -49,6 +49,11 @@ class RouterLimits:
         "chains that may wait for --max-concurrency; beyond, a 429 with Retry-After "
         f"(default {DEFAULT_MAX_WAITING})",
     )  # fmt: skip
+    max_streams_per_key: int = _server_flag(
+        16, "--max-streams-per-key", 1,
+        "streams one API key may hold open; another gets a 429 (default 16; with no key set, "
+        "no bound)",
+    )  # fmt: skip
     header_timeout: float = _server_flag(
         10.0, "--header-timeout", 0,
         "seconds a client has to send a request's headers, from connecting or from the previous "

@@ -1,11 +1,12 @@
 """Load: the chains of thought in flight, bounded by --max-concurrency with at most --max-waiting
-waiting their turn."""
+waiting their turn, and the streams each API key holds open (--max-streams-per-key)."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from glimprouter.endpoint.errors import RequestError
 
@@ -48,6 +49,31 @@ class Load:
             self.running -= 1
             if self._semaphore is not None:
                 self._semaphore.release()
+
+
+class OpenStreams:
+    """The streams each API key holds open (by the key's digest, never the key), at most
+    max_per_key each."""
+
+    def __init__(self, max_per_key: int) -> None:
+        self.max_per_key = max_per_key
+        self._open: collections.Counter[bytes] = collections.Counter()
+
+    @contextlib.contextmanager
+    def held(self, key: bytes) -> Iterator[None]:
+        """Count one open stream of `key` while the block runs, or refuse it with a 429."""
+        if self._open[key] >= self.max_per_key:
+            raise too_many(
+                f"this API key holds {self._open[key]} open streams, the most it may "
+                "(--max-streams-per-key): wait for one to end"
+            )
+        self._open[key] += 1
+        try:
+            yield
+        finally:
+            self._open[key] -= 1
+            if not self._open[key]:
+                del self._open[key]
 
 
 def too_many(why: str) -> RequestError:
