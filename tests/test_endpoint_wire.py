@@ -16,6 +16,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -145,16 +146,26 @@ def test_a_client_slow_with_its_body_gets_a_408_and_runs_nothing(router, backend
     assert len(backend.requests) == before + 6  # the other request's three steps, two models
 
 
+def sending_buffer_bytes() -> int:
+    """The most the kernel buffers on the sending side of a TCP connection that does not set its
+    own (Linux's tcp_wmem maximum; 16 MiB elsewhere, more than any default)."""
+    path = Path("/proc/sys/net/ipv4/tcp_wmem")
+    return int(path.read_text().split()[2]) if path.exists() else 16 << 20
+
+
+FLOOD_STEP_BYTES = 1 << 20
+
+
 def flood(index: int, request: dict[str, Any]) -> Any:
-    """The fake's fault hook: a question with "Flood" gets steps of a megabyte each (a stream
-    that fills any socket buffer), then its model request is held until the router closes it;
-    other questions are answered as usual."""
+    """The fake's fault hook: a question with "Flood" gets steps of a MiB each, more in all than
+    the socket buffers hold, then its model request is held until the router closes it; other
+    questions are answered as usual."""
     if "Flood" not in request["messages"][0]["content"]:
         return None
     steps_done = request["messages"][-1]["content"].count("\n\n")
-    if steps_done >= 6:
+    if steps_done > sending_buffer_bytes() // FLOOD_STEP_BYTES + 1:
         return "until_closed"
-    return {"content": f"{'x' * 1_000_000} {steps_done}\n\n"}
+    return {"content": f"{'x' * FLOOD_STEP_BYTES} {steps_done}\n\n"}
 
 
 def test_a_stream_nobody_reads_is_cut_off_and_its_run_stopped():
