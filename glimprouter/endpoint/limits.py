@@ -18,14 +18,15 @@ DEFAULT_MAX_WAITING = 64
 
 def _server_flag(default: Any, flag: str, least: float, flag_help: str) -> Any:
     """A RouterLimits field with its serve-router flag (its argparse dest is the field's name):
-    a count (int, at least `least`) or seconds (float, above `least`)."""
+    a count (int, at least `least`) or seconds (float, above `least`). A default other than None
+    is added to the help."""
     kind = float if isinstance(default, float) else int
     metadata = {
         "flag": flag,
         "type": kind,
         "metavar": "SECONDS" if kind is float else "N",
         "least": least,
-        "flag_help": flag_help,
+        "flag_help": flag_help if default is None else f"{flag_help} (default {default:g})",
     }
     return dataclasses.field(default=default, metadata=metadata)
 
@@ -51,23 +52,21 @@ class RouterLimits:
     )  # fmt: skip
     max_streams_per_key: int = _server_flag(
         16, "--max-streams-per-key", 1,
-        "streams one API key may hold open; another gets a 429 (default 16; with no key set, "
-        "no bound)",
+        "streams one API key may hold open, another gets a 429; no bound with no key set",
     )  # fmt: skip
     header_timeout: float = _server_flag(
         10.0, "--header-timeout", 0,
         "seconds a client has to send a request's headers, from connecting or from the previous "
-        "response; then the connection is closed (default 10)",
+        "response; then the connection is closed",
     )  # fmt: skip
     body_timeout: float = _server_flag(
         30.0, "--body-timeout", 0,
-        "seconds a client has to send a request's body once its headers are in; then a 408 "
-        "(default 30)",
+        "seconds a client has to send a request's body once its headers are in; then a 408",
     )  # fmt: skip
     send_timeout: float = _server_flag(
         30.0, "--send-timeout", 0,
         "seconds a reply may wait on a client that reads nothing; then the connection is closed "
-        "and its run stopped (default 30)",
+        "and its run stopped",
     )  # fmt: skip
 
 
