@@ -29,7 +29,9 @@ def start_router(small_url: str, large_url: str, workers: int) -> tuple[subproce
     command = [sys.executable, "-m", "glimprouter.cli", "serve-router", "--port", "0",
                "--small-url", small_url, "--large-url", large_url, "--threshold", "1.0",
                "--workers", str(workers)]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     assert process.stdout is not None
     for line in process.stdout:
         if line.startswith("serving "):

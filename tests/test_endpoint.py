@@ -256,7 +256,9 @@ def test_bad_requests_get_an_openai_error_naming_the_field(
 ):
     before = len(backend.requests)
     if isinstance(body, bytes):
-        reply = client.post("/v1/chat/completions", content=body)
+        reply = client.post(
+            "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
+        )
     else:
         reply = client.post("/v1/chat/completions", json=body)
     assert reply.status_code == status, reply.text

@@ -100,7 +100,11 @@ def test_router_endpoint_replies_hold_no_key(debug_logs):
         )
         with TestClient(create_app(context)) as client:
             replies = [
-                client.post("/v1/chat/completions", content=b"{not json"),
+                client.post(
+                    "/v1/chat/completions",
+                    content=b"{not json",
+                    headers={"Content-Type": "application/json"},
+                ),
                 client.post("/v1/chat/completions", json={"model": "glimprouter", "messages": []}),
                 client.post(
                     "/v1/chat/completions",

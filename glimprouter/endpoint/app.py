@@ -3,9 +3,11 @@ request body's JSON and the server-sent event stream."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,19 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from glimprouter.endpoint.chains import Chains
 from glimprouter.endpoint.errors import RequestError, as_request_error
+from glimprouter.endpoint.hosts import RequireHost
 from glimprouter.endpoint.keys import OPEN_PATHS, ApiKeys, RequireKey
-from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, RouterLimits, bounds
-from glimprouter.endpoint.load import Load
+from glimprouter.endpoint.limits import (
+    DEFAULT_MAX_WAITING,
+    DEFAULT_MODEL_NAME,
+    RouterLimits,
+    bounds,
+)
+from glimprouter.endpoint.load import Load, OpenStreams
 from glimprouter.endpoint.metrics import CountRequests, RouterMetrics
 from glimprouter.endpoint.openapi import openapi_document
 from glimprouter.endpoint.protocol import Health, ModelCard, ModelList, request_model
@@ -36,16 +45,37 @@ from glimprouter.prompts import STEP_SEPARATOR, TEMPLATES
 MAX_BODY_BYTES = 1 << 20
 
 
-async def read_json(request: Request) -> Any:
-    """The request body as JSON, refusing oversized bodies and what the JSON standard forbids
-    (NaN, Infinity)."""
+async def read_json(request: Request, timeout_s: float) -> Any:
+    """The request body as JSON, refusing another media type (a browser's cross-site "simple"
+    POST is text/plain, a form, or a Blob with none), a body that takes over `timeout_s` to
+    arrive, oversized bodies and what the JSON standard forbids (NaN, Infinity)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise RequestError(
+            415,
+            f"the request body must be JSON, sent as Content-Type: application/json (not "
+            f"{media_type or 'none'})",
+            code="unsupported_media_type",
+        )
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise RequestError(
-                413, f"the request body is over {MAX_BODY_BYTES} bytes", code="body_too_large"
-            )
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise RequestError(
+                        413,
+                        f"the request body is over {MAX_BODY_BYTES} bytes",
+                        code="body_too_large",
+                    )
+    except TimeoutError:
+        raise RequestError(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s (serve-router --body-timeout)",
+            code="request_timeout",
+            # The rest of the body may never come: the connection cannot carry another request.
+            headers={"Connection": "close"},
+        ) from None
 
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON")
@@ -67,17 +97,23 @@ def create_app(
     api_keys: ApiKeys | None = None,
     open_metrics: bool = False,
     checkpoint_db: str | Path | None = None,
+    hosts: Collection[str] | None = None,
 ) -> Starlette:
     """The ASGI app: GET /v1/models, POST /v1/chat/completions, GET /health (load) and GET
     /openapi.json (the wire format, from the protocol's models). With `api_keys`, /v1 needs one
-    of them, and so does /metrics unless `open_metrics`. With `checkpoint_db`, a request may
-    carry a thread_id whose chain is kept there."""
+    of them, and so does /metrics unless `open_metrics`; each key holds at most
+    max_streams_per_key open streams. With `checkpoint_db`, a request may carry a thread_id
+    whose chain is kept there. With `hosts`, a request naming another Host is refused."""
     limits = limits or RouterLimits()
     bounded = bounds(limits, base_context)
     if task not in TEMPLATES:
         raise ConfigError(f"unknown task {task!r}; valid tasks: {sorted(TEMPLATES)}")
+    api_keys = api_keys or ApiKeys()
+    max_waiting = DEFAULT_MAX_WAITING if limits.max_waiting is None else limits.max_waiting
     metrics = RouterMetrics()
-    load = Load(limits.max_concurrency, on_change=metrics.record_load)
+    load = Load(limits.max_concurrency, max_waiting, on_change=metrics.record_load)
+    # Without keys every client is the same one (on loopback, its one user): no bound per key.
+    streams = OpenStreams(limits.max_streams_per_key) if api_keys else None
     chains = Chains(checkpoint_db)
     started = int(time.time())
 
@@ -98,18 +134,26 @@ def create_app(
         return JSONResponse(document)
 
     async def chat_completions(request: Request) -> Response:
+        held = contextlib.ExitStack()  # a stream's place among its key's, until the stream ends
         try:
             chat = parse_chat_request(
-                await read_json(request),
+                await read_json(request, limits.body_timeout),
                 base_context,
                 bounded,
                 served_model_name=served_model_name,
                 default_task=task,
             )
+            if chat.stream and streams is not None:
+                held.enter_context(streams.held(request.state.api_key))
         except RequestError as error:
             return error.response()
         reply = Reply(served_model_name, include_usage=chat.include_usage)
         run = GraphRun(chat, chains, load, metrics)
+
+        def end() -> None:
+            run.cancel()
+            held.close()
+
         streaming = False
         try:
             if chat.stream:
@@ -117,11 +161,7 @@ def create_app(
                 # error status rather than an error inside a 200 stream.
                 first = await unless_disconnected(request, run.next_event())
                 streaming = True
-                return StreamingResponse(
-                    _sse(reply, run, first),
-                    media_type="text/event-stream",
-                    headers={"Cache-Control": "no-cache"},
-                )
+                return _Stream(_sse(reply, run, first), end)
             return JSONResponse(reply.completion(await unless_disconnected(request, run.output())))
         except ClientGone:
             return Response(status_code=499)  # nginx's "client closed request": nobody reads it
@@ -129,7 +169,7 @@ def create_app(
             return as_request_error(error).response()
         finally:
             if not streaming:
-                run.cancel()
+                end()
 
     async def http_error(request: Request, error: HTTPException) -> Response:
         body = RequestError(error.status_code, str(error.detail)).body()
@@ -145,20 +185,39 @@ def create_app(
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lambda app: chains.opened(),
+        # Outermost first: every refusal below is counted.
         middleware=[
             Middleware(CountRequests, metrics=metrics),
+            Middleware(RequireHost, hosts=None if hosts is None else frozenset(hosts)),
             Middleware(
                 RequireKey,
-                keys=api_keys or ApiKeys(),
+                keys=api_keys,
                 open_paths=OPEN_PATHS | ({"/metrics"} if open_metrics else set()),
             ),
         ],
     )
 
 
+class _Stream(StreamingResponse):
+    """A server-sent event stream that calls `end` once it is over, however it ends (finished,
+    the client gone, or cut by the server), even if it never started."""
+
+    def __init__(self, events: AsyncIterator[str], end: Callable[[], None]) -> None:
+        super().__init__(
+            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+        self._end = end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._end()
+
+
 async def _sse(reply: Reply, run: GraphRun, first: dict[str, Any]) -> AsyncIterator[str]:
     """The stream: a role chunk, each step as reasoning_content, the answer as content, the
-    finish reason, then usage when asked for. The run stops when the client leaves."""
+    finish reason, then usage when asked for."""
 
     def data(payload: dict[str, Any]) -> str:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
@@ -181,6 +240,4 @@ async def _sse(reply: Reply, run: GraphRun, first: dict[str, Any]) -> AsyncItera
             yield data(reply.usage_chunk(output))
     except Exception as error:  # the status is sent: the error goes in the stream, as OpenAI does
         yield data(as_request_error(error).body())
-    finally:
-        run.cancel()
     yield "data: [DONE]\n\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.endpoint.keys import KEYS_ENV, keys_from
-from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, LIMITED, RouterLimits
+from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, LIMITED, RouterLimits, server_flags
 from glimprouter.endpoint.server import serve_router
 from glimprouter.prompts import TEMPLATES
 
@@ -56,6 +56,14 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
         help="serve a non-loopback --host with no API key (anyone who reaches it may use it)",
     )
     access.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a Host name requests may address, as behind a proxy (repeatable); on a loopback "
+        "--host only loopback names are answered besides (DNS rebinding), elsewhere any when "
+        "none is given",
+    )
+    access.add_argument(
         "--open-metrics",
         action="store_true",
         help="serve /metrics without a key (by default it needs one, when keys are set)",
@@ -79,12 +87,17 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
     )
     for knob, (_, flag) in LIMITED.items():
         group.add_argument(flag, type=int, metavar="N", help=f"largest {knob} a request may set")
-    group.add_argument(
-        "--max-concurrency",
-        type=int,
-        metavar="N",
-        help="chains of thought run at once; more requests wait (default: no bound)",
-    )
+    bounds = parser.add_argument_group("load and slow clients")
+    for field in server_flags():
+        metadata = field.metadata
+        bounds.add_argument(
+            metadata["flag"],
+            dest=field.name,
+            type=metadata["type"],
+            metavar=metadata["metavar"],
+            default=field.default,
+            help=metadata["flag_help"],
+        )
     add_context_flags(parser)
     parser.set_defaults(handler=_serve_router_command)
 
@@ -92,7 +105,7 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
 def _serve_router_command(args: argparse.Namespace) -> int:
     limits = RouterLimits(
         **{attribute: getattr(args, attribute) for attribute, _ in LIMITED.values()},
-        max_concurrency=args.max_concurrency,
+        **{field.name: getattr(args, field.name) for field in server_flags()},
     )
     try:
         serve_router(
@@ -106,6 +119,7 @@ def _serve_router_command(args: argparse.Namespace) -> int:
             allow_unauthenticated=args.allow_unauthenticated,
             open_metrics=args.open_metrics,
             checkpoint_db=args.checkpoint_db,
+            allowed_hosts=args.allowed_host or (),
             workers=args.workers,
         )
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C or SIGTERM once it has shut down: a stop

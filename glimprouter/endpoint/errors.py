@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 
 class RequestError(Exception):
-    """An OpenAI-style error: HTTP status, message, the offending parameter and a code."""
+    """An OpenAI-style error: HTTP status, message, the offending parameter, a code, and any
+    headers its response carries."""
 
     def __init__(
         self,
@@ -28,9 +29,11 @@ class RequestError(Exception):
         code: str | None = None,
         kind: str = "invalid_request_error",
         written: list[str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.written = written
+        self.headers = headers or {}
         self.status = status
         self.message = message
         self.param = param
@@ -52,8 +55,8 @@ class RequestError(Exception):
         """The error as an HTTP response."""
         # A failed model server was already retried (max_retries): the OpenAI SDKs honour this
         # header instead of retrying the whole chain of thought.
-        headers = {"x-should-retry": "false"} if self.status == 502 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        retry = {"x-should-retry": "false"} if self.status == 502 else {}
+        return JSONResponse(self.body(), status_code=self.status, headers=retry | self.headers)
 
 
 class ChainCut(EndpointError):

@@ -33,11 +33,16 @@ class ApiKeys:
 
     def admits(self, authorization: str | None) -> bool:
         """Whether an Authorization header carries one of the keys (scheme Bearer, any case)."""
+        return self.digest_of(authorization) is not None
+
+    def digest_of(self, authorization: str | None) -> bytes | None:
+        """The digest of the key an Authorization header carries, if it is one of the keys: what
+        the server tells its clients apart by."""
         scheme, _, credential = (authorization or "").strip().partition(" ")
         candidate = _digest(credential.strip())
         # Every key is compared, so the time taken says nothing about which one came close.
         matches = [hmac.compare_digest(candidate, digest) for digest in self._digests]
-        return scheme.lower() == "bearer" and any(matches)
+        return candidate if scheme.lower() == "bearer" and any(matches) else None
 
 
 def _digest(key: str) -> bytes:
@@ -64,7 +69,7 @@ def keys_from(values: list[str] | None, files: list[Path] | None) -> ApiKeys:
 
 def check_exposure(host: str, keys: ApiKeys, allow_unauthenticated: bool) -> None:
     """Refuse to serve a non-loopback address with no key, unless told to."""
-    if keys or allow_unauthenticated or _is_loopback(host):
+    if keys or allow_unauthenticated or is_loopback(host):
         return
     raise ConfigError(
         f"serve-router would listen on {host} with no API key, open to anyone who reaches it: "
@@ -72,7 +77,8 @@ def check_exposure(host: str, keys: ApiKeys, allow_unauthenticated: bool) -> Non
     )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address, or localhost) is this machine's loopback."""
     if host == "localhost":
         return True
     try:
@@ -82,7 +88,8 @@ def _is_loopback(host: str) -> bool:
 
 
 class RequireKey:
-    """ASGI middleware: a request to a closed path without a valid key gets a 401."""
+    """ASGI middleware: a request to a closed path without a valid key gets a 401; one with a
+    key carries its digest as the request's state `api_key`."""
 
     def __init__(
         self, app: ASGIApp, keys: ApiKeys, open_paths: frozenset[str] = OPEN_PATHS
@@ -95,7 +102,9 @@ class RequireKey:
         if scope["type"] == "http" and self.keys and scope["path"] not in self.open_paths:
             headers = dict(scope["headers"])
             authorization = headers.get(b"authorization", b"").decode("latin-1")
-            if not self.keys.admits(authorization):
+            digest = self.keys.digest_of(authorization)
+            scope.setdefault("state", {})["api_key"] = digest
+            if digest is None:
                 refusal = RequestError(
                     401,
                     "a valid API key is required: send it as 'Authorization: Bearer KEY' (the "

@@ -12,8 +12,9 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from prometheus_client.multiprocess import mark_process_dead
@@ -22,6 +23,8 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from glimprouter.endpoint.app import create_app
+from glimprouter.endpoint.connections import bounded_protocol
+from glimprouter.endpoint.hosts import answered_hosts
 from glimprouter.endpoint.keys import ApiKeys, check_exposure
 from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, RouterLimits
 from glimprouter.endpoint.metrics import MULTIPROCESS_DIR_ENV
@@ -50,16 +53,20 @@ def serve_router(
     allow_unauthenticated: bool = False,
     open_metrics: bool = False,
     checkpoint_db: str | Path | None = None,
+    allowed_hosts: Iterable[str] = (),
     workers: int = 1,
 ) -> None:
     """Check both model servers, then serve the endpoint until interrupted; prints one line with
     the base URL once it accepts requests. Without `api_keys` only a loopback `host` is served,
-    unless `allow_unauthenticated`. With `workers` > 1, that many processes serve the one port
-    (each with its own `limits.max_concurrency`; /metrics sums them all)."""
+    unless `allow_unauthenticated`. On a loopback `host` a request must name a loopback Host or
+    one of `allowed_hosts`; elsewhere one of `allowed_hosts` when given. With `workers` > 1,
+    that many processes serve the one port (each with its own `limits.max_concurrency`;
+    /metrics sums them all)."""
     if workers < 1:
         raise ConfigError(f"--workers {workers} must be at least 1")
     api_keys = api_keys or ApiKeys()
     check_exposure(host, api_keys, allow_unauthenticated)
+    limits = limits or RouterLimits()
     app_factory = functools.partial(
         create_app,
         base_context,
@@ -69,6 +76,7 @@ def serve_router(
         api_keys=api_keys,
         open_metrics=open_metrics,
         checkpoint_db=checkpoint_db,
+        hosts=answered_hosts(host, allowed_hosts),
     )
     app = app_factory()  # a bad setting fails here, in one line, rather than in every worker
     asyncio.run(check_endpoints(base_context))
@@ -82,9 +90,20 @@ def serve_router(
         + (f"; {workers} workers)" if workers > 1 else ")")
     )
     if workers == 1:
-        asyncio.run(_serve(app, sock, lambda: print(ready, flush=True)))
+        asyncio.run(_serve(uvicorn_config(app, limits), sock, lambda: print(ready, flush=True)))
     else:
-        _serve_workers(app_factory, sock, workers, lambda: print(ready, flush=True))
+        _serve_workers(app_factory, limits, sock, workers, lambda: print(ready, flush=True))
+
+
+def uvicorn_config(app: Any, limits: RouterLimits, **options: Any) -> uvicorn.Config:
+    """How uvicorn serves the app (or, with factory=True, a worker's app factory): slow clients
+    bounded by `limits` on every connection."""
+    return uvicorn.Config(
+        app,
+        http=bounded_protocol(limits.header_timeout, limits.send_timeout),
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        **options,
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -101,10 +120,8 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve(app: Starlette, sock: socket.socket, on_ready: Callable[[], None]) -> None:
-    server = uvicorn.Server(
-        uvicorn.Config(app, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
-    )
+async def _serve(config: uvicorn.Config, sock: socket.socket, on_ready: Callable[[], None]) -> None:
+    server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
@@ -115,6 +132,7 @@ async def _serve(app: Starlette, sock: socket.socket, on_ready: Callable[[], Non
 
 def _serve_workers(
     app_factory: Callable[[], Starlette],
+    limits: RouterLimits,
     sock: socket.socket,
     workers: int,
     on_ready: Callable[[], None],
@@ -127,11 +145,11 @@ def _serve_workers(
     for stale in glob.glob(os.path.join(directory, "*.db")):
         os.remove(stale)
     os.environ[MULTIPROCESS_DIR_ENV] = directory  # the workers, spawned, import with it set
-    config = uvicorn.Config(
+    config = uvicorn_config(
         functools.partial(_worker_app, os.getpid(), app_factory),
+        limits,
         factory=True,
         workers=workers,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )
     supervisor = _Workers(config, [sock], on_ready)
