@@ -199,6 +199,17 @@ class RouterContext:
             identity=True,
         ),
     )
+    max_chain_tokens: int | None = field(
+        default=None,
+        metadata=setting(
+            "Most tokens the models may generate for one chain, counting every request: kept "
+            "steps, glimpses and probes, streams cut off, rejected drafts, judge calls and the "
+            "answer (whose answer_max_tokens are kept aside). None: no bound beyond the others.",
+            flag_help="most tokens generated for one chain, over every request (default: no bound)",
+            request=True,
+            identity=True,
+        ),
+    )
     request_timeout: float = field(
         default=300.0,
         metadata=setting(

@@ -161,6 +161,13 @@ def check_values(context: Any) -> None:
     for name in ("step_max_tokens", "token_budget", "max_steps", "answer_max_tokens"):
         if getattr(context, name) < 1:
             raise bad(name, "must be at least 1")
+    chain_limit = context.max_chain_tokens
+    if chain_limit is not None and chain_limit <= context.answer_max_tokens:
+        raise bad(
+            "max_chain_tokens",
+            f"leaves no room for reasoning: it must exceed answer_max_tokens="
+            f"{context.answer_max_tokens}, which it keeps for the answer",
+        )
     if context.max_steps > MAX_STEPS_LIMIT:
         raise bad("max_steps", f"is above the graph's limit of {MAX_STEPS_LIMIT}")
     if context.temperature < 0:
