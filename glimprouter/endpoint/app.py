@@ -3,6 +3,7 @@ request body's JSON and the server-sent event stream."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +21,12 @@ from starlette.routing import Route
 from glimprouter.endpoint.chains import Chains
 from glimprouter.endpoint.errors import RequestError, as_request_error
 from glimprouter.endpoint.keys import OPEN_PATHS, ApiKeys, RequireKey
-from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, RouterLimits, bounds
+from glimprouter.endpoint.limits import (
+    DEFAULT_MODEL_NAME,
+    RouterLimits,
+    bounds,
+    default_chain_tokens,
+)
 from glimprouter.endpoint.load import Load
 from glimprouter.endpoint.metrics import CountRequests, RouterMetrics
 from glimprouter.endpoint.openapi import openapi_document
@@ -71,8 +77,13 @@ def create_app(
     """The ASGI app: GET /v1/models, POST /v1/chat/completions, GET /health (load) and GET
     /openapi.json (the wire format, from the protocol's models). With `api_keys`, /v1 needs one
     of them, and so does /metrics unless `open_metrics`. With `checkpoint_db`, a request may
-    carry a thread_id whose chain is kept there."""
+    carry a thread_id whose chain is kept there. `limits` bound what a request may ask (by
+    default no more than `base_context` costs), and every chain its max_chain_tokens
+    (`default_chain_tokens` when `base_context` sets none)."""
     limits = limits or RouterLimits()
+    if base_context.max_chain_tokens is None:  # a server bounds what every chain may cost
+        chain_tokens = default_chain_tokens(limits, base_context)
+        base_context = dataclasses.replace(base_context, max_chain_tokens=chain_tokens)
     bounded = bounds(limits, base_context)
     if task not in TEMPLATES:
         raise ConfigError(f"unknown task {task!r}; valid tasks: {sorted(TEMPLATES)}")

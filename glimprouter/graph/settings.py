@@ -18,7 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
 from glimprouter.errors import ConfigError
-from glimprouter.strategies import MODEL_ROLES, get_strategy
+from glimprouter.strategies import GLIMPSE_MODES, MODEL_ROLES, get_strategy
 
 ENV_PREFIX = "GLIMPROUTER_"
 MAX_STEPS_LIMIT = 8192
@@ -154,8 +154,8 @@ def check_values(context: Any) -> None:
     get_strategy(context.method)
     if not 0 <= context.large_rate <= 1:
         raise bad("large_rate", "must be a probability in [0, 1]")
-    if context.glimpse_mode not in ("stream", "probe"):
-        raise bad("glimpse_mode", "must be one of ['stream', 'probe']")
+    if context.glimpse_mode not in GLIMPSE_MODES:
+        raise bad("glimpse_mode", f"must be one of {list(GLIMPSE_MODES)}")
     if context.top_k < 1:
         raise bad("top_k", "must be at least 1")
     for name in ("step_max_tokens", "token_budget", "max_steps", "answer_max_tokens"):
