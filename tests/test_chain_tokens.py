@@ -73,3 +73,13 @@ async def test_a_judge_call_the_chain_cannot_afford_is_not_sent():
     assert result["stop_reason"] == "max_chain_tokens" and result["steps"] == []
     assert [r["max_completion_tokens"] for r in server.requests] == [4, 16]
     assert completion_tokens(result) == {"small": 4, "large": ANSWER_TOKENS}
+
+
+async def test_usage_counts_a_stream_the_server_cut_off_and_its_retry():
+    first_dropped = lambda index, request: "drop" if index == 0 else None  # noqa: E731
+    with fake_model_server(fault=first_dropped) as server:
+        result = await run(context_at(server.url, max_retries=1))
+    assert result["stop_reason"] == "end_of_sequence"
+    # Step 0's first stream died after one token; its retry wrote the step.
+    assert completion_tokens(result)["small"] == 1 + 4 + 1 + 1
+    assert result["usage"]["small"]["requests"] == 1 + 3
