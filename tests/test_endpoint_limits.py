@@ -36,6 +36,7 @@ WIDE = RouterLimits(
     max_threshold=9,
     max_large_rate=1,
     max_chain_tokens_limit=10**6,
+    max_step_tokens=32,
 )
 
 
@@ -83,6 +84,7 @@ REFUSED = [
     # specreason rewrites a draft scored below its threshold: a higher one costs more.
     ("specreason", {"method": "specreason", "threshold": 5}, "threshold", "--max-threshold"),
     ("default", {"max_chain_tokens": 10**6}, "max_chain_tokens", "--max-chain-tokens-limit"),
+    ("default", {"step_max_tokens": 17}, "step_max_tokens", "--max-step-tokens"),
 ]
 
 

@@ -8,11 +8,11 @@ OpenAI-style error object, never a traceback.
 
 One module per job, bottom to top: `protocol` (the wire format as pydantic models: the request,
 its knobs derived from the settings, the responses, the error object), `limits` (what bounds the
-knobs), `keys` (who may use it), `errors` (errors as OpenAI error objects), `messages` (the
-question), `requests` (validation), `responses` (shaping), `openapi` (the document, from the
-protocol), `load` (concurrency), `metrics` (Prometheus), `chains` (kept chains), `runs` (a
-request's run), `app` (ASGI routes and SSE), `server` (socket and uvicorn), `command` (the CLI
-flags).
+knobs: by default no more cost than the server's own settings), `keys` (who may use it),
+`errors` (errors as OpenAI error objects), `messages` (the question), `requests` (validation),
+`responses` (shaping), `openapi` (the document, from the protocol), `load` (concurrency),
+`metrics` (Prometheus), `chains` (kept chains), `runs` (a request's run), `app` (ASGI routes
+and SSE), `server` (socket and uvicorn), `command` (the CLI flags).
 
 Starlette with pydantic models rather than FastAPI: the body is read by the app itself (a size
 bound, no NaN) and every refusal keeps its OpenAI shape and wording, which FastAPI's own

@@ -44,6 +44,7 @@ class RouterLimits:
     default a client may lower the cost of its chain but not raise it."""
 
     max_token_budget: int | None = None
+    max_step_tokens: int | None = None
     max_steps_limit: int | None = None
     max_top_k: int | None = None
     max_answer_tokens: int | None = None

@@ -139,6 +139,7 @@ class RouterContext:
             "Most tokens one reasoning step may take.",
             flag_help="most tokens of one step",
             request=True,
+            limit=("max_step_tokens", "--max-step-tokens"),
             identity=True,
         ),
     )
