@@ -64,8 +64,8 @@ def chain_tokens_left(limit: int | None, answer_max_tokens: int, generated: int)
     return max(0, limit - answer_max_tokens - generated)
 
 
-def reasoning_tokens_left(state: RouterState, context: RouterContext) -> int | None:
-    """`chain_tokens_left` of this run so far."""
+def chain_allowance(state: RouterState, context: RouterContext) -> int | None:
+    """What max_chain_tokens leaves the reasoning of this run so far (`chain_tokens_left`)."""
     generated = generated_tokens(state.get("usage"))
     return chain_tokens_left(context.max_chain_tokens, context.answer_max_tokens, generated)
 
@@ -76,4 +76,4 @@ CHAIN_SPENT: dict[str, Any] = {"stop_reason": "max_chain_tokens", "draft_step": 
 
 def chain_spent(state: RouterState, context: RouterContext) -> bool:
     """Whether max_chain_tokens leaves the reasoning not one more token to generate."""
-    return reasoning_tokens_left(state, context) == 0
+    return chain_allowance(state, context) == 0

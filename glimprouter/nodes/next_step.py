@@ -10,9 +10,9 @@ from glimprouter.graph.context import ModelRole, RouterContext
 from glimprouter.graph.state import RouterState, Step
 from glimprouter.model_servers.client import Completion
 from glimprouter.nodes.common import (
+    chain_allowance,
     prompt_args,
     reasoning_tokens,
-    reasoning_tokens_left,
     step_texts,
     steps_of,
 )
@@ -40,7 +40,7 @@ def step_request(state: RouterState, context: RouterContext) -> dict[str, Any]:
             context.step_max_tokens,
             context.token_budget,
             reasoning_tokens(steps),
-            reasoning_tokens_left(state, context),
+            chain_allowance(state, context),
         ),
         "temperature": context.temperature,
         "top_p": context.top_p,

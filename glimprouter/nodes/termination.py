@@ -9,8 +9,8 @@ from langgraph.runtime import Runtime
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState, Step, StopReason
 from glimprouter.nodes.common import (
+    chain_allowance,
     reasoning_tokens,
-    reasoning_tokens_left,
     run_context,
     steps_of,
 )
@@ -49,7 +49,7 @@ async def check_termination(state: RouterState, runtime: Runtime[RouterContext])
         steps_of(state),
         context.token_budget,
         context.max_steps,
-        reasoning_tokens_left(state, context),
+        chain_allowance(state, context),
     )
     return {"stop_reason": reason}
 
