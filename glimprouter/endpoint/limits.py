@@ -22,9 +22,9 @@ from glimprouter.strategies import CHOICES, STRATEGIES, Direction, costing_no_mo
 DEFAULT_MODEL_NAME = "glimprouter"
 
 
-def _allow(knob: str, help: str) -> Any:
+def _allow(knob: str, flag_help: str) -> Any:
     """A limit that lists the values of a choice knob a request may pick."""
-    return dataclasses.field(default=None, metadata={"knob": knob, "help": help})
+    return dataclasses.field(default=None, metadata={"knob": knob, "help": flag_help})
 
 
 def _bound(knob: str, refused: Direction) -> Any:
@@ -32,9 +32,9 @@ def _bound(knob: str, refused: Direction) -> Any:
     strategy reads sends more steps to the large model."""
     readers = [s.name for s in STRATEGIES.values() if s.costlier.get(knob) == refused]
     most = "highest" if refused == "higher" else "lowest"
-    help = f"{most} {knob} a request may set for {', '.join(readers)} (default: the server's)"
+    flag_help = f"{most} {knob} a request may set for {', '.join(readers)} (default: the server's)"
     return dataclasses.field(
-        default=None, metadata={"knob": knob, "refused": refused, "help": help}
+        default=None, metadata={"knob": knob, "refused": refused, "help": flag_help}
     )
 
 
