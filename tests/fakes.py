@@ -117,8 +117,14 @@ class FakeModelServer(BaseHTTPRequestHandler):
         self.end_headers()
         chunks = [({"content": token}, None, logprobs(token)) for token in tokens or [""]]
         chunks.append(({}, finish, None))
+        # vLLM's continuous_usage_stats: each chunk counts the tokens generated so far, so a
+        # stream the client cuts off reports what it cost up to there.
+        continuous = (request.get("stream_options") or {}).get("continuous_usage_stats")
         try:
             for position, (delta, finish_reason, token_logprobs) in enumerate(chunks):
+                if continuous:
+                    generated = min(position + 1, len(tokens))
+                    usage = {**usage, "completion_tokens": generated}
                 if fault == "drop" and position == 1:
                     self.connection.shutdown(2)  # the server died in the middle of the step
                     return

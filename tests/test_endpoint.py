@@ -25,6 +25,7 @@ from glimprouter.endpoint.app import MAX_BODY_BYTES
 from glimprouter.endpoint.responses import finish_reason
 from glimprouter.errors import ConfigError
 from glimprouter.prompts import render_question
+from glimprouter.strategies import STRATEGIES
 from tests.fakes import context_at, fake_model_server
 from tests.processes import wait_until_async
 
@@ -49,7 +50,15 @@ def backend():
 
 @pytest.fixture(scope="module")
 def client(backend):
-    limits = RouterLimits(max_token_budget=128, max_top_k=5)
+    # Wide enough for the knob tests to try every method, threshold and glimpse mode; what a
+    # default server refuses is tests/test_endpoint_limits.py.
+    limits = RouterLimits(
+        max_token_budget=128,
+        max_top_k=5,
+        allow_methods=tuple(STRATEGIES),
+        allow_glimpse_modes=("stream", "probe"),
+        min_threshold=0,
+    )
     with TestClient(create_app(context_at(backend.url, top_k=5), limits)) as test_client:
         yield test_client
 
@@ -366,7 +375,8 @@ async def test_concurrent_requests_keep_their_own_question_and_knobs(max_concurr
     questions = [f"What is {n} + {n}?" for n in range(4)]
     thresholds = [0, 1e9, 0, 1e9]
     with fake_model_server(fault=together(4) if max_concurrency is None else None) as slow:
-        app = create_app(context_at(slow.url), RouterLimits(max_concurrency=max_concurrency))
+        limits = RouterLimits(max_concurrency=max_concurrency, min_threshold=0)
+        app = create_app(context_at(slow.url), limits)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://router") as http:
             replies = await asyncio.gather(

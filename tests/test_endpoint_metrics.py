@@ -43,7 +43,7 @@ def test_scraped_values_equal_the_runs_usage(open_metrics):
     with fake_model_server() as server:
         app = create_app(
             context_at(server.url),
-            RouterLimits(max_token_budget=64),
+            RouterLimits(max_token_budget=64, allow_methods=("glimprouter", "large-only")),
             api_keys=ApiKeys([KEY]),
             open_metrics=open_metrics,
         )

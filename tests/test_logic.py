@@ -8,6 +8,7 @@ import pytest
 from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext, resolve_context
 from glimprouter.graph.state import add_usage
+from glimprouter.nodes.common import chain_tokens_left, generated_tokens
 from glimprouter.nodes.decide import route_to_writer
 from glimprouter.nodes.next_step import step_allowance
 from glimprouter.nodes.termination import route_after_check, stop_reason
@@ -127,6 +128,12 @@ class TestStepEnd:
         assert step_allowance(512, 8192, 8000) == 192
         assert step_allowance(512, 8192, 8192) == 0
 
+    def test_allowance_never_passes_what_the_chain_has_left(self):
+        assert step_allowance(512, 8192, 0, chain_left=None) == 512
+        assert step_allowance(512, 8192, 0, chain_left=30) == 30
+        assert step_allowance(512, 8192, 8000, chain_left=300) == 192
+        assert step_allowance(512, 8192, 0, chain_left=0) == 0
+
 
 def step(text, finish="separator", tokens=10):
     return {
@@ -161,6 +168,36 @@ class TestTermination:
 
     def test_max_steps(self):
         assert stop_reason([step("a"), step("b")], 8192, 2) == "max_steps"
+
+    def test_chain_tokens_spent(self):
+        assert stop_reason([step("a")], 8192, 512, chain_left=0) == "max_chain_tokens"
+        assert stop_reason([step("a")], 8192, 512, chain_left=1) is None
+        assert stop_reason([step("a")], 8192, 512, chain_left=None) is None
+        # The chain's own end is the truer reason when both hold.
+        ended = [step("a", finish="end_of_sequence")]
+        assert stop_reason(ended, 8192, 512, chain_left=0) == "end_of_sequence"
+
+
+class TestChainTokens:
+    USAGE = {
+        "small": {"requests": 4, "prompt_tokens": 900, "completion_tokens": 13},
+        "large": {"requests": 2, "prompt_tokens": 400, "completion_tokens": 20},
+    }
+
+    def test_every_request_of_every_model_counts(self):
+        assert generated_tokens(self.USAGE) == 33
+        assert generated_tokens(None) == generated_tokens({}) == 0
+
+    def test_the_answer_allowance_is_kept_aside(self):
+        assert chain_tokens_left(100, 16, 33) == 51
+        assert chain_tokens_left(100, 16, 84) == 0
+        assert chain_tokens_left(100, 16, 90) == 0  # never negative
+        assert chain_tokens_left(None, 16, 10**6) is None
+
+    def test_a_limit_must_leave_room_beyond_the_answer(self):
+        with pytest.raises(ConfigError, match="max_chain_tokens=16 leaves no room"):
+            RouterContext(max_chain_tokens=16, answer_max_tokens=16)
+        assert RouterContext(max_chain_tokens=17, answer_max_tokens=16).max_chain_tokens == 17
 
     def test_edge(self):
         assert route_after_check({"stop_reason": None}) == "glimpse"

@@ -8,12 +8,13 @@ OpenAI-style error object, never a traceback.
 
 One module per job, bottom to top: `protocol` (the wire format as pydantic models: the request,
 its knobs derived from the settings, the responses, the error object), `limits` (what bounds the
-knobs, the load and slow clients), `keys` (who may use it), `errors` (errors as OpenAI error
-objects), `hosts` (which Host it answers), `messages` (the question), `requests` (validation),
-`responses` (shaping), `openapi` (the document, from the protocol), `load` (concurrency, the
-waiting queue, streams per key), `metrics` (Prometheus), `chains` (kept chains), `runs` (a
-request's run), `app` (ASGI routes and SSE), `connections` (slow clients at the connection),
-`server` (socket and uvicorn), `command` (the CLI flags).
+knobs, by default to no more cost than the server's own settings, and the bounds on load and
+slow clients), `keys` (who may use it), `errors` (errors as OpenAI error objects), `hosts` (which
+Host it answers), `messages` (the question), `requests` (validation), `responses` (shaping),
+`openapi` (the document, from the protocol), `load` (concurrency, the waiting queue, streams per
+key), `metrics` (Prometheus), `chains` (kept chains), `runs` (a request's run), `app` (ASGI routes
+and SSE), `connections` (slow clients at the connection), `server` (socket, uvicorn and its
+workers), `command` (the CLI flags).
 
 Starlette with pydantic models rather than FastAPI: the body is read by the app itself (a size
 bound, no NaN) and every refusal keeps its OpenAI shape and wording, which FastAPI's own

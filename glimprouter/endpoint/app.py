@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Collection
@@ -29,6 +30,7 @@ from glimprouter.endpoint.limits import (
     DEFAULT_MODEL_NAME,
     RouterLimits,
     bounds,
+    default_chain_tokens,
 )
 from glimprouter.endpoint.load import Load, OpenStreams
 from glimprouter.endpoint.metrics import CountRequests, RouterMetrics
@@ -103,8 +105,13 @@ def create_app(
     /openapi.json (the wire format, from the protocol's models). With `api_keys`, /v1 needs one
     of them, and so does /metrics unless `open_metrics`; each key holds at most
     max_streams_per_key open streams. With `checkpoint_db`, a request may carry a thread_id
-    whose chain is kept there. With `hosts`, a request naming another Host is refused."""
+    whose chain is kept there. With `hosts`, a request naming another Host is refused. `limits`
+    bound what a request may ask (by default no more than `base_context` costs), and every
+    chain its max_chain_tokens (`default_chain_tokens` when `base_context` sets none)."""
     limits = limits or RouterLimits()
+    if base_context.max_chain_tokens is None:  # a server bounds what every chain may cost
+        chain_tokens = default_chain_tokens(limits, base_context)
+        base_context = dataclasses.replace(base_context, max_chain_tokens=chain_tokens)
     bounded = bounds(limits, base_context)
     if task not in TEMPLATES:
         raise ConfigError(f"unknown task {task!r}; valid tasks: {sorted(TEMPLATES)}")

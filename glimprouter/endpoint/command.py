@@ -7,7 +7,14 @@ from pathlib import Path
 
 from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.endpoint.keys import KEYS_ENV, keys_from
-from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, LIMITED, RouterLimits, server_flags
+from glimprouter.endpoint.limits import (
+    COST_LIMITS,
+    DEFAULT_MODEL_NAME,
+    LIMITED,
+    RouterLimits,
+    limit_flag,
+    server_flags,
+)
 from glimprouter.endpoint.server import serve_router
 from glimprouter.prompts import TEMPLATES
 
@@ -83,10 +90,19 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
         "URI postgresql://... that several router processes share",
     )
     group = parser.add_argument_group(
-        "request limits (default: the server's own setting, so requests may only lower it)"
+        "request limits (default: the server's own setting, so a request may not make its chain "
+        "cost more)"
     )
     for knob, (_, flag) in LIMITED.items():
         group.add_argument(flag, type=int, metavar="N", help=f"largest {knob} a request may set")
+    for limit in COST_LIMITS:
+        listed = "refused" not in limit.metadata
+        group.add_argument(
+            limit_flag(limit.name),
+            type=_names if listed else float,
+            metavar="A,B" if listed else "X",
+            help=limit.metadata["help"],
+        )
     bounds = parser.add_argument_group("load and slow clients")
     for field in server_flags():
         metadata = field.metadata
@@ -102,9 +118,15 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_serve_router_command)
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names (checked against the valid ones when the app starts)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def _serve_router_command(args: argparse.Namespace) -> int:
     limits = RouterLimits(
         **{attribute: getattr(args, attribute) for attribute, _ in LIMITED.values()},
+        **{limit.name: getattr(args, limit.name) for limit in COST_LIMITS},
         **{field.name: getattr(args, field.name) for field in server_flags()},
     )
     try:

@@ -1,15 +1,24 @@
 """How far a request may go: the server-side limits that bound the routing knobs a request sets,
 checked against the server's own settings, and the bounds on load and on slow clients, each
-declared once with its serve-router flag."""
+declared once with its serve-router flag.
+
+By default a request cannot make its chain cost more than the server's own settings would: it
+may lower the budgets, pick only the server's method or the cheapest one, move a threshold or
+large_rate only the way that sends fewer steps to the large model, and pick a glimpse mode or
+answer model only as cheap as the server's. Each RouterLimits field widens one of these; its
+serve-router flag is the field's name (--allow-methods, --min-threshold, ...).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.settings import request_limits
+from glimprouter.strategies import CHOICES, STRATEGIES, Direction, costing_no_more, get_strategy
 
 DEFAULT_MODEL_NAME = "glimprouter"
 # Chains that may wait for a place among --max-concurrency when --max-waiting is not given.
@@ -31,16 +40,46 @@ def _server_flag(default: Any, flag: str, least: float, flag_help: str) -> Any:
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def _allow(knob: str, flag_help: str) -> Any:
+    """A limit that lists the values of a choice knob a request may pick."""
+    return dataclasses.field(default=None, metadata={"knob": knob, "help": flag_help})
+
+
+def _bound(knob: str, refused: Direction) -> Any:
+    """A limit past which (`refused`: "higher" above it, "lower" below it) a knob that a
+    strategy reads sends more steps to the large model."""
+    readers = [s.name for s in STRATEGIES.values() if s.costlier.get(knob) == refused]
+    most = "highest" if refused == "higher" else "lowest"
+    flag_help = f"{most} {knob} a request may set for {', '.join(readers)} (default: the server's)"
+    return dataclasses.field(
+        default=None, metadata={"knob": knob, "refused": refused, "help": flag_help}
+    )
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RouterLimits:
     """The most a request may ask for, and the most the server gives one client. A knob's limit
-    left at None is the server's own setting, so by default a client may lower the budgets but
-    not raise them."""
+    left at None is the server's own setting, so by default a client may lower the cost of its
+    chain but not raise it."""
 
     max_token_budget: int | None = None
+    max_step_tokens: int | None = None
     max_steps_limit: int | None = None
     max_top_k: int | None = None
     max_answer_tokens: int | None = None
+    max_chain_tokens_limit: int | None = None
+    allow_methods: tuple[str, ...] | None = _allow(
+        "method", "methods a request may pick (default: the server's own and small-only)"
+    )
+    allow_glimpse_modes: tuple[str, ...] | None = _allow(
+        "glimpse_mode", "glimpse modes a request may pick (default: the server's own and stream)"
+    )
+    allow_answer_models: tuple[str, ...] | None = _allow(
+        "answer_model", "models that may write a request's answer (default: the server's and small)"
+    )
+    min_threshold: float | None = _bound("threshold", "lower")
+    max_threshold: float | None = _bound("threshold", "higher")
+    max_large_rate: float | None = _bound("large_rate", "higher")
     max_concurrency: int | None = _server_flag(
         None, "--max-concurrency", 1,
         "chains of thought run at once; more requests wait (default: no bound)",
@@ -73,12 +112,64 @@ class RouterLimits:
 # Request field -> (RouterLimits attribute, CLI flag) of the knobs with a server-side bound; the
 # flag's argparse dest is the attribute (--max-steps itself is the server's default max_steps).
 LIMITED: dict[str, tuple[str, str]] = request_limits(RouterContext)
+# The limits on what a request picks and on the knobs a strategy reads, declared above.
+COST_LIMITS: tuple[dataclasses.Field, ...] = tuple(
+    f for f in dataclasses.fields(RouterLimits) if "knob" in f.metadata
+)
+
+# The knobs a strategy reads: bounded only for the strategies that read them, the way each does.
+STRATEGY_KNOBS = frozenset(knob for s in STRATEGIES.values() for knob in s.costlier)
 
 
-def bounds(limits: RouterLimits, base: RouterContext) -> dict[str, int]:
-    """The bound of each limited knob, or a ConfigError when the server's own settings break
-    one."""
-    resolved = {}
+def limit_flag(name: str) -> str:
+    """The serve-router flag of a RouterLimits field."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """A number a knob may not pass: above it (`refused` "higher") or below it ("lower")."""
+
+    knob: str
+    limit: float
+    refused: Direction
+    flag: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """What a request may ask of this server, resolved against its own settings."""
+
+    numbers: tuple[Bound, ...]
+    choices: dict[str, tuple[tuple[str, ...], str]]
+    """Choice knob -> (the values a request may pick, the flag that widens them)."""
+
+
+def default_chain_tokens(limits: RouterLimits, base: RouterContext) -> int:
+    """The server's max_chain_tokens when it sets none: room for every reasoning token a request
+    may keep, as many again in glimpses, cut-off streams and rejected drafts, one token per step
+    for a probe or a judge call, and the answer, all at the most a request may set."""
+
+    def most(knob: str) -> int:
+        limit = getattr(limits, LIMITED[knob][0])
+        return getattr(base, knob) if limit is None else limit
+
+    tokens = 2 * most("token_budget") + most("max_steps") + most("answer_max_tokens")
+    ceiling = limits.max_chain_tokens_limit
+    if ceiling is None:
+        return tokens
+    if ceiling <= base.answer_max_tokens:
+        raise ConfigError(
+            f"--max-chain-tokens-limit {ceiling} leaves no room for reasoning: it must exceed "
+            f"answer_max_tokens={base.answer_max_tokens}, which a chain keeps for its answer"
+        )
+    return min(tokens, ceiling)
+
+
+def bounds(limits: RouterLimits, base: RouterContext) -> Bounds:
+    """What a request may ask, or a ConfigError when a limit is malformed or the server's own
+    settings break one. `base` has its max_chain_tokens set (create_app sees to it)."""
+    numbers = []
     for knob, (attribute, flag) in LIMITED.items():
         bound = getattr(limits, attribute)
         if bound is None:
@@ -90,7 +181,14 @@ def bounds(limits: RouterLimits, base: RouterContext) -> dict[str, int]:
                 f"{knob}={getattr(base, knob)} is above {flag} {bound}: lower the one or raise "
                 "the other"
             )
-        resolved[knob] = bound
+        numbers.append(Bound(knob, bound, "higher", flag))
+    choices = {}
+    for limit in COST_LIMITS:
+        value = getattr(limits, limit.name)
+        if "refused" in limit.metadata:
+            numbers.append(_strategy_bound(limit, value, base))
+        else:
+            choices[limit.metadata["knob"]] = (_choices(limit, value, base), limit_flag(limit.name))
     for field in server_flags():
         value, least = getattr(limits, field.name), field.metadata["least"]
         flag = field.metadata["flag"]
@@ -102,9 +200,86 @@ def bounds(limits: RouterLimits, base: RouterContext) -> dict[str, int]:
             raise ConfigError(f"{flag} {value} must be above {least}")
     if limits.max_waiting is not None and limits.max_concurrency is None:
         raise ConfigError("--max-waiting needs --max-concurrency: without it no chain waits")
-    return resolved
+    return Bounds(tuple(numbers), choices)
 
 
 def server_flags() -> list[dataclasses.Field]:
     """The RouterLimits fields that are serve-router flags of their own (not a knob's bound)."""
     return [f for f in dataclasses.fields(RouterLimits) if "flag" in f.metadata]
+
+
+def _choices(limit: dataclasses.Field, given: Any, base: RouterContext) -> tuple[str, ...]:
+    """The values of a choice knob a request may pick: those `given`, checked, or by default
+    those that cost no more than the server's own."""
+    knob, flag = limit.metadata["knob"], limit_flag(limit.name)
+    own = getattr(base, knob)
+    if given is None:
+        return costing_no_more(knob, own)
+    unknown = sorted(set(given) - set(CHOICES[knob]))
+    if unknown:
+        raise ConfigError(f"{flag}: unknown {knob} {unknown}; valid: {list(CHOICES[knob])}")
+    if own not in given:
+        raise ConfigError(
+            f"{knob}={own!r} is not in {flag} {list(given)}: add it there or change "
+            f"--{knob.replace('_', '-')}"
+        )
+    return tuple(given)
+
+
+def _strategy_bound(limit: dataclasses.Field, given: float | None, base: RouterContext) -> Bound:
+    """The bound of a knob a strategy reads: `given`, or by default the server's own value,
+    which must be within it when the server's own method reads the knob that way."""
+    knob, refused = limit.metadata["knob"], limit.metadata["refused"]
+    own = getattr(base, knob)
+    bound = Bound(knob, own if given is None else given, refused, limit_flag(limit.name))
+    if get_strategy(base.method).costlier.get(knob) == refused and _past(own, bound):
+        raise ConfigError(
+            f"{knob}={own} is {_side(bound)} {bound.flag} {bound.limit}: move the one or the other"
+        )
+    return bound
+
+
+def _past(value: float, bound: Bound) -> bool:
+    return value > bound.limit if bound.refused == "higher" else value < bound.limit
+
+
+def _side(bound: Bound) -> str:
+    return "above" if bound.refused == "higher" else "below"
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why a run's settings cost more than the server allows: the knob, the message, the code."""
+
+    knob: str
+    message: str
+    code: str
+
+
+def refusal(context: RouterContext, allowed: Bounds, names: Mapping[str, str]) -> Refusal | None:
+    """The first knob of `context` past what the server allows, its message naming the body
+    field (`names`: knob -> the field that set it) and the flag that would allow it; None when
+    the run is within the server's bounds."""
+    for knob, (values, flag) in allowed.choices.items():
+        value = getattr(context, knob)
+        if value not in values:
+            return Refusal(
+                knob,
+                f"{names.get(knob, knob)}={value!r} costs more than this server allows: it "
+                f"allows {list(values)} ({flag})",
+                "value_not_allowed",
+            )
+    strategy = get_strategy(context.method)
+    for bound in allowed.numbers:
+        if bound.knob in STRATEGY_KNOBS and strategy.costlier.get(bound.knob) != bound.refused:
+            continue  # not read by this method, or moved the cheaper way
+        value = getattr(context, bound.knob)
+        if _past(value, bound):
+            reason = f" for {context.method}" if bound.knob in STRATEGY_KNOBS else ""
+            return Refusal(
+                bound.knob,
+                f"{names.get(bound.knob, bound.knob)}={value} is {_side(bound)} this server's "
+                f"limit of {bound.limit}{reason} ({bound.flag})",
+                f"value_{_side(bound)}_limit",
+            )
+    return None

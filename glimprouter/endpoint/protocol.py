@@ -65,7 +65,9 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat completion request as the router reads it; null means "not given". The
-    routing knobs are added per settings class by `request_model`."""
+    routing knobs are added per settings class by `request_model`; a knob that would make the
+    chain cost more than the server's own settings is refused (a 400 naming the field and the
+    server flag that allows it)."""
 
     model_config = STRICT_JSON | ConfigDict(extra="forbid")
 

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from glimprouter.endpoint.errors import RequestError
-from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, LIMITED
+from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, Bounds, refusal
 from glimprouter.endpoint.messages import question_of
 from glimprouter.endpoint.protocol import (
     BUDGET_ALIASES,
@@ -42,7 +42,7 @@ class ChatRequest:
 def parse_chat_request(
     body: Any,
     base: RouterContext,
-    limits: dict[str, int],
+    limits: Bounds,
     *,
     served_model_name: str = DEFAULT_MODEL_NAME,
     default_task: str = "math",
@@ -177,9 +177,10 @@ def _json_kinds(model: type[ChatCompletionRequest]) -> dict[tuple[str, ...], str
 
 
 def _run_context(
-    request: ChatCompletionRequest, base: RouterContext, limits: dict[str, int]
+    request: ChatCompletionRequest, base: RouterContext, limits: Bounds
 ) -> RouterContext:
-    """The base context with the request's knobs, validated by RouterContext, then bounded."""
+    """The base context with the request's knobs, validated by RouterContext, then held within
+    what the server allows."""
     given = {name: getattr(request, name) for name in request.model_fields_set}
     given = {name: value for name, value in given.items() if value is not None}
     knobs = {name: value for name, value in given.items() if name in request_knobs(type(base))}
@@ -201,14 +202,7 @@ def _run_context(
         named = [field for field in origin if field in message]
         param = origin[min(named, key=message.index)] if named else None
         raise RequestError(400, message, param=param, code="invalid_value") from None
-    for knob, bound in limits.items():
-        value = getattr(context, knob)
-        if value > bound:
-            name = origin.get(knob, knob)
-            raise RequestError(
-                400,
-                f"{name}={value} is above this server's limit of {bound} ({LIMITED[knob][1]})",
-                param=name,
-                code="value_above_limit",
-            )
+    if refused := refusal(context, limits, origin):
+        name = origin.get(refused.knob, refused.knob)
+        raise RequestError(400, refused.message, param=name, code=refused.code)
     return context

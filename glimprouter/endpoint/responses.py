@@ -26,12 +26,12 @@ from glimprouter.nodes.common import reasoning_tokens
 from glimprouter.prompts import STEP_SEPARATOR
 
 # The chain of thought was cut before it concluded (the answer was then forced): OpenAI's "length".
-CUT_SHORT = frozenset({"token_budget", "max_steps", "context_length"})
+CUT_SHORT = frozenset({"token_budget", "max_steps", "max_chain_tokens", "context_length"})
 
 
 def finish_reason(stop_reason: str | None, answer_cut: bool | None = False) -> FinishReason:
-    """OpenAI's finish reason: "length" when the chain was cut short (budget, step limit, full
-    context) and the answer forced, or the answer stopped at answer_max_tokens; else "stop"."""
+    """OpenAI's finish reason: "length" when the chain was cut short (a budget, the step limit, a
+    full context) and the answer forced, or the answer stopped at answer_max_tokens; else "stop"."""
     return "length" if stop_reason in CUT_SHORT or answer_cut else "stop"
 
 

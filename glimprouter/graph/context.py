@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, get_type_hints
+from typing import Any, get_type_hints
 
 from glimprouter.errors import ConfigError
 from glimprouter.graph.settings import (
@@ -20,7 +20,7 @@ from glimprouter.graph.settings import (
     redact_url,
     setting,
 )
-from glimprouter.strategies import MODEL_ROLES, STRATEGIES, ModelRole
+from glimprouter.strategies import MODEL_ROLES, STRATEGIES, GlimpseMode, ModelRole
 
 
 @dataclass(kw_only=True)
@@ -111,7 +111,7 @@ class RouterContext:
             identity=True,
         ),
     )
-    glimpse_mode: Literal["stream", "probe"] = field(
+    glimpse_mode: GlimpseMode = field(
         default="stream",
         metadata=setting(
             "stream: the small model starts the step with logprobs on and is cut off after the "
@@ -139,6 +139,7 @@ class RouterContext:
             "Most tokens one reasoning step may take.",
             flag_help="most tokens of one step",
             request=True,
+            limit=("max_step_tokens", "--max-step-tokens"),
             identity=True,
         ),
     )
@@ -196,6 +197,19 @@ class RouterContext:
             flag_help="most tokens of the final answer",
             request=True,
             limit=("max_answer_tokens", "--max-answer-tokens"),
+            identity=True,
+        ),
+    )
+    max_chain_tokens: int | None = field(
+        default=None,
+        metadata=setting(
+            "Most tokens the models may generate for one chain, counting every request: kept "
+            "steps, glimpses and probes, streams cut off, rejected drafts, judge calls and the "
+            "answer (whose answer_max_tokens are kept aside). None: no bound beyond the others.",
+            flag_help="most tokens generated for one chain, over every request (default: no "
+            "bound; serve-router's: twice the token budget plus a token per step and the answer)",
+            request=True,
+            limit=("max_chain_tokens_limit", "--max-chain-tokens-limit"),
             identity=True,
         ),
     )

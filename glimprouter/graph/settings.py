@@ -18,7 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
 from glimprouter.errors import ConfigError
-from glimprouter.strategies import MODEL_ROLES, get_strategy
+from glimprouter.strategies import GLIMPSE_MODES, MODEL_ROLES, get_strategy
 
 ENV_PREFIX = "GLIMPROUTER_"
 MAX_STEPS_LIMIT = 8192
@@ -154,13 +154,20 @@ def check_values(context: Any) -> None:
     get_strategy(context.method)
     if not 0 <= context.large_rate <= 1:
         raise bad("large_rate", "must be a probability in [0, 1]")
-    if context.glimpse_mode not in ("stream", "probe"):
-        raise bad("glimpse_mode", "must be one of ['stream', 'probe']")
+    if context.glimpse_mode not in GLIMPSE_MODES:
+        raise bad("glimpse_mode", f"must be one of {list(GLIMPSE_MODES)}")
     if context.top_k < 1:
         raise bad("top_k", "must be at least 1")
     for name in ("step_max_tokens", "token_budget", "max_steps", "answer_max_tokens"):
         if getattr(context, name) < 1:
             raise bad(name, "must be at least 1")
+    chain_limit = context.max_chain_tokens
+    if chain_limit is not None and chain_limit <= context.answer_max_tokens:
+        raise bad(
+            "max_chain_tokens",
+            f"leaves no room for reasoning: it must exceed answer_max_tokens="
+            f"{context.answer_max_tokens}, which it keeps for the answer",
+        )
     if context.max_steps > MAX_STEPS_LIMIT:
         raise bad("max_steps", f"is above the graph's limit of {MAX_STEPS_LIMIT}")
     if context.temperature < 0:

@@ -17,6 +17,7 @@ StopReason = Literal[
     "repeated_step",  # two identical steps in a row: the chain is looping
     "token_budget",  # the reasoning tokens reached token_budget
     "max_steps",  # the chain reached max_steps
+    "max_chain_tokens",  # the tokens generated over every request reached max_chain_tokens
     "context_length",  # the server refused the prompt: the model's context is full
     "endpoint_error",  # a model server failed mid-chain after its retries (see `error`)
 ]

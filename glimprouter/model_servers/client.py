@@ -11,7 +11,7 @@ import asyncio
 import re
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -23,7 +23,7 @@ from langgraph.constants import TAG_NOSTREAM
 from glimprouter.continuation import CONTINUATION
 from glimprouter.errors import EndpointError
 from glimprouter.graph.context import ModelRole, RouterContext
-from glimprouter.graph.state import ModelUsage
+from glimprouter.graph.state import ModelUsage, add_usage
 from glimprouter.model_servers.errors import (
     bad_key,
     check_finish,
@@ -196,10 +196,14 @@ class GlimpsedStep:
     completion: Completion | None  # None: cancelled after the first token
     prompt_tokens: int
     completion_tokens: int  # generated before the end or the cancellation
+    cut_off: ModelUsage | None = None
+    """What the attempts the server cut off before this one cost (None: there were none)."""
 
     def usage(self, role: ModelRole) -> dict[str, ModelUsage]:
-        """This request as a usage delta, whether it ran to the end or was cancelled."""
-        return one_request(role, self.prompt_tokens, self.completion_tokens)
+        """This request as a usage delta, whether it ran to the end or was cancelled, with the
+        attempts the server cut off before it."""
+        usage = one_request(role, self.prompt_tokens, self.completion_tokens)
+        return add_usage(usage, {role: self.cut_off}) if self.cut_off else usage
 
 
 async def stream_with_glimpse(
@@ -234,11 +238,16 @@ async def stream_with_glimpse(
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
     # A stream the server cuts off (it died mid-step) is asked again, as the client retries a
-    # request that failed before its first byte.
+    # request that failed before its first byte; what the cut-off attempts generated still counts.
+    cut_off: dict[str, ModelUsage] = {}
     for attempt in range(context.max_retries + 1):
         try:
-            return await _stream_once(context, role, messages, keep, stop, params)
-        except _StreamCut:
+            glimpsed = await _stream_once(context, role, messages, keep, stop, params)
+            return replace(glimpsed, cut_off=cut_off.get(role))
+        except _StreamCut as cut:
+            cut_off = add_usage(
+                cut_off, one_request(role, cut.prompt_tokens, cut.completion_tokens)
+            )
             if attempt == context.max_retries:
                 raise EndpointError(
                     f"the {role} model server at {context.shown_url(role)} cut off "
@@ -249,7 +258,13 @@ async def stream_with_glimpse(
 
 
 class _StreamCut(Exception):
-    """The stream ended before the server said how the step finished."""
+    """The stream ended before the server said how the step finished, after generating what
+    its last usage counted."""
+
+    def __init__(self, usage: dict[str, Any]) -> None:
+        super().__init__()
+        self.prompt_tokens = int(usage.get("input_tokens", 0))
+        self.completion_tokens = int(usage.get("output_tokens", 0))
 
 
 async def _stream_once(
@@ -283,18 +298,18 @@ async def _stream_once(
     except openai.APIError as error:
         timed_out = isinstance(error, openai.APITimeoutError)
         if received and isinstance(error, openai.APIConnectionError) and not timed_out:
-            raise _StreamCut from None
+            raise _StreamCut(usage) from None
         raise await _explain(error, context, role) from None
     except (httpx.TimeoutException, TimeoutError):
         raise timed_out(context, role) from None
     except httpx.HTTPError:
         if received:
-            raise _StreamCut from None
+            raise _StreamCut(usage) from None
         raise unreachable(context, role) from None
     finally:
         await chunks.aclose()
     if not cancelled and finish_reason is None:
-        raise _StreamCut
+        raise _StreamCut(usage)
     if first is None or not has_mass(first):
         raise no_logprobs(context, role)
     check_finish(finish_reason, context, role)

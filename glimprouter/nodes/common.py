@@ -8,7 +8,7 @@ from langgraph.config import get_stream_writer
 from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import RouterContext, resolve_context
-from glimprouter.graph.state import RouterState, Step
+from glimprouter.graph.state import ModelUsage, RouterState, Step
 from glimprouter.strategies import Strategy, get_strategy
 
 
@@ -49,3 +49,31 @@ def step_texts(state: RouterState) -> list[str]:
 def reasoning_tokens(steps: list[Step]) -> int:
     """Tokens spent on reasoning steps so far (what the token budget counts)."""
     return sum(step["completion_tokens"] for step in steps)
+
+
+def generated_tokens(usage: dict[str, ModelUsage] | None) -> int:
+    """Tokens the models generated over every request so far (what max_chain_tokens counts)."""
+    return sum(counts["completion_tokens"] for counts in (usage or {}).values())
+
+
+def chain_tokens_left(limit: int | None, answer_max_tokens: int, generated: int) -> int | None:
+    """Tokens the reasoning may still generate under max_chain_tokens `limit`, the answer's
+    allowance kept aside so that it is always written; None when the chain has no such bound."""
+    if limit is None:
+        return None
+    return max(0, limit - answer_max_tokens - generated)
+
+
+def chain_allowance(state: RouterState, context: RouterContext) -> int | None:
+    """What max_chain_tokens leaves the reasoning of this run so far (`chain_tokens_left`)."""
+    generated = generated_tokens(state.get("usage"))
+    return chain_tokens_left(context.max_chain_tokens, context.answer_max_tokens, generated)
+
+
+# What a node returns instead of a request the chain can no longer afford.
+CHAIN_SPENT: dict[str, Any] = {"stop_reason": "max_chain_tokens", "draft_step": None}
+
+
+def chain_spent(state: RouterState, context: RouterContext) -> bool:
+    """Whether max_chain_tokens leaves the reasoning not one more token to generate."""
+    return chain_allowance(state, context) == 0

@@ -9,14 +9,26 @@ from typing import Any
 from glimprouter.graph.context import ModelRole, RouterContext
 from glimprouter.graph.state import RouterState, Step
 from glimprouter.model_servers.client import Completion
-from glimprouter.nodes.common import prompt_args, reasoning_tokens, step_texts, steps_of
+from glimprouter.nodes.common import (
+    chain_allowance,
+    prompt_args,
+    reasoning_tokens,
+    step_texts,
+    steps_of,
+)
 from glimprouter.parsing import split_step
 from glimprouter.prompts import STEP_SEPARATOR, next_step_messages
 
 
-def step_allowance(step_max_tokens: int, token_budget: int, tokens_used: int) -> int:
-    """Most tokens the next step may take: the per-step cap, never past the budget."""
-    return max(0, min(step_max_tokens, token_budget - tokens_used))
+def step_allowance(
+    step_max_tokens: int, token_budget: int, tokens_used: int, chain_left: int | None = None
+) -> int:
+    """Most tokens the next step may take: the per-step cap, never past the budget of kept
+    reasoning tokens nor past the `chain_left` of max_chain_tokens (None: no such bound)."""
+    allowance = min(step_max_tokens, token_budget - tokens_used)
+    if chain_left is not None:
+        allowance = min(allowance, chain_left)
+    return max(0, allowance)
 
 
 def step_request(state: RouterState, context: RouterContext) -> dict[str, Any]:
@@ -25,7 +37,10 @@ def step_request(state: RouterState, context: RouterContext) -> dict[str, Any]:
     return {
         "messages": next_step_messages(step_texts=step_texts(state), **prompt_args(state)),
         "max_tokens": step_allowance(
-            context.step_max_tokens, context.token_budget, reasoning_tokens(steps)
+            context.step_max_tokens,
+            context.token_budget,
+            reasoning_tokens(steps),
+            chain_allowance(state, context),
         ),
         "temperature": context.temperature,
         "top_p": context.top_p,

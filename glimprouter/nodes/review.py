@@ -9,7 +9,14 @@ from langgraph.runtime import Runtime
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState
 from glimprouter.model_servers.client import ContextOverflow, complete
-from glimprouter.nodes.common import commit_step, prompt_args, run_strategy, step_texts
+from glimprouter.nodes.common import (
+    CHAIN_SPENT,
+    chain_spent,
+    commit_step,
+    prompt_args,
+    run_strategy,
+    step_texts,
+)
 from glimprouter.prompts import judge_messages
 from glimprouter.scoring import judge_score
 
@@ -23,6 +30,8 @@ async def review(state: RouterState, runtime: Runtime[RouterContext]) -> dict[st
     score = draft["score"]
     usage: dict[str, Any] = {}
     if strategy.review == "judge":
+        if chain_spent(state, context):
+            return CHAIN_SPENT
         try:
             verdict = await complete(
                 context,

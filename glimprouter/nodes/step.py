@@ -12,7 +12,7 @@ from langgraph.runtime import Runtime
 from glimprouter.graph.context import ModelRole, RouterContext
 from glimprouter.graph.state import RouterState
 from glimprouter.model_servers.client import ContextOverflow, complete
-from glimprouter.nodes.common import commit_step, run_strategy
+from glimprouter.nodes.common import CHAIN_SPENT, chain_spent, commit_step, run_strategy
 from glimprouter.nodes.next_step import new_step, step_request
 
 StepNode = Callable[[RouterState, Runtime[RouterContext]], Awaitable[dict[str, Any]]]
@@ -30,6 +30,8 @@ def make_step_node(role: ModelRole) -> StepNode:
         if streamed := state.get("streamed_step"):
             return {**commit_step(streamed), "streamed_step": None}
         context, strategy = run_strategy(runtime)
+        if chain_spent(state, context):  # a glimpse, probe or judge call took the last tokens
+            return CHAIN_SPENT
         drafting = role == "small" and strategy.review != "none"
         scored_by_logprobs = drafting and strategy.review == "logprobs"
         started = time.perf_counter()

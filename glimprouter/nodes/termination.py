@@ -8,12 +8,20 @@ from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState, Step, StopReason
-from glimprouter.nodes.common import reasoning_tokens, run_context, steps_of
+from glimprouter.nodes.common import (
+    chain_allowance,
+    reasoning_tokens,
+    run_context,
+    steps_of,
+)
 from glimprouter.prompts import THINK_CLOSE
 
 
-def stop_reason(steps: list[Step], token_budget: int, max_steps: int) -> StopReason | None:
-    """Why the chain ends after its last step, or None to go on."""
+def stop_reason(
+    steps: list[Step], token_budget: int, max_steps: int, chain_left: int | None = None
+) -> StopReason | None:
+    """Why the chain ends after its last step, or None to go on; `chain_left` is what
+    max_chain_tokens leaves the reasoning (None: no such bound)."""
     if not steps:
         return None
     last = steps[-1]
@@ -25,6 +33,8 @@ def stop_reason(steps: list[Step], token_budget: int, max_steps: int) -> StopRea
         return "repeated_step"
     if reasoning_tokens(steps) >= token_budget:
         return "token_budget"
+    if chain_left == 0:
+        return "max_chain_tokens"
     if len(steps) >= max_steps:
         return "max_steps"
     return None
@@ -35,7 +45,13 @@ async def check_termination(state: RouterState, runtime: Runtime[RouterContext])
     if state.get("stop_reason"):
         return {}
     context = run_context(runtime)
-    return {"stop_reason": stop_reason(steps_of(state), context.token_budget, context.max_steps)}
+    reason = stop_reason(
+        steps_of(state),
+        context.token_budget,
+        context.max_steps,
+        chain_allowance(state, context),
+    )
+    return {"stop_reason": reason}
 
 
 def route_after_check(state: RouterState) -> Literal["glimpse", "answer"]:

@@ -27,6 +27,7 @@ from tests.test_endpoint_threads import kill_a_router_mid_chain_and_resume
 ROUTER_FLAGS = [
     "--step-max-tokens", "16", "--token-budget", "48", "--answer-max-tokens", "16",
     "--request-timeout", "180", "--seed", "0", "--max-token-budget", "64",
+    "--min-threshold", "0",  # the tests route whole chains to the large model with threshold 0
 ]  # fmt: skip
 
 
