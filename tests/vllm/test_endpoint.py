@@ -20,7 +20,8 @@ from glimprouter.endpoint.responses import finish_reason
 from tests.processes import Lines, running, stop
 from tests.proxy import KillableProxy
 from tests.test_endpoint import chat
-from tests.test_endpoint_threads import kill_a_router_mid_chain_and_resume
+from tests.test_endpoint_threads import kill_a_router_mid_chain_and_resume, start_router
+from tests.test_endpoint_workers import scrape, total
 
 # Real vLLM behind a `glimprouter serve-router` subprocess. The model writes ~4 tokens/s on a
 # shared CPU, so every chain is a few short steps.
@@ -178,3 +179,36 @@ def test_a_router_killed_mid_chain_on_vllm_is_resumed_by_another_router(
 ):
     """Two serve-router processes in front of the session's vLLM and one PostgreSQL."""
     kill_a_router_mid_chain_and_resume(vllm_base_url, postgres_uri, "vllm-killed-router", 64)
+
+
+@pytest.mark.vllm
+async def test_two_workers_in_front_of_vllm_serve_and_count_every_chain(vllm_base_url, tmp_path):
+    """serve-router --workers 2 on the session's vLLM: concurrent requests on connections of
+    their own are answered, and /metrics, from either worker, counts every chain and token."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    router, url = start_router(
+        vllm_base_url, None, 48, "--workers", "2", "--request-timeout", "180",
+        env=os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(timeout=600, headers={"Connection": "close"}) as http:
+            body = {"max_steps": 2, "answer_max_tokens": 8}
+            replies = await asyncio.gather(
+                *(
+                    http.post(f"{url}/chat/completions", json=chat(f"What is {n} + 1?") | body)
+                    for n in range(4)
+                )
+            )
+            assert [reply.status_code for reply in replies] == [200] * 4, replies[0].text
+            usages = [reply.json()["usage"]["glimprouter"] for reply in replies]
+            scraped = [scrape(url) for _ in range(4)]
+    finally:
+        assert stop(router) == 0
+    for samples in scraped:
+        assert total(samples, "glimprouter_chains_finished_total") == 4
+        assert total(samples, "glimprouter_steps_total") == sum(u["steps"] for u in usages)
+        for role in ("small", "large"):
+            assert total(samples, "glimprouter_model_tokens_total", role=role) == sum(
+                u[role]["prompt_tokens"] + u[role]["completion_tokens"] for u in usages
+            )
