@@ -15,7 +15,9 @@ returns None and the run keeps the per-process bounds only (see sandbox.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
 import signal
 import time
 from dataclasses import dataclass
@@ -24,13 +26,13 @@ from pathlib import Path
 # Processes killed at the end of a run leave their cgroup within milliseconds; past this, one
 # that cannot be killed (stuck in the kernel) keeps it, and the directory is left behind.
 EMPTY_WITHIN_S = 10.0
+PREFIX = "glimprouter-run-"  # then the grader's PID
 
 
 @dataclass(frozen=True)
 class Hierarchy:
-    """Where a cgroup hierarchy is mounted and which controllers it carries."""
+    """Where a cgroup hierarchy is mounted, and its controllers (v1: in the mount's options)."""
 
-    version: int
     mount_point: Path
     mount_root: str
     controllers: frozenset[str]
@@ -78,23 +80,50 @@ class RunCgroup:
         return members
 
 
-def make_run_cgroup(name: str, memory_bytes: int, max_tasks: int) -> RunCgroup | None:
-    """A fresh cgroup `name` bounding memory (swap included) and tasks, or None where none can be
-    made here."""
+def make_run_cgroup(memory_bytes: int, max_tasks: int) -> RunCgroup | None:
+    """A fresh cgroup bounding memory (swap included) and tasks, or None where none can be made
+    here."""
+    name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
     try:
         with open("/proc/self/cgroup") as cgroups, open("/proc/self/mountinfo") as mounts:
-            parents = cgroup_parents(cgroups.read(), mounts.read())
+            candidates = cgroup_parents(cgroups.read(), mounts.read())
+        for version, places in candidates:
+            if version == 2 and not _hands_down_controllers(places[0]):
+                continue
+            _remove_abandoned(places)
+            made = _make(version, places, name, memory_bytes, max_tasks)
+            if made is not None:
+                return made
     except OSError:
-        return None
-    if parents is None:
-        return None
-    version, places = parents
+        pass  # no /proc, or a cgroupfs this process may not read
+    return None
+
+
+def _remove_abandoned(places: list[Path]) -> None:
+    """Remove the run cgroups of graders that are gone (killed outright, no time to remove
+    theirs): their runs died with them, so the cgroups are empty. Named after their grader's
+    PID, a live grader's are never touched."""
+    for place in places:
+        for directory in place.glob(f"{PREFIX}*"):
+            grader = directory.name.removeprefix(PREFIX).split("-")[0]
+            if not grader.isdigit():
+                continue  # not one of ours
+            try:
+                os.kill(int(grader), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):  # another grader removed it first
+                    directory.rmdir()
+            except PermissionError:
+                pass  # alive, another user's
+
+
+def _make(
+    version: int, places: list[Path], name: str, memory_bytes: int, max_tasks: int
+) -> RunCgroup | None:
     made: list[Path] = []
     try:
         if version == 2:
-            (parent,) = places
-            _hand_down_controllers(parent)
-            made.append(_mkdir(parent / name))
+            made.append(_mkdir(places[0] / name))
             _write(made[0], "memory.max", memory_bytes)
             _write(made[0], "memory.swap.max", 0, optional=True)
             _write(made[0], "pids.max", max_tasks)
@@ -106,52 +135,47 @@ def make_run_cgroup(name: str, memory_bytes: int, max_tasks: int) -> RunCgroup |
             _write(made[0], "memory.memsw.limit_in_bytes", memory_bytes, optional=True)
             made.append(_mkdir(pids / name))
             _write(made[1], "pids.max", max_tasks)
-    except OSError:
+    except OSError:  # read-only, not ours to write, a limit the kernel refuses
         for directory in reversed(made):
             directory.rmdir()
         return None
     return RunCgroup(version, tuple(made))
 
 
-def cgroup_parents(cgroups: str, mountinfo: str) -> tuple[int, list[Path]] | None:
-    """Where this process's run cgroups go, from /proc/self/cgroup and /proc/self/mountinfo: its
-    own v2 cgroup where that hierarchy has memory and pids, else its own v1 memory and pids
-    cgroups; None if neither is mounted here."""
-    hierarchies = _hierarchies(mountinfo)
+def cgroup_parents(cgroups: str, mountinfo: str) -> list[tuple[int, list[Path]]]:
+    """Where this process's run cgroups may go, from /proc/self/cgroup and /proc/self/mountinfo,
+    best first: under its own v2 cgroup, then under its own v1 memory and pids cgroups (both
+    needed); a hierarchy that is not mounted here, or whose mount does not show that cgroup,
+    is left out."""
     own: dict[str, str] = {}  # controller ("" for v2) -> this process's cgroup path
     for line in cgroups.splitlines():
         _, controllers, path = line.split(":", 2)
         for controller in controllers.split(",") if controllers else [""]:
             own[controller] = path
-    unified = [h for h in hierarchies if h.version == 2]
-    if unified and "" in own and {"memory", "pids"} <= unified[0].controllers:
-        place = _inside(unified[0], own[""])
-        return None if place is None else (2, [place])
+    mounts = _hierarchies(mountinfo)
+    candidates = []
+    unified = [_inside(mount, own[""]) for version, mount in mounts if version == 2 and "" in own]
+    if unified and unified[0] is not None:
+        candidates.append((2, [unified[0]]))
     places = []
     for controller in ("memory", "pids"):
-        mounted = [h for h in hierarchies if h.version == 1 and controller in h.controllers]
-        place = _inside(mounted[0], own[controller]) if mounted and controller in own else None
-        if place is None:
-            return None
-        places.append(place)
-    return 1, places
+        mounted = [m for version, m in mounts if version == 1 and controller in m.controllers]
+        if mounted and controller in own and (place := _inside(mounted[0], own[controller])):
+            places.append(place)
+    if len(places) == 2:
+        candidates.append((1, places))
+    return candidates
 
 
-def _hierarchies(mountinfo: str) -> list[Hierarchy]:
-    """The cgroup mounts in mountinfo; a v2 hierarchy's controllers are read from the mount."""
+def _hierarchies(mountinfo: str) -> list[tuple[int, Hierarchy]]:
+    """The cgroup mounts in mountinfo, with their version."""
     found = []
     for line in mountinfo.splitlines():
         before, _, after = line.partition(" - ")
         fields, (fstype, _source, options) = before.split(), after.split()[:3]
-        root, mount_point = fields[3], Path(fields[4])
-        if fstype == "cgroup":
-            found.append(Hierarchy(1, mount_point, root, frozenset(options.split(","))))
-        elif fstype == "cgroup2":
-            try:
-                controllers = (mount_point / "cgroup.controllers").read_text().split()
-            except OSError:
-                controllers = []
-            found.append(Hierarchy(2, mount_point, root, frozenset(controllers)))
+        hierarchy = Hierarchy(Path(fields[4]), fields[3], frozenset(options.split(",")))
+        if fstype in ("cgroup", "cgroup2"):
+            found.append((1 if fstype == "cgroup" else 2, hierarchy))
     return found
 
 
@@ -164,12 +188,19 @@ def _inside(hierarchy: Hierarchy, path: str) -> Path | None:
     return hierarchy.mount_point / path[len(root) :].lstrip("/")
 
 
-def _hand_down_controllers(parent: Path) -> None:
-    """Let children of `parent` have memory and pids (raises where the kernel refuses: v2 keeps
-    processes and controlled children apart below the root)."""
-    enabled = (parent / "cgroup.subtree_control").read_text().split()
-    if not {"memory", "pids"} <= set(enabled):
-        (parent / "cgroup.subtree_control").write_text("+memory +pids")
+def _hands_down_controllers(parent: Path) -> bool:
+    """Whether children of v2 cgroup `parent` get memory and pids, enabling them if need be:
+    the kernel refuses that below the root to a cgroup holding processes (as the grader's does
+    unless delegated a subtree), and where the hierarchy lacks them (they are v1's)."""
+    needed = {"memory", "pids"}
+    try:
+        if not needed <= set((parent / "cgroup.controllers").read_text().split()):
+            return False
+        if not needed <= set((parent / "cgroup.subtree_control").read_text().split()):
+            (parent / "cgroup.subtree_control").write_text("+memory +pids")
+    except OSError:
+        return False
+    return True
 
 
 def _mkdir(directory: Path) -> Path:

@@ -119,7 +119,7 @@ async def run_python(
         (work / "solution.py").write_text(source, encoding="utf-8", errors="replace")
         (work / "stdin").write_text(stdin, encoding="utf-8", errors="replace")
         # The solution's process and max_processes more.
-        cgroup = make_run_cgroup(work.name, limits.memory_mb << 20, limits.max_processes + 1)
+        cgroup = make_run_cgroup(limits.memory_mb << 20, limits.max_processes + 1)
         status_read, status_write = os.pipe()
         settings = asdict(limits) | {
             "fn_name": fn_name,
