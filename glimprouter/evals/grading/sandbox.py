@@ -30,20 +30,20 @@ run: `run_python` raises SandboxUnavailable, whose line says why and how to acce
 (`allow_unconfined`, `--allow-unconfined-code`, GLIMPROUTER_ALLOW_UNCONFINED_CODE=1). Accepted, it
 runs with the limits above only: as the grader's user it can read and write what that user can
 (the home directory too), signal the user's processes (the grader too), reach the network other
-than through Python's socket module (a stand-in blocks only that), and leave behind processes
-that start a session of their own; as root it runs as `nobody` keeping the right to read any
-file (the interpreter may be under /root), writes where `nobody` may and signals `nobody`'s
-processes (other runs).
+than through Python's socket module (a stand-in blocks only that), and, without a cgroup
+(below), leave behind processes that start a session of their own; as root it runs as `nobody`
+keeping the right to read any file (the interpreter may be under /root), writes where `nobody`
+may and signals `nobody`'s processes (other runs).
 
 Where a cgroup can be made (cgroups.py: root, with cgroup v2's or v1's memory and pids
 controllers writable), the run has one of its own: `memory_mb` then bounds the memory of all its
 processes together, swap included, and `max_processes` its tasks, exactly and apart from other
 runs; a run the kernel kills for its memory is a "memory" outcome, and whatever the run leaves in
-its cgroup is killed at its end (even unconfined). Elsewhere each process has `memory_mb` of
-address space and the user `max_processes` more tasks, so a run's total is bounded by their
-product (16 GiB by default): the run goes ahead rather than being refused, since that bound
-still holds and the namespaces, which a missing cgroup does not weaken, are what keep the host's
-files, network and processes out of reach.
+its cgroup is killed at its end (unconfined too). Each process also has `memory_mb` of address
+space. Without a cgroup the user gets `max_processes` more tasks, so a run's total memory is
+bounded by the product (16 GiB by default): the run goes ahead rather than being refused, since
+that bound still holds, and what keeps the host's files, network and processes out of reach is
+the namespaces, which a missing cgroup does not weaken.
 """
 
 from __future__ import annotations
@@ -74,9 +74,11 @@ class SandboxUnavailable(GlimpRouterError):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per run: wall-clock seconds, address space, processes beyond those the user already
-    runs, the size of each file written (stdout included), open descriptors, the bytes and files
-    of its working directory; and whether to run code that cannot be isolated (see above)."""
+    """Per run: wall-clock seconds, memory (all its processes together where a cgroup can be
+    made, else each process's address space), processes besides its first (beyond those the
+    user already runs, without a cgroup), the size of each file written (stdout included), open
+    descriptors, the bytes and files of its working directory; and whether to run code that
+    cannot be isolated (see above)."""
 
     time_s: float = 6.0
     memory_mb: int = 1024
