@@ -17,6 +17,7 @@ from glimprouter.evals.grading import SandboxLimits, sandbox
 from glimprouter.evals.grading.cgroups import PREFIX, RunCgroup, cgroup_parents, make_run_cgroup
 from glimprouter.evals.grading.sandbox import run_python
 from tests.test_sandbox_hostile import FORK_BOMB, needs_namespaces
+from tests.test_sandbox_isolation import _grader_without_namespaces
 
 
 def _cgroups_can_be_made() -> bool:
@@ -190,3 +191,26 @@ def test_a_cgroup_the_mount_does_not_show_is_not_used() -> None:
 def test_without_a_pids_hierarchy_v1_is_not_used() -> None:
     mounts = "".join(line + "\n" for line in HYBRID_MOUNTS.splitlines() if "pids" not in line)
     assert cgroup_parents("8:pids:/\n4:memory:/\n", mounts) == []
+
+
+# Unconfined, a daemon (a session of its own) outlives the run's session kill: not its cgroup.
+DAEMON_SOLUTION = (  # the run ends once the daemon has said its PID
+    "import os, time\nsaid, say = os.pipe()\nif os.fork() == 0:\n    os.setsid()\n"
+    "    print(os.getpid(), flush=True)\n    os.write(say, b'1')\n    time.sleep(60)\n"
+    "os.read(said, 1)"
+)
+DAEMON = (
+    "import asyncio\n"
+    "from glimprouter.evals.grading.sandbox import SandboxLimits, run_python\n"
+    "limits = SandboxLimits(time_s=10.0, allow_unconfined=True)\n"
+    f"print(asyncio.run(run_python({DAEMON_SOLUTION!r}, '', limits=limits)).stdout, end='')\n"
+)
+
+
+@needs_cgroups
+def test_an_unconfined_runs_daemon_ends_with_the_run() -> None:
+    ran = _grader_without_namespaces(DAEMON, {})
+    assert ran.returncode == 0, ran.stderr
+    daemon = Path(f"/proc/{int(ran.stdout)}/status")
+    # Killed, it is gone, or a zombie where the container's init does not reap orphans.
+    assert not daemon.exists() or "State:\tZ" in daemon.read_text(), daemon.read_text()
