@@ -128,7 +128,8 @@ def confine(libc, settings: dict, source: str, cgroup: list[int]) -> int | None:
     itself included, where no cgroup counts them (None)."""
     init = os.fork()
     if init:
-        os.close(settings["status_fd"])  # only the init and the solution report
+        for fd in (settings["status_fd"], *cgroup):  # only the init and the solution use them
+            os.close(fd)
         os._exit(exit_code(os.waitpid(init, 0)[1]))
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # and the namespace with it
     running = None if cgroup else tasks_of(NOBODY) + 1  # before /proc shows only this namespace
@@ -139,8 +140,7 @@ def confine(libc, settings: dict, source: str, cgroup: list[int]) -> int | None:
         os._exit(SANDBOX_FAILED)
     solution = os.fork()
     if solution:
-        os.close(settings["status_fd"])
-        for fd in cgroup:
+        for fd in (settings["status_fd"], *cgroup):
             os.close(fd)
         while True:  # as init, also reap the orphans the solution leaves
             pid, status = os.wait()
