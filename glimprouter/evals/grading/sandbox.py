@@ -30,19 +30,27 @@ run: `run_python` raises SandboxUnavailable, whose line says why and how to acce
 (`allow_unconfined`, `--allow-unconfined-code`, GLIMPROUTER_ALLOW_UNCONFINED_CODE=1). Accepted, it
 runs with the limits above only: as the grader's user it can read and write what that user can
 (the home directory too), signal the user's processes (the grader too), reach the network other
-than through Python's socket module (a stand-in blocks only that), and leave behind processes
-that start a session of their own; as root it runs as `nobody` keeping the right to read any
-file (the interpreter may be under /root), writes where `nobody` may and signals `nobody`'s
-processes (other runs).
+than through Python's socket module (a stand-in blocks only that), and, without a cgroup
+(below), leave behind processes that start a session of their own; as root it runs as `nobody`
+keeping the right to read any file (the interpreter may be under /root), writes where `nobody`
+may and signals `nobody`'s processes (other runs).
 
-Total memory is bounded per process (`memory_mb`) times processes (`max_processes`), not by a
-cgroup: cgroup v2 is not writable on the machines this runs on (v1 hierarchies, containers).
+Where a cgroup can be made (cgroups.py: root, with cgroup v2's or v1's memory and pids
+controllers writable), the run has one of its own: `memory_mb` then bounds the memory of all its
+processes together, swap included, and `max_processes` its tasks, exactly and apart from other
+runs; a run the kernel kills for its memory is a "memory" outcome, and whatever the run leaves in
+its cgroup is killed at its end (unconfined too). Each process also has `memory_mb` of address
+space. Without a cgroup the user gets `max_processes` more tasks, so a run's total memory is
+bounded by the product (16 GiB by default): the run goes ahead rather than being refused, since
+that bound still holds, and what keeps the host's files, network and processes out of reach is
+the namespaces, which a missing cgroup does not weaken.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -52,9 +60,11 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from glimprouter.errors import GlimpRouterError
+from glimprouter.evals.grading.cgroups import EMPTY_WITHIN_S, RunCgroup, make_run_cgroup
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 ALLOW_UNCONFINED_ENV = "GLIMPROUTER_ALLOW_UNCONFINED_CODE"
+log = logging.getLogger(__name__)
 
 
 class SandboxUnavailable(GlimpRouterError):
@@ -64,9 +74,11 @@ class SandboxUnavailable(GlimpRouterError):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per run: wall-clock seconds, address space, processes beyond those the user already
-    runs, the size of each file written (stdout included), open descriptors, the bytes and files
-    of its working directory; and whether to run code that cannot be isolated (see above)."""
+    """Per run: wall-clock seconds, memory (all its processes together where a cgroup can be
+    made, else each process's address space), processes besides its first (beyond those the
+    user already runs, without a cgroup), the size of each file written (stdout included), open
+    descriptors, the bytes and files of its working directory; and whether to run code that
+    cannot be isolated (see above)."""
 
     time_s: float = 6.0
     memory_mb: int = 1024
@@ -108,11 +120,14 @@ async def run_python(
         # Model text may hold lone surrogates, which no file can: they become "?".
         (work / "solution.py").write_text(source, encoding="utf-8", errors="replace")
         (work / "stdin").write_text(stdin, encoding="utf-8", errors="replace")
+        # The solution's process and max_processes more.
+        cgroup = make_run_cgroup(limits.memory_mb << 20, limits.max_processes + 1)
         status_read, status_write = os.pipe()
         settings = asdict(limits) | {
             "fn_name": fn_name,
             "allow_unconfined": limits.unconfined_allowed,
             "status_fd": status_write,
+            "cgroup_procs": cgroup.procs_files if cgroup else [],
         }
         # Files, not pipes: the output-size limit then applies and nothing can fill a pipe.
         try:
@@ -151,11 +166,17 @@ async def run_python(
                     await process.wait()
                 status = _read_status(status_read)
                 stdout, stderr = (_read_back(file) for file in (stdout_file, stderr_file))
+                out_of_memory = cgroup is not None and cgroup.oom_killed()
         finally:
             os.close(status_read)
             if status_write >= 0:
                 os.close(status_write)
+            if cgroup is not None:
+                await _remove(cgroup)
     _check_confined(status, limits, timed_out)
+    if out_of_memory:  # the first limit the run met: what followed (a hang, an error) came of it
+        stderr += f"\nkilled by the kernel: its processes together went over {limits.memory_mb} MiB"
+        return RunResult("memory", stdout, stderr)
     code = process.returncode
     killed_by = _signal_of(code)
     if timed_out or killed_by == signal.SIGXCPU:
@@ -170,6 +191,17 @@ async def run_python(
 async def check_sandbox(limits: SandboxLimits = DEFAULT_LIMITS) -> None:
     """Raise SandboxUnavailable now, before any model work, if runs cannot be confined here."""
     await run_python("", "", limits=replace(limits, time_s=max(limits.time_s, 30.0)))
+
+
+async def _remove(cgroup: RunCgroup) -> None:
+    """The run's result stands either way: only the directory is left behind."""
+    if not await cgroup.remove():
+        log.warning(
+            "the sandbox left the run's cgroup %s behind: a process in it outlived SIGKILL for "
+            "%g s (stuck in the kernel?); remove it with rmdir once it is empty",
+            cgroup.directories[0],
+            EMPTY_WITHIN_S,
+        )
 
 
 def _read_status(fd: int) -> str:

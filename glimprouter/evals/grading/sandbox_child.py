@@ -10,6 +10,8 @@ passes on how the solution ended; its child, the init (PID 1) of new PID, mount,
 namespaces, builds the run's file system, chroots into it and reaps; the init's child turns into
 `nobody`, without any capability, and runs the solution. When the init ends (after the solution,
 or killed with the session or the grader) the kernel kills whatever is left in the namespace.
+Where sandbox.py made a cgroup for the run (settings["cgroup_procs"]), the solution's process
+joins it while still root (`nobody` may not), so all it starts is counted there, and only that.
 
 Before the solution starts, one line on the status descriptor (settings["status_fd"]) tells the
 grader how it is confined ("confined", or "unconfined" where the caller accepted that), or why it
@@ -99,15 +101,38 @@ def report(settings: dict, status: str) -> None:
     os.close(fd)
 
 
-def confine(libc, settings: dict, source: str) -> int:
+def open_cgroup(settings: dict) -> list[int]:
+    """Descriptors of the run's cgroup.procs files (sandbox.py made the cgroup), opened now:
+    the solution's process joins through them from inside its root, where /sys is not."""
+    try:
+        return [os.open(path, os.O_WRONLY) for path in settings["cgroup_procs"]]
+    except OSError as error:
+        report(settings, f"failed: cannot open the run's cgroup: {error}")
+        os._exit(SANDBOX_FAILED)
+
+
+def join_cgroup(settings: dict, cgroup: list[int]) -> None:
+    """Move this process, still root, into the run's cgroup: all it starts is counted there."""
+    try:
+        for fd in cgroup:
+            os.write(fd, b"0")  # 0: the writing process
+            os.close(fd)
+    except OSError as error:
+        report(settings, f"failed: cannot join the run's cgroup: {error}")
+        os._exit(SANDBOX_FAILED)
+
+
+def confine(libc, settings: dict, source: str, cgroup: list[int]) -> int | None:
     """In the namespaces just made, fork the init and from it the solution's process, the only
-    one to return: as `nobody`, with the number of tasks `nobody` runs, itself included."""
+    one to return: in the run's cgroup, as `nobody`, with the number of tasks `nobody` runs,
+    itself included, where no cgroup counts them (None)."""
     init = os.fork()
     if init:
-        os.close(settings["status_fd"])  # only the init and the solution report
+        for fd in (settings["status_fd"], *cgroup):  # only the init and the solution use them
+            os.close(fd)
         os._exit(exit_code(os.waitpid(init, 0)[1]))
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # and the namespace with it
-    running = tasks_of(NOBODY) + 1  # counted before /proc shows only this namespace
+    running = None if cgroup else tasks_of(NOBODY) + 1  # before /proc shows only this namespace
     try:
         build_root(libc, settings, source)
     except OSError as error:
@@ -115,11 +140,13 @@ def confine(libc, settings: dict, source: str) -> int:
         os._exit(SANDBOX_FAILED)
     solution = os.fork()
     if solution:
-        os.close(settings["status_fd"])
+        for fd in (settings["status_fd"], *cgroup):
+            os.close(fd)
         while True:  # as init, also reap the orphans the solution leaves
             pid, status = os.wait()
             if pid == solution:
                 os._exit(exit_code(status))
+    join_cgroup(settings, cgroup)
     os.setgroups([])
     os.setgid(NOBODY)
     os.setuid(NOBODY)  # and with it go all capabilities
@@ -216,7 +243,9 @@ def tasks_of(uid: int) -> int:
     return count
 
 
-def limit(settings: dict, running: int) -> None:
+def limit(settings: dict, running: int | None) -> None:
+    """Per process; the number of tasks also per user, `running` being how many it runs now,
+    unless the run's cgroup bounds them (None): that count is exact, and per run."""
     memory = settings["memory_mb"] << 20
     cpu = int(settings["time_s"]) + 1  # a backstop: the parent enforces the wall-clock limit
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -225,8 +254,9 @@ def limit(settings: dict, running: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (settings["open_files"],) * 2)
     # Relative to what the user runs already: the grader, servers, other sandboxes, and the
     # zombies a container whose init does not reap them keeps after a forking solution.
-    processes = running + settings["max_processes"]
-    resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
+    if running is not None:
+        processes = running + settings["max_processes"]
+        resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
 
 
 def run(settings: dict, source: str) -> None:
@@ -271,18 +301,20 @@ def main() -> None:
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid programs (sudo, su) stay ours
     with open("solution.py", encoding="utf-8") as file:
         source = file.read()
+    cgroup = open_cgroup(settings)
     refused = isolation_refused(libc)
     if refused is None:
-        running = confine(libc, settings, source)
+        running = confine(libc, settings, source, cgroup)
         status = "confined"
     elif not settings["allow_unconfined"]:
         report(settings, f"refused: {refused}")
         os._exit(SANDBOX_FAILED)
     else:
         socket.socket = NoNetworkSocket
+        join_cgroup(settings, cgroup)
         if os.geteuid() == 0:
             drop_root_keeping_reads(libc)
-        running = tasks_of(os.getuid())
+        running = None if cgroup else tasks_of(os.getuid())
         status = "unconfined"
     limit(settings, running)
     report(settings, status)
