@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from glimprouter.cli import build_parser, main
@@ -19,6 +22,7 @@ from glimprouter.model_servers.client import check_endpoints
 from glimprouter.vllm_launcher.cli import specs_from_args
 from glimprouter.vllm_launcher.command import ServerSpec, build_command, build_env
 from tests.fakes import fake_model_server
+from tests.processes import Lines, running, stop
 
 KEY = "sk-env-SECRET-91ab"
 HOME_URL = "http://127.0.0.1:8101/v1"
@@ -137,3 +141,26 @@ def test_served_models_get_a_filtered_environment_and_the_key_off_argv() -> None
         "VLLM_API_KEY": "sk-serve",
     }
     assert "sk-serve" not in repr(spec)
+
+
+def test_passwords_in_urls_stay_out_of_the_routers_banner_and_replies() -> None:
+    """serve-router prints its model servers' URLs when it is ready, and a chain a model server
+    cuts sends the error to the client: the password shows in neither."""
+    with fake_model_server(fault=lambda index, _: "500" if index >= 1 else None) as server:
+        secret_url = server.url.replace("http://", "http://bob:hunter2@")
+        command = [sys.executable, "-m", "glimprouter.cli", "serve-router", "--port", "0",
+                   "--small-url", secret_url, "--large-url", secret_url,
+                   "--max-retries", "0"]  # fmt: skip
+        output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+        with running(command, **output) as router:
+            printed = Lines(router.stdout)
+            banner = printed.wait_for(
+                lambda line: line if line.startswith("serving ") else None, 120, "the ready line"
+            )
+            body = {"model": "glimprouter", "messages": [{"role": "user", "content": "2 + 2?"}]}
+            reply = httpx.post(f"{banner.split()[3]}/chat/completions", json=body, timeout=60)
+            stop(router)
+            everything = printed.rest(60)
+    assert "bob:***@127.0.0.1" in banner
+    assert reply.status_code == 502 and "bob:***@" in reply.text
+    assert "hunter2" not in everything + reply.text

@@ -44,6 +44,17 @@ space. Without a cgroup the user gets `max_processes` more tasks, so a run's tot
 bounded by the product (16 GiB by default): the run goes ahead rather than being refused, since
 that bound still holds, and what keeps the host's files, network and processes out of reach is
 the namespaces, which a missing cgroup does not weaken.
+
+Why our own namespace code rather than bubblewrap (bwrap, the Debian package Flatpak relies on):
+bwrap makes the same namespaces with the same system calls, so it is refused exactly where our
+unshare is (Docker's default seccomp profile, a rootless container without user namespaces) and
+would not widen where code can be graded; it sets no resource limits, so the rlimits, the bounded
+tmpfs and the cgroup would stay ours all the same; and it is a system package that `pip install`
+cannot bring, where this code needs only the standard library. What it would replace is the
+mounts and the privilege drop (sandbox_child.py), which the hostile-program suite
+(tests/test_sandbox_hostile.py, tests/test_sandbox_isolation.py) checks from the solution's side
+on every run of the tests. Should that code grow (seccomp filters, Landlock), bwrap becomes the
+better trade.
 """
 
 from __future__ import annotations
