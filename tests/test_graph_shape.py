@@ -4,8 +4,8 @@ import importlib
 import json
 import os
 import re
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,8 +75,9 @@ def test_langgraph_json_exports_the_compiled_graph():
 def test_langgraph_json_gives_a_langgraph_server_image(tmp_path):
     """`langgraph dockerfile` (what `langgraph build` builds, written without Docker): the image
     installs this package and serves every graph of langgraph.json."""
-    cli = shutil.which("langgraph")
-    if cli is None:
+    # The environment's own CLI, beside its interpreter: CI runs the tests without the venv on PATH.
+    cli = Path(sys.executable).with_name("langgraph")
+    if not cli.exists():
         pytest.skip('langgraph-cli is not installed: pip install -e ".[studio]"')
     config = json.loads((ROOT / "langgraph.json").read_text())
     written = subprocess.run(
