@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -33,6 +34,7 @@ from glimprouter.evals.grading import math_grader
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.settings import ENV_PREFIX
 from glimprouter.vllm_launcher.local_models import cache_dir
+from tests.fakes import fake_model_server
 from tests.processes import Lines, start, stop
 from tests.proxy import KillableProxy
 
@@ -232,3 +234,10 @@ def server_context(vllm_base_url: str) -> RouterContext:
         request_timeout=120,
         seed=0,
     )
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[Any]:
+    """A fake model server for both roles, shared by a module's tests."""
+    with fake_model_server() as server:
+        yield server

@@ -199,3 +199,8 @@ def context_at(url: str, **overrides: Any) -> RouterContext:
         "request_timeout": 10,
     }
     return RouterContext(**{**settings, **overrides})
+
+
+def chat(question: str = "What is 2 + 2?", **fields: Any) -> dict[str, Any]:
+    """A chat completion request body for the router's model, asking `question`."""
+    return {"model": "glimprouter", "messages": [{"role": "user", "content": question}], **fields}

@@ -26,7 +26,7 @@ from glimprouter.endpoint.responses import finish_reason
 from glimprouter.errors import ConfigError
 from glimprouter.prompts import render_question
 from glimprouter.strategies import STRATEGIES
-from tests.fakes import context_at, fake_model_server
+from tests.fakes import chat, context_at, fake_model_server
 from tests.processes import wait_until_async
 
 QUESTION = "What is 2 + 2?"
@@ -36,16 +36,6 @@ def tag_of(question: str, task: str = "math") -> str:
     """What the fake model server calls a question in the steps it writes (the first 8 hex
     digits of the rendered question's SHA-1)."""
     return hashlib.sha1(render_question(question, task).encode()).hexdigest()[:8]
-
-
-def chat(question: str = QUESTION, **fields: Any) -> dict[str, Any]:
-    return {"model": "glimprouter", "messages": [{"role": "user", "content": question}], **fields}
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with fake_model_server() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,12 @@ from starlette.testclient import TestClient
 from glimprouter.cli import main
 from glimprouter.endpoint import create_app
 from glimprouter.endpoint.keys import KEYS_ENV, ApiKeys, keys_from
-from tests.fakes import context_at, fake_model_server
+from tests.fakes import chat, context_at, fake_model_server
 
 KEYS = ["sk-first-0123456789", "sk-second-abcdefghij"]
 # What an HTTP header may carry: visible Latin-1, spaces and tabs.
 HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=60)
-CHAT = {"model": "glimprouter", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with fake_model_server() as server:
-        yield server
+CHAT = chat()
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from glimprouter.endpoint.limits import (
 from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
 from glimprouter.strategies import CHOICES, STRATEGIES, costing_no_more
-from tests.fakes import context_at, fake_model_server
+from tests.fakes import chat, context_at
 
 WIDE = RouterLimits(
     allow_methods=tuple(STRATEGIES),
@@ -38,16 +38,6 @@ WIDE = RouterLimits(
     max_chain_tokens_limit=10**6,
     max_step_tokens=32,
 )
-
-
-def chat(**fields: Any) -> dict[str, Any]:
-    return {"model": "glimprouter", "messages": [{"role": "user", "content": "2 + 2?"}], **fields}
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with fake_model_server() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,10 @@ from starlette.testclient import TestClient
 
 from glimprouter.endpoint import RouterLimits, create_app
 from glimprouter.endpoint.keys import ApiKeys
-from tests.fakes import context_at, fake_model_server
+from tests.fakes import chat, context_at, fake_model_server
 
 KEY = "sk-metrics-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def chat(question: str, **fields) -> dict:
-    return {"model": "glimprouter", "messages": [{"role": "user", "content": question}], **fields}
 
 
 def scrape(client, headers=AUTH) -> dict[tuple[str, tuple], float]:

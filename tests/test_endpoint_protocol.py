@@ -16,9 +16,9 @@ from starlette.testclient import TestClient
 from glimprouter.endpoint import create_app
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.settings import request_knobs, setting
-from tests.fakes import context_at, fake_model_server
+from tests.fakes import chat, context_at
 
-CHAT = {"model": "glimprouter", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+CHAT = chat()
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -26,12 +26,6 @@ class WithBeams(RouterContext):
     beams: int | None = dataclasses.field(
         default=None, metadata=setting("Beams per step.", flag_help="beams", request=True)
     )
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with fake_model_server() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

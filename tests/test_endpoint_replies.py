@@ -8,12 +8,7 @@ from starlette.testclient import TestClient
 
 from glimprouter.endpoint import create_app
 from glimprouter.prompts import STEP_SEPARATOR
-from tests.fakes import context_at, fake_model_server
-
-
-def chat(**fields) -> dict:
-    body = {"model": "glimprouter", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
-    return body | fields
+from tests.fakes import chat, context_at, fake_model_server
 
 
 @pytest.mark.parametrize(("answer_max_tokens", "finish"), [(2, "length"), (64, "stop")])

@@ -30,16 +30,12 @@ from glimprouter.endpoint.hosts import answered_hosts, host_name
 from glimprouter.endpoint.keys import ApiKeys
 from glimprouter.endpoint.server import uvicorn_config
 from glimprouter.errors import ConfigError
-from tests.fakes import context_at, fake_model_server
+from tests.fakes import chat, context_at, fake_model_server
 from tests.processes import wait_until, wait_until_async
 
 GUARD_S = 60  # an upper bound for a slow machine, never a guess at how long something takes
 BOUND_S = 0.5
 KEYS = ["sk-wire-first-0123456789", "sk-wire-second-abcdefghij"]
-
-
-def chat(question: str = "What is 2 + 2?", **fields: Any) -> dict[str, Any]:
-    return {"model": "glimprouter", "messages": [{"role": "user", "content": question}], **fields}
 
 
 @contextlib.contextmanager
@@ -94,12 +90,6 @@ def read_response(client: socket.socket) -> tuple[int, dict[str, str], bytes]:
     while len(body) < int(headers["content-length"]):
         body += client.recv(65536)
     return int(status_line.split()[1]), headers, body
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with fake_model_server() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
