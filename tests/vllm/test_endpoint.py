@@ -21,7 +21,7 @@ from tests.processes import Lines, running, stop
 from tests.proxy import KillableProxy
 from tests.test_endpoint import chat
 from tests.test_endpoint_threads import kill_a_router_mid_chain_and_resume, start_router
-from tests.test_endpoint_workers import scrape, total
+from tests.test_endpoint_workers import metrics_env, scrape, total
 
 # Real vLLM behind a `glimprouter serve-router` subprocess. The model writes ~4 tokens/s on a
 # shared CPU, so every chain is a few short steps.
@@ -185,12 +185,10 @@ def test_a_router_killed_mid_chain_on_vllm_is_resumed_by_another_router(
 async def test_two_workers_in_front_of_vllm_serve_and_count_every_chain(vllm_base_url, tmp_path):
     """serve-router --workers 2 on the session's vLLM: concurrent requests on connections of
     their own are answered, and /metrics, from either worker, counts every chain and token."""
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
+    _, env = metrics_env(tmp_path)
     router, url = start_router(
-        vllm_base_url, None, 48, "--workers", "2", "--request-timeout", "180",
-        env=os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
-    )  # fmt: skip
+        vllm_base_url, None, 48, "--workers", "2", "--request-timeout", "180", env=env
+    )
     try:
         async with httpx.AsyncClient(timeout=600, headers={"Connection": "close"}) as http:
             body = {"max_steps": 2, "answer_max_tokens": 8}
