@@ -15,18 +15,16 @@ local-pair eval), to put the overhead in proportion.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing
+import re
 import socket
 import time
+from typing import Any
 
 import openai
-import uvicorn
 from _record import record, timed
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
-from starlette.routing import Route
 
 from glimprouter import RouterContext, graph, run_config
 from glimprouter.model_servers.client import complete, stream_with_glimpse
@@ -34,77 +32,67 @@ from glimprouter.model_servers.client import complete, stream_with_glimpse
 TOP = [{"token": t, "logprob": -0.6931, "bytes": [ord(t)]} for t in "ab"]  # entropy ln 2
 
 
-def fake_server(steps_per_chain: int) -> Starlette:
-    """Answers instantly: a step until the chain has `steps_per_chain` steps, then </think>."""
+def reply_text(body: dict[str, Any], steps_per_chain: int) -> str:
+    """A step until the chain has `steps_per_chain` steps, then </think>, then the answer."""
+    last = body["messages"][-1]
+    prefix = last["content"] if last["role"] == "assistant" else ""
+    if "</think>" in prefix:
+        return "The answer is \\boxed{1}."
+    done = prefix.count("\n\n")
+    text = "So we finish.</think>" if done >= steps_per_chain - 1 else f"Step {done} holds.\n\n"
+    return text[:1] if 1 in (body.get("max_completion_tokens"), body.get("max_tokens")) else text
 
-    def reply_text(body: dict) -> str:
-        prefix = (
-            body["messages"][-1]["content"] if body["messages"][-1]["role"] == "assistant" else ""
-        )
-        if "</think>" in prefix:
-            return "The answer is \\boxed{1}."
-        done = prefix.count("\n\n")
-        return "So we finish.</think>" if done >= steps_per_chain - 1 else f"Step {done} holds.\n\n"
 
-    async def models(_: Request) -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [{"id": "small"}, {"id": "large"}]})
-
-    async def chat(request: Request):
-        body = await request.json()
-        text = reply_text(body)
-        if body.get("max_completion_tokens") == 1 or body.get("max_tokens") == 1:
-            text = text[:1]
-        logprobs = (
-            {"content": [{"token": text[:1], "logprob": -0.69, "bytes": [1], "top_logprobs": TOP}]}
-            if body.get("logprobs")
-            else None
-        )
-        usage = {"prompt_tokens": 100, "completion_tokens": 8, "total_tokens": 108}
-        if not body.get("stream"):
-            return JSONResponse(
-                {
-                    "id": "x",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": body["model"],
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "finish_reason": "stop",
-                            "logprobs": logprobs,
-                        }
-                    ],
-                    "usage": usage,
-                }
-            )
-
-        async def events():
-            pieces = [(text, logprobs, None), ("", None, "stop")]
-            for content, chunk_logprobs, finish in pieces:
-                chunk = {
-                    "id": "x",
-                    "object": "chat.completion.chunk",
-                    "created": 0,
-                    "model": body["model"],
-                    "usage": usage,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "delta": {"content": content},
-                            "logprobs": chunk_logprobs,
-                            "finish_reason": finish,
-                        }
-                    ],
-                }
-                yield f"data: {json.dumps(chunk)}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    return Starlette(
-        routes=[Route("/v1/models", models), Route("/v1/chat/completions", chat, methods=["POST"])]
+def reply_body(body: dict[str, Any], steps_per_chain: int) -> tuple[bytes, bytes]:
+    """(content type, body) of an instant chat completion: one chunk of text, then the finish."""
+    text = reply_text(body, steps_per_chain)
+    logprobs = (
+        {"content": [{"token": text[:1], "logprob": -0.69, "bytes": [1], "top_logprobs": TOP}]}
+        if body.get("logprobs")
+        else None
     )
+    usage = {"prompt_tokens": 100, "completion_tokens": 8, "total_tokens": 108}
+    head = {"id": "x", "created": 0, "model": body["model"], "usage": usage}
+    if not body.get("stream"):
+        message = {"role": "assistant", "content": text}
+        choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": logprobs}
+        return b"application/json", json.dumps(
+            {**head, "object": "chat.completion", "choices": [choice]}
+        ).encode()
+    events = []
+    for content, chunk_logprobs, finish in [(text, logprobs, None), ("", None, "stop")]:
+        delta = {"content": content}
+        choice = {"index": 0, "delta": delta, "logprobs": chunk_logprobs, "finish_reason": finish}
+        chunk = {**head, "object": "chat.completion.chunk", "choices": [choice]}
+        events.append(f"data: {json.dumps(chunk)}\n\n")
+    events.append("data: [DONE]\n\n")
+    return b"text/event-stream", "".join(events).encode()
+
+
+MODELS = json.dumps({"object": "list", "data": [{"id": "small"}, {"id": "large"}]}).encode()
+
+
+async def _answer(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, steps_per_chain: int
+) -> None:
+    """HTTP/1.1 keep-alive on a bare asyncio stream: the least CPU a server can spend per request,
+    so that what the benchmarks measure is the router's."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            raw = await reader.readexactly(int(length.group(1))) if length else b""
+            if head.startswith(b"GET /v1/models"):
+                content_type, payload = b"application/json", MODELS
+            else:
+                content_type, payload = reply_body(json.loads(raw), steps_per_chain)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: " + content_type
+                + b"\r\ncontent-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+            )  # fmt: skip
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
 
 
 def start(steps_per_chain: int) -> str:
@@ -122,7 +110,13 @@ def start(steps_per_chain: int) -> str:
 
 
 def _serve(steps_per_chain: int, port: int) -> None:
-    uvicorn.run(fake_server(steps_per_chain), port=port, log_level="error")
+    async def serve() -> None:
+        server = await asyncio.start_server(
+            lambda reader, writer: _answer(reader, writer, steps_per_chain), "127.0.0.1", port
+        )
+        await server.serve_forever()
+
+    asyncio.run(serve())
 
 
 async def bare_loop(url: str, questions: int, steps: int) -> int:
