@@ -76,8 +76,12 @@ URLS = [f"http://10.0.0.{n}:8000/v1" for n in range(1, 5)]
 
 
 def test_a_chain_ranks_the_replicas_the_same_way_every_time():
-    assert rendezvous_order(URLS, "chain-1") == rendezvous_order(list(reversed(URLS)), "chain-1")
+    assert rendezvous_order(URLS, "chain-1") == rendezvous_order(list(URLS), "chain-1")
     assert sorted(rendezvous_order(URLS, "chain-1")) == sorted(URLS)
+    other_hosts = [url.replace("10.0.0", "10.9.9") for url in URLS]  # same places, same ranks
+    assert [URLS.index(u) for u in rendezvous_order(URLS, "c")] == [
+        other_hosts.index(u) for u in rendezvous_order(other_hosts, "c")
+    ]
 
 
 def test_chains_spread_evenly_and_losing_a_replica_moves_only_its_chains():
@@ -85,14 +89,15 @@ def test_chains_spread_evenly_and_losing_a_replica_moves_only_its_chains():
     first = {chain: rendezvous_order(URLS, chain)[0] for chain in chains}
     counts = Counter(first.values())
     assert all(900 <= counts[url] <= 1100 for url in URLS), counts  # 1000 each, +-10%
-    survivors = URLS[1:]
+    picker = ReplicaPicker()
+    picker.set_aside(URLS[0], 60.0)
     for chain in chains:
-        now = rendezvous_order(survivors, chain)[0]
+        now = picker.order(URLS, chain, "chain")[0]
         if first[chain] != URLS[0]:
             assert now == first[chain]  # a chain of a healthy replica stays
         else:
             assert now == rendezvous_order(URLS, chain)[1]  # the lost one's go to their second
-    moved = Counter(rendezvous_order(survivors, c)[0] for c in chains if first[c] == URLS[0])
+    moved = Counter(picker.order(URLS, c, "chain")[0] for c in chains if first[c] == URLS[0])
     assert len(moved) == 3  # spread over every survivor, not piled onto one
 
 
@@ -150,6 +155,17 @@ async def test_each_chain_stays_on_one_replica_per_role_and_carries_its_id():
         for result in results:
             for step in result["steps"]:
                 assert step["replica"] in urls
+
+
+async def test_a_thread_is_its_own_chain_id():
+    with fake_model_server() as a, fake_model_server() as b:
+        urls = [a.url, b.url]
+        context = context_at(a.url, small_base_url=urls, large_base_url=urls)
+        config = run_config(context, configurable={"thread_id": "thread-7"})
+        result = await run_question(graph, {"question": "What is 7?"}, context, config)
+        assert result["stop_reason"] == "end_of_sequence"
+        sent = [headers[HEADER] for server in (a, b) for headers in server.headers]
+    assert sent and set(sent) == {"thread-7"}
 
 
 async def test_without_affinity_a_chain_spreads_over_the_replicas():

@@ -1,13 +1,15 @@
 """Which replica of a role a chain's request goes to: spread chains, keep each on one replica,
 and set a failed replica aside for a while.
 
-A chain goes to the replica its id ranks first by rendezvous (highest-random-weight) hashing,
-not to the least loaded one at its start. The hash needs no shared state, so every process that
-runs the chain (serve-router's workers, a resumed thread, an eval's Ray workers) sends it to the
-same replica, and the spread is even in expectation: each of N replicas gets each chain with
-probability 1/N (16 chains on 2 replicas: 4 to 12 on each, with 98% probability). When its
-replica fails, a chain moves to its second-ranked replica: the failed replica's chains spread
-over all the others, and no chain of a healthy replica moves.
+A chain goes to the replica its id ranks first by rendezvous (highest-random-weight) hashing of
+(chain id, replica's place in the list), not to the least loaded one at its start. The hash
+needs no shared state, so every process that runs the chain (serve-router's workers, a resumed
+thread, an eval's Ray workers) sends it to the same replica, and the spread is even in
+expectation: each of N replicas gets each chain with probability 1/N (16 chains on 2 replicas:
+4 to 12 on each in 98% of draws of chain ids). When its replica fails, a chain moves to its
+second-ranked replica: the failed replica's chains spread over all the others, and no chain of
+a healthy replica moves (least-load placement would have to remember every pin, in every
+process, to do the same). Reordering the list moves chains: keep it in one order.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from glimprouter.graph.settings import ReplicaAffinity
 
 
 def rendezvous_order(urls: Sequence[str], chain_id: str) -> list[str]:
-    """`urls` in the order a chain tries them: by a hash of (replica, chain), highest first."""
-
-    def weight(url: str) -> bytes:
-        return hashlib.sha256(f"{url.rstrip('/')}\n{chain_id}".encode()).digest()
-
-    return sorted(urls, key=weight, reverse=True)
+    """`urls` in the order a chain tries them: by a hash of (chain, replica's place in the
+    list), highest first. The place, not the URL, so that a test's replicas behind proxies on
+    random ports split a given set of chains the same way every run."""
+    weights = {
+        url: hashlib.sha256(f"{place}\n{chain_id}".encode()).digest()
+        for place, url in enumerate(urls)
+    }
+    return sorted(urls, key=weights.__getitem__, reverse=True)
 
 
 class ReplicaPicker:

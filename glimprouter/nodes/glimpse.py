@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import RouterContext
@@ -33,10 +34,11 @@ async def glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[s
     """Score how unsure the small model is about how to start the next step (for the methods
     that glimpse; the others go straight on). The streamed glimpse also picks the writer, and
     writes the step when the small model keeps it; otherwise `decide` picks the writer.
-    The chain's first glimpse gives it the id that pins its requests to replicas."""
+    The chain's first glimpse gives it the id that pins its requests to replicas: its thread
+    id when it runs in a thread, else a fresh one."""
     if state.get("chain_id"):
         return await _glimpse(state, runtime)
-    chain = {"chain_id": new_chain_id()}
+    chain = {"chain_id": get_config().get("configurable", {}).get("thread_id") or new_chain_id()}
     return {**chain, **await _glimpse({**state, **chain}, runtime)}  # type: ignore[typeddict-item]
 
 
