@@ -27,7 +27,7 @@ import openai
 from _record import record, timed
 
 from glimprouter import RouterContext, graph, run_config
-from glimprouter.model_servers.client import complete, stream_with_glimpse
+from glimprouter.model_servers.client import complete, new_chain_id, stream_with_glimpse
 
 TOP = [{"token": t, "logprob": -0.6931, "bytes": [ord(t)]} for t in "ab"]  # entropy ln 2
 
@@ -159,6 +159,7 @@ async def client_layer(url: str, questions: int, steps: int) -> int:
     context = RouterContext(small_base_url=url, large_base_url=url)
     for _ in range(questions):
         chain: list[str] = []
+        chain_id = new_chain_id()
         for _ in range(steps):
             messages = [
                 {"role": "user", "content": "q"},
@@ -169,6 +170,7 @@ async def client_layer(url: str, questions: int, steps: int) -> int:
                 "small",
                 messages,
                 keep=lambda _: True,
+                chain_id=chain_id,
                 max_tokens=512,
                 temperature=0.6,
                 top_p=0.95,
@@ -180,6 +182,7 @@ async def client_layer(url: str, questions: int, steps: int) -> int:
             context,
             "large",
             [{"role": "user", "content": "q"}, {"role": "assistant", "content": "".join(chain)}],
+            chain_id=chain_id,
             max_tokens=64,
             temperature=0.6,
         )

@@ -42,7 +42,7 @@ from glimprouter import (
 from glimprouter import graph as router_graph
 from glimprouter.graph.context import MODEL_ROLES, ModelRole
 from glimprouter.graph.state import ModelUsage, StopReason, add_usage
-from glimprouter.model_servers.client import complete
+from glimprouter.model_servers.client import complete, new_chain_id
 from glimprouter.prompts import continuation_messages
 
 MAX_ATTEMPTS_LIMIT = 10
@@ -252,6 +252,7 @@ async def verify(state: SolveState, runtime: Runtime[SolveContext]) -> dict[str,
         context,
         context.verifier_model,
         verify_messages(state["problem"], attempt),
+        chain_id=new_chain_id(),  # one request: nothing of it to keep in a replica's cache
         max_tokens=context.verify_max_tokens,
         temperature=0.0,
     )

@@ -9,16 +9,19 @@ a request may set it, its eval identity) is its `setting(...)` metadata: glimpro
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
 from glimprouter.errors import ConfigError
 from glimprouter.graph.settings import (
     ENV_PREFIX,
+    ReplicaAffinity,
     check_values,
+    join_urls,
     parse_env,
     redact_url,
     setting,
+    split_urls,
 )
 from glimprouter.strategies import MODEL_ROLES, STRATEGIES, GlimpseMode, ModelRole
 
@@ -30,9 +33,11 @@ class RouterContext:
     small_base_url: str = field(
         default="http://127.0.0.1:8001/v1",
         metadata=setting(
-            "OpenAI-compatible base URL of the small model's vLLM server.",
+            "OpenAI-compatible base URL of the small model's vLLM server, or of each of its "
+            "replicas: a list, or the URLs separated by commas. A chain stays on one replica.",
             flag="--small-url",
-            flag_help="small model's base URL, e.g. http://127.0.0.1:8001/v1",
+            flag_help="small model's base URL, e.g. http://127.0.0.1:8001/v1; several "
+            "replicas: their URLs separated by commas",
         ),
     )
     small_model: str = field(
@@ -57,9 +62,11 @@ class RouterContext:
     large_base_url: str = field(
         default="http://127.0.0.1:8002/v1",
         metadata=setting(
-            "OpenAI-compatible base URL of the large model's vLLM server.",
+            "OpenAI-compatible base URL of the large model's vLLM server, or of each of its "
+            "replicas: a list, or the URLs separated by commas. A chain stays on one replica.",
             flag="--large-url",
-            flag_help="large model's base URL, e.g. http://127.0.0.1:8002/v1",
+            flag_help="large model's base URL, e.g. http://127.0.0.1:8002/v1; several "
+            "replicas: their URLs separated by commas",
         ),
     )
     large_model: str = field(
@@ -227,6 +234,34 @@ class RouterContext:
             flag_help="retries of a failed request",
         ),
     )
+    replica_affinity: ReplicaAffinity = field(
+        default="chain",
+        metadata=setting(
+            "How requests spread over a role's replicas. chain: every request of a chain goes "
+            "to the same replica (a stable hash of the chain id), which holds its prefix in "
+            "cache; request: each request goes to the next replica in turn (no affinity, for "
+            "comparison).",
+            flag_help="chain (default: a chain stays on one replica) or request (round robin)",
+        ),
+    )
+    affinity_header: str = field(
+        default="x-user-id",
+        metadata=setting(
+            "HTTP header that carries the chain id on every model request, so that a load "
+            "balancer in front of several replicas keeps a chain on one of them (vLLM "
+            "production-stack: --routing-logic session --session-key x-user-id). Empty: none.",
+            flag_help="header carrying the chain id to a load balancer (default x-user-id, "
+            "production-stack's session key); empty for none",
+        ),
+    )
+    replica_cooldown: float = field(
+        default=30.0,
+        metadata=setting(
+            "Seconds a replica that failed (unreachable, 5xx after the retries, a stream cut "
+            "off) is set aside while chains continue on the role's other replicas.",
+            flag_help="seconds a failed replica is set aside",
+        ),
+    )
     seed: int | None = field(
         default=None,
         metadata=setting(
@@ -252,6 +287,9 @@ class RouterContext:
             env_name = ENV_PREFIX + f.name.upper()
             if f.name not in given and f.name not in foreign and env_name in os.environ:
                 setattr(self, f.name, parse_env(env_name, os.environ[env_name], hints[f.name]))
+        for role in MODEL_ROLES:
+            name = f"{role}_base_url"
+            setattr(self, name, join_urls(getattr(self, name)))
         check_values(self)
 
     def _url_is_callers(self, role: ModelRole, given: frozenset[str]) -> bool:
@@ -263,19 +301,29 @@ class RouterContext:
             return False
         default = next(f.default for f in fields(self) if f.name == name)
         configured = os.environ.get(ENV_PREFIX + name.upper(), default)
-        return getattr(self, name).rstrip("/") != str(configured).rstrip("/")
+        return _comparable(getattr(self, name)) != _comparable(configured)
 
     def shown_url(self, role: ModelRole) -> str:
-        """The base URL of `role` as messages, banners and results show it (no password)."""
-        return redact_url(getattr(self, f"{role}_base_url"))
+        """The base URL(s) of `role` as messages, banners and results show them (no password)."""
+        return ",".join(redact_url(url) for url in self.replica_urls(role))
+
+    def replica_urls(self, role: ModelRole) -> tuple[str, ...]:
+        """The base URL of each replica of `role`, in the order given."""
+        return split_urls(getattr(self, f"{role}_base_url"))
+
+    def on_replica(self, role: ModelRole, url: str) -> RouterContext:
+        """This context with `role` pointed at its one replica `url` (what a request uses)."""
+        if getattr(self, f"{role}_base_url") == url:
+            return self
+        return replace(self, **{f"{role}_base_url": url})
 
     def endpoint(self, role: ModelRole) -> tuple[str, str, str]:
-        """(base URL, model name, API key) of the small or the large model."""
-        return (
-            getattr(self, f"{role}_base_url"),
-            getattr(self, f"{role}_model"),
-            getattr(self, f"{role}_api_key"),
-        )
+        """(base URL, model name, API key) of the small or the large model, on a context that
+        points `role` at one replica (`on_replica`)."""
+        urls = self.replica_urls(role)
+        if len(urls) != 1:
+            raise ValueError(f"{role} has {len(urls)} replicas: pick one with on_replica")
+        return (urls[0], getattr(self, f"{role}_model"), getattr(self, f"{role}_api_key"))
 
     @property
     def recursion_limit(self) -> int:
@@ -287,6 +335,10 @@ class RouterContext:
         """Up to six super-steps per reasoning step (glimpse, decide, draft, review, step, check),
         plus the answer."""
         return 6 * max_steps + 8
+
+
+def _comparable(urls: str | list[str]) -> tuple[str, ...]:
+    return tuple(url.rstrip("/") for url in split_urls(join_urls(urls)))
 
 
 def resolve_context(context: RouterContext | dict[str, Any] | None) -> RouterContext:

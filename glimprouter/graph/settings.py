@@ -11,6 +11,7 @@ fields with `setting`.
 
 from __future__ import annotations
 
+import re
 import types
 from dataclasses import Field, fields
 from pathlib import Path
@@ -22,6 +23,12 @@ from glimprouter.strategies import GLIMPSE_MODES, MODEL_ROLES, get_strategy
 
 ENV_PREFIX = "GLIMPROUTER_"
 MAX_STEPS_LIMIT = 8192
+
+# An HTTP header name: RFC 9110's token characters.
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]*")
+
+ReplicaAffinity = Literal["chain", "request"]
+REPLICA_AFFINITIES: tuple[ReplicaAffinity, ...] = ("chain", "request")
 
 
 def setting(
@@ -105,6 +112,18 @@ def read_key_file(path: Path, flag: str) -> str:
     return lines[0].strip()
 
 
+def join_urls(urls: str | list[str] | tuple[str, ...]) -> str:
+    """One base-URL setting as it is kept: a list (or a comma-separated text) as one text of
+    the URLs separated by commas, without the spaces around them."""
+    items = urls.split(",") if isinstance(urls, str) else [str(url) for url in urls]
+    return ",".join(item.strip() for item in items)
+
+
+def split_urls(urls: str) -> tuple[str, ...]:
+    """The URLs of a base-URL setting as `join_urls` keeps it (empty items kept, to refuse)."""
+    return tuple(urls.split(",")) if urls else ()
+
+
 def redact_url(url: str) -> str:
     """`url` without the password of its user:password@ part, if any."""
     parts = urlsplit(url)
@@ -141,10 +160,14 @@ def check_values(context: Any) -> None:
     the setting and where to set it."""
 
     def bad(name: str, why: str) -> ConfigError:
+        value = getattr(context, name)
+        if name in url_fields:
+            value = join_urls([redact_url(url) for url in split_urls(value)])
         return ConfigError(
-            f"{name}={getattr(context, name)!r} {why} (set it in the run context "
-            f"or {ENV_PREFIX}{name.upper()})"
+            f"{name}={value!r} {why} (set it in the run context or {ENV_PREFIX}{name.upper()})"
         )
+
+    url_fields = {f"{role}_base_url" for role in MODEL_ROLES}
 
     if context.threshold < 0:
         raise bad(
@@ -180,9 +203,27 @@ def check_values(context: Any) -> None:
         raise bad("request_timeout", "must be > 0 seconds")
     if context.max_retries < 0:
         raise bad("max_retries", "must be >= 0")
+    if context.replica_affinity not in REPLICA_AFFINITIES:
+        raise bad("replica_affinity", f"must be one of {list(REPLICA_AFFINITIES)}")
+    if context.replica_cooldown < 0:
+        raise bad("replica_cooldown", "must be >= 0 seconds")
+    if not _HEADER_NAME.fullmatch(context.affinity_header):
+        raise bad("affinity_header", "must be an HTTP header name such as x-user-id, or empty")
     for role in MODEL_ROLES:
-        url = getattr(context, f"{role}_base_url")
-        if not url.startswith(("http://", "https://")):
-            raise bad(f"{role}_base_url", "must be an http(s) URL such as http://127.0.0.1:8001/v1")
+        name = f"{role}_base_url"
+        urls = split_urls(getattr(context, name))
+        if not any(urls):
+            raise bad(name, "lists no URL: give one, or each replica's separated by commas")
+        seen: set[str] = set()
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise bad(
+                    name,
+                    f"holds {redact_url(url)!r}, which lacks the http:// or https:// of a URL "
+                    "such as http://127.0.0.1:8001/v1",
+                )
+            if url.rstrip("/") in seen:
+                raise bad(name, f"lists {redact_url(url)!r} twice: give each replica once")
+            seen.add(url.rstrip("/"))
         if not getattr(context, f"{role}_model"):
             raise bad(f"{role}_model", "is empty: give the served model name")

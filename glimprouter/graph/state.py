@@ -45,6 +45,7 @@ class Step(TypedDict):
     completion_tokens: int
     prompt_tokens: int
     wall_s: float
+    replica: str  # base URL (without password) of the replica that wrote the step
 
 
 class ModelUsage(TypedDict):
@@ -96,3 +97,6 @@ class RouterState(InputState, OutputState):
     # awaiting the large model's rewrite, which records it in its `draft`.
     draft_step: Step | None
     streamed_step: Step | None  # a small step the streamed glimpse already wrote, to be committed
+    # What pins the chain's requests to one replica per role (set by its first glimpse, kept in
+    # its checkpoints so that a resumed thread goes back to the same replicas).
+    chain_id: str | None

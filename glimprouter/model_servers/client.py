@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import openai
@@ -25,13 +26,16 @@ from glimprouter.errors import EndpointError
 from glimprouter.graph.context import ModelRole, RouterContext
 from glimprouter.graph.state import ModelUsage, add_usage
 from glimprouter.model_servers.errors import (
+    ReplicaDown,
     bad_key,
     check_finish,
+    every_replica_down,
     no_logprobs,
     timed_out,
     unknown_model,
     unreachable,
 )
+from glimprouter.model_servers.replicas import ReplicaPicker
 from glimprouter.model_servers.startup import (
     CANARY_QUESTION,
     EndpointReport,
@@ -51,6 +55,7 @@ __all__ = [
     "chat_client",
     "check_endpoints",
     "complete",
+    "new_chain_id",
     "one_request",
     "stream_with_glimpse",
 ]
@@ -85,6 +90,8 @@ class Completion:
     completion_tokens: int
     token_logprobs: list[dict[str, Any]]
     """Per generated token, when logprobs were asked: {token, logprob, bytes, top_logprobs}."""
+    replica: str
+    """The base URL (without password) of the replica that wrote it."""
 
     @property
     def first_token_top_logprobs(self) -> list[TopLogprob]:
@@ -133,8 +140,43 @@ def chat_client(context: RouterContext, role: ModelRole) -> ChatOpenAI:
     return clients[key]
 
 
+def new_chain_id() -> str:
+    """A fresh chain id: what pins a chain to its replicas and travels in the affinity header."""
+    return uuid.uuid4().hex
+
+
+# One per process: a replica that failed is set aside for every chain this process runs.
+_replicas = ReplicaPicker()
+
+Result = TypeVar("Result")
+
+
+async def _on_replicas(
+    context: RouterContext,
+    role: ModelRole,
+    chain_id: str,
+    send: Callable[[RouterContext], Awaitable[Result]],
+) -> Result:
+    """`send` the request to the chain's replica of `role`; when that replica is down (after the
+    client's retries), set it aside for replica_cooldown seconds and send the same request to the
+    chain's next replica. The request is a whole step (or glimpse, or answer): nothing of a failed
+    attempt joins the chain, so the chain goes on from the step it was on."""
+    failures: list[ReplicaDown] = []
+    for url in _replicas.order(context.replica_urls(role), chain_id, context.replica_affinity):
+        try:
+            result = await send(context.on_replica(role, url))
+        except ReplicaDown as failure:
+            _replicas.set_aside(url, context.replica_cooldown)
+            failures.append(failure)
+            continue
+        _replicas.restore(url)
+        return result
+    raise every_replica_down(role, failures)
+
+
 def _request_params(
     context: RouterContext,
+    chain_id: str,
     *,
     max_tokens: int,
     temperature: float,
@@ -152,6 +194,8 @@ def _request_params(
         params["seed"] = context.seed
     if top_logprobs is not None:
         params.update(logprobs=True, top_logprobs=top_logprobs)
+    if context.affinity_header:
+        params["extra_headers"] = {context.affinity_header: chain_id}
     return params
 
 
@@ -160,6 +204,7 @@ async def complete(
     role: ModelRole,
     messages: list[dict[str, str]],
     *,
+    chain_id: str,
     max_tokens: int,
     temperature: float,
     top_p: float | None = None,
@@ -167,25 +212,31 @@ async def complete(
     top_logprobs: int | None = None,
     stream: bool = True,
 ) -> Completion:
-    """Continue the assistant prefix in `messages` with one model; `stream=False` keeps the
-    request out of LangGraph's token stream (the glimpse)."""
+    """Continue the assistant prefix in `messages` with one model, on the replica of chain
+    `chain_id` (or the next one up); `stream=False` keeps the request out of LangGraph's token
+    stream (the glimpse)."""
     params = _request_params(
         context,
+        chain_id,
         max_tokens=max_tokens,
         temperature=temperature,
         top_p=top_p,
         top_logprobs=top_logprobs,
     )
     config = None if stream else {"tags": [TAG_NOSTREAM]}
-    try:
-        message = await chat_client(context, role).ainvoke(
-            messages, config=config, stop=stop, **params
-        )
-    except openai.APIError as error:
-        raise await _explain(error, context, role) from None
-    except TimeoutError:
-        raise timed_out(context, role) from None
-    return _completion(message, top_logprobs is not None, context, role)
+
+    async def send(replica: RouterContext) -> Completion:
+        try:
+            message = await chat_client(replica, role).ainvoke(
+                messages, config=config, stop=stop, **params
+            )
+        except openai.APIError as error:
+            raise await _explain(error, replica, role) from None
+        except TimeoutError:
+            raise timed_out(replica, role) from None
+        return _completion(message, top_logprobs is not None, replica, role)
+
+    return await _on_replicas(context, role, chain_id, send)
 
 
 @dataclass(frozen=True)
@@ -212,6 +263,7 @@ async def stream_with_glimpse(
     messages: list[dict[str, str]],
     keep: Callable[[list[TopLogprob]], bool],
     *,
+    chain_id: str,
     max_tokens: int,
     temperature: float,
     top_p: float | None,
@@ -223,10 +275,12 @@ async def stream_with_glimpse(
 
     vLLM reports log-probabilities before temperature and top-p, so the first token's candidates
     are those a greedy one-token probe on the same prefix sees: the same routing decision, and
-    one request (one prefill) for a kept step instead of two.
+    one request (one prefill) for a kept step instead of two. The request goes to chain
+    `chain_id`'s replica, or the next one up.
     """
     params = _request_params(
         context,
+        chain_id,
         max_tokens=max_tokens,
         temperature=temperature,
         top_p=top_p,
@@ -238,23 +292,29 @@ async def stream_with_glimpse(
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
     # A stream the server cuts off (it died mid-step) is asked again, as the client retries a
-    # request that failed before its first byte; what the cut-off attempts generated still counts.
+    # request that failed before its first byte; what the cut-off attempts generated still
+    # counts, on whichever replica the step is finally written.
     cut_off: dict[str, ModelUsage] = {}
-    for attempt in range(context.max_retries + 1):
-        try:
-            glimpsed = await _stream_once(context, role, messages, keep, stop, params)
-            return replace(glimpsed, cut_off=cut_off.get(role))
-        except _StreamCut as cut:
-            cut_off = add_usage(
-                cut_off, one_request(role, cut.prompt_tokens, cut.completion_tokens)
-            )
-            if attempt == context.max_retries:
-                raise EndpointError(
-                    f"the {role} model server at {context.shown_url(role)} cut off "
-                    f"{context.max_retries + 1} streamed step(s) before they ended: check it is "
-                    "up and its log, or raise max_retries (GLIMPROUTER_MAX_RETRIES)"
-                ) from None
-    raise AssertionError("unreachable")
+
+    async def send(replica: RouterContext) -> GlimpsedStep:
+        nonlocal cut_off
+        for attempt in range(replica.max_retries + 1):
+            try:
+                glimpsed = await _stream_once(replica, role, messages, keep, stop, params)
+                return replace(glimpsed, cut_off=cut_off.get(role))
+            except _StreamCut as cut:
+                cut_off = add_usage(
+                    cut_off, one_request(role, cut.prompt_tokens, cut.completion_tokens)
+                )
+                if attempt == replica.max_retries:
+                    raise ReplicaDown(
+                        f"the {role} model server at {replica.shown_url(role)} cut off "
+                        f"{replica.max_retries + 1} streamed step(s) before they ended: check it "
+                        "is up and its log, or raise max_retries (GLIMPROUTER_MAX_RETRIES)"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    return await _on_replicas(context, role, chain_id, send)
 
 
 class _StreamCut(Exception):
@@ -319,7 +379,14 @@ async def _stream_once(
         first_token_top_logprobs=first,
         completion=None
         if cancelled
-        else Completion("".join(text), finish_reason, prompt_tokens, completion_tokens, []),
+        else Completion(
+            "".join(text),
+            finish_reason,
+            prompt_tokens,
+            completion_tokens,
+            [],
+            context.shown_url(role),
+        ),
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
     )
@@ -337,7 +404,7 @@ def _completion(
         raise no_logprobs(context, role)
     if metadata.get("finish_reason") is None:
         # Only a reply streamed under a LangGraph token stream and cut off lacks one.
-        raise EndpointError(
+        raise ReplicaDown(
             f"the {role} model server at {context.shown_url(role)} cut off a reply before it "
             "ended: check it is up and its log"
         )
@@ -348,6 +415,7 @@ def _completion(
         prompt_tokens=int(usage.get("input_tokens", 0)),
         completion_tokens=int(usage.get("output_tokens", 0)),
         token_logprobs=token_logprobs,
+        replica=context.shown_url(role),
     )
 
 
@@ -363,6 +431,8 @@ async def _explain(error: openai.APIError, context: RouterContext, role: ModelRo
         return bad_key(context, role)
     if isinstance(error, openai.NotFoundError):
         return unknown_model(context, role, await served_models(context, role))
+    if isinstance(error, openai.InternalServerError):  # 5xx, after the client's retries
+        return ReplicaDown(f"the {role} model server at {base_url} failed: {detail}")
     # A refused request arrives as a 400, or inside a stream as a plain APIError: read the text.
     if isinstance(error, openai.BadRequestError) or type(error) is openai.APIError:
         if "logprobs" in detail.lower():

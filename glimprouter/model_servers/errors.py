@@ -7,12 +7,18 @@ from glimprouter.errors import EndpointError
 from glimprouter.graph.context import ModelRole, RouterContext
 
 
+class ReplicaDown(EndpointError):
+    """One replica failed in a way another replica of the role may not (it is unreachable, does
+    not answer in time, answers 5xx after the retries, or cuts its streams off): the request
+    moves on to the role's next replica."""
+
+
 def url_setting(role: ModelRole) -> str:
     return f"--{role}-url / GLIMPROUTER_{role.upper()}_BASE_URL"
 
 
-def timed_out(context: RouterContext, role: ModelRole) -> EndpointError:
-    return EndpointError(
+def timed_out(context: RouterContext, role: ModelRole) -> ReplicaDown:
+    return ReplicaDown(
         f"the {role} model server at {context.shown_url(role)} did not answer within "
         f"{context.request_timeout:g} s: check it is up, or raise request_timeout "
         "(GLIMPROUTER_REQUEST_TIMEOUT)"
@@ -39,8 +45,8 @@ def check_finish(finish_reason: str | None, context: RouterContext, role: ModelR
         )
 
 
-def unreachable(context: RouterContext, role: ModelRole) -> EndpointError:
-    return EndpointError(
+def unreachable(context: RouterContext, role: ModelRole) -> ReplicaDown:
+    return ReplicaDown(
         f"cannot reach the {role} model server at {context.shown_url(role)}: start it "
         f"(glimprouter serve) or fix {url_setting(role)}"
     )
@@ -58,4 +64,14 @@ def unknown_model(context: RouterContext, role: ModelRole, served: list[str]) ->
     return EndpointError(
         f"the {role} model server at {context.shown_url(role)} does not serve {model!r}; it serves "
         f"{served}: set --{role}-model / GLIMPROUTER_{role.upper()}_MODEL"
+    )
+
+
+def every_replica_down(role: ModelRole, failures: list[ReplicaDown]) -> EndpointError:
+    """One line naming each replica of `role` and how it failed."""
+    if len(failures) == 1:
+        return failures[0]
+    return EndpointError(
+        f"all {len(failures)} replicas of the {role} model failed: "
+        + "; ".join(str(failure) for failure in failures)
     )

@@ -72,19 +72,28 @@ class EndpointReport:
     """One line each, also logged: e.g. a context shorter than the router's longest request."""
 
 
-async def check_endpoints(context: RouterContext) -> EndpointReport:
-    """Fail fast, before any work, when an endpoint is down, does not serve its model, or fails
-    the start-up canary (`canary`); else say which model each serves, and warn of what will
-    hurt (logged, one line each, on stderr when logging is not configured)."""
+async def check_endpoints(base: RouterContext) -> EndpointReport:
+    """Fail fast, before any work, when an endpoint (any replica of a role) is down, does not
+    serve its model, or fails the start-up canary (`canary`); else say which model each role's
+    replicas serve, and warn of what will hurt (logged, one line each, on stderr when logging is
+    not configured)."""
     served: dict[ModelRole, str] = {}
     warnings = []
-    for role in MODEL_ROLES:
+    replicas = [(role, url) for role in MODEL_ROLES for url in base.replica_urls(role)]
+    for role, url in replicas:
+        context = base.on_replica(role, url)
         entries = await _served_entries(context, role)
         model = context.endpoint(role)[1]
         entry = next((e for e in entries if e.get("id") == model), None)
         if entry is None:
             raise unknown_model(context, role, [e.get("id") for e in entries])
-        served[role] = str(entry.get("root") or model)
+        root = str(entry.get("root") or model)
+        if served.setdefault(role, root) != root:
+            raise EndpointError(
+                f"the {role} model server at {context.shown_url(role)} serves {root}, another "
+                f"{role} replica serves {served[role]}: give {url_setting(role)} replicas of one "
+                "model"
+            )
         await canary(context, role)
         needed = required_context_length(context.token_budget, context.answer_max_tokens)
         length = entry.get("max_model_len")  # vLLM lists it; other servers may not

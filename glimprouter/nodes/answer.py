@@ -10,7 +10,7 @@ from langgraph.runtime import Runtime
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState
 from glimprouter.model_servers.client import ContextOverflow, complete
-from glimprouter.nodes.common import prompt_args, run_context, step_texts
+from glimprouter.nodes.common import chain_id_of, prompt_args, run_context, step_texts
 from glimprouter.parsing import last_boxed
 from glimprouter.prompts import STEP_SEPARATOR, answer_messages
 
@@ -27,6 +27,7 @@ async def answer(state: RouterState, runtime: Runtime[RouterContext]) -> dict[st
             context,
             role,
             answer_messages(step_texts=texts, **prompt_args(state)),
+            chain_id=chain_id_of(state),
             max_tokens=context.answer_max_tokens,
             temperature=context.temperature,
             top_p=context.top_p,

@@ -9,6 +9,7 @@ from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import RouterContext, resolve_context
 from glimprouter.graph.state import ModelUsage, RouterState, Step
+from glimprouter.model_servers.client import new_chain_id
 from glimprouter.strategies import Strategy, get_strategy
 
 
@@ -21,6 +22,12 @@ def run_strategy(runtime: Runtime[RouterContext]) -> tuple[RouterContext, Strate
     """The run's settings and its routing strategy."""
     context = run_context(runtime)
     return context, get_strategy(context.method)
+
+
+def chain_id_of(state: RouterState) -> str:
+    """The id that pins the chain's requests to its replicas (`new_chain_id` for a state that
+    has none yet: the graph's first glimpse records one)."""
+    return state.get("chain_id") or new_chain_id()
 
 
 def commit_step(step: Step) -> dict[str, Any]:

@@ -11,11 +11,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState
-from glimprouter.model_servers.client import ContextOverflow, complete, stream_with_glimpse
+from glimprouter.model_servers.client import (
+    ContextOverflow,
+    complete,
+    new_chain_id,
+    stream_with_glimpse,
+)
 from glimprouter.nodes.common import prompt_args, run_strategy, step_texts
 from glimprouter.nodes.next_step import new_step, step_request
 from glimprouter.nodes.routing import next_writer
@@ -27,7 +33,16 @@ from glimprouter.strategies import Strategy
 async def glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
     """Score how unsure the small model is about how to start the next step (for the methods
     that glimpse; the others go straight on). The streamed glimpse also picks the writer, and
-    writes the step when the small model keeps it; otherwise `decide` picks the writer."""
+    writes the step when the small model keeps it; otherwise `decide` picks the writer.
+    The chain's first glimpse gives it the id that pins its requests to replicas: its thread
+    id when it runs in a thread, else a fresh one."""
+    if state.get("chain_id"):
+        return await _glimpse(state, runtime)
+    chain = {"chain_id": get_config().get("configurable", {}).get("thread_id") or new_chain_id()}
+    return {**chain, **await _glimpse({**state, **chain}, runtime)}  # type: ignore[typeddict-item]
+
+
+async def _glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
     context, strategy = run_strategy(runtime)
     if not strategy.glimpses:
         return {"glimpse_entropy": None, "writer": None}
@@ -38,6 +53,7 @@ async def glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[s
             context,
             "small",
             next_step_messages(step_texts=step_texts(state), **prompt_args(state)),
+            chain_id=state["chain_id"],
             max_tokens=1,
             temperature=0.0,
             top_logprobs=context.top_k,

@@ -11,6 +11,7 @@ from glimprouter.graph.state import RouterState, Step
 from glimprouter.model_servers.client import Completion
 from glimprouter.nodes.common import (
     chain_allowance,
+    chain_id_of,
     prompt_args,
     reasoning_tokens,
     step_texts,
@@ -36,6 +37,7 @@ def step_request(state: RouterState, context: RouterContext) -> dict[str, Any]:
     steps = steps_of(state)
     return {
         "messages": next_step_messages(step_texts=step_texts(state), **prompt_args(state)),
+        "chain_id": chain_id_of(state),
         "max_tokens": step_allowance(
             context.step_max_tokens,
             context.token_budget,
@@ -62,4 +64,5 @@ def new_step(state: RouterState, role: ModelRole, result: Completion, started: f
         "completion_tokens": result.completion_tokens,
         "prompt_tokens": result.prompt_tokens,
         "wall_s": round(time.perf_counter() - started, 4),
+        "replica": result.replica,
     }

@@ -11,6 +11,7 @@ from glimprouter.graph.state import RouterState
 from glimprouter.model_servers.client import ContextOverflow, complete
 from glimprouter.nodes.common import (
     CHAIN_SPENT,
+    chain_id_of,
     chain_spent,
     commit_step,
     prompt_args,
@@ -39,6 +40,7 @@ async def review(state: RouterState, runtime: Runtime[RouterContext]) -> dict[st
                 judge_messages(
                     step_texts=[*step_texts(state), draft["text"]], **prompt_args(state)
                 ),
+                chain_id=chain_id_of(state),
                 max_tokens=1,
                 temperature=0.0,
                 top_logprobs=JUDGE_TOP_LOGPROBS,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shlex
 import sys
 import threading
@@ -23,10 +24,11 @@ from glimprouter.vllm_launcher.command import (
     is_cpu_only,
 )
 from glimprouter.vllm_launcher.launcher import VLLMServer
-from glimprouter.vllm_launcher.pair import local_pair_specs, place_pair, serve
+from glimprouter.vllm_launcher.pair import local_pair_specs, place_pair, place_replicas, serve
 from glimprouter.vllm_launcher.placement import parse_gpus
 
 DEFAULT_PORTS = {"small": 8001, "large": 8002}
+PARALLEL_FLAGS = ("--tensor-parallel-size", "--pipeline-parallel-size", "--data-parallel-size")
 ROLES = ("small", "large")
 # The local pair decodes at a few tokens per second on one core each: keep the demo to minutes.
 DEMO_TOKEN_BUDGET = 1024
@@ -84,7 +86,29 @@ def add_serving_commands(commands: argparse._SubParsersAction) -> None:
         "GLIMPROUTER_SMALL_API_KEY / GLIMPROUTER_LARGE_API_KEY or --small-api-key-file); "
         "VLLM_API_KEY in the environment works too",
     )
+    serve_parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="servers of each role (default 1): on CPU each gets its own cores, on GPUs its own "
+        "devices; replica i listens on the role's port + 10 i. Prints the URL list to paste",
+    )
+    for name in PARALLEL_FLAGS:
+        serve_parser.add_argument(
+            name,
+            type=int,
+            metavar="N",
+            help=f"vLLM's {name} of every server (a replica takes the product of the three "
+            "sizes in GPUs)",
+        )
     for role in ("small", "large"):
+        serve_parser.add_argument(
+            f"--{role}-replicas",
+            type=int,
+            metavar="N",
+            help=f"servers of the {role} model (default: --replicas)",
+        )
         serve_parser.add_argument(
             f"--{role}-gpus",
             metavar="IDS",
@@ -127,28 +151,48 @@ def specs_from_args(args: argparse.Namespace) -> list[ServerSpec]:
     if args.api_key_file is not None:
         common["api_key"] = read_key_file(args.api_key_file, "--api-key-file")
 
+    parallel = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in PARALLEL_FLAGS}
+    if any(size is not None and size < 1 for size in parallel.values()):
+        raise ConfigError(f"{' / '.join(PARALLEL_FLAGS)} must be at least 1")
+    # Passed through first: the role's own --{role}-vllm-args come after them, so they win.
+    parallel_args = [str(part) for flag, size in parallel.items() if size for part in (flag, size)]
+    gpus_per_replica = math.prod(size or 1 for size in parallel.values())
+
     def for_role(spec: ServerSpec, role: str) -> ServerSpec:
         return dataclasses.replace(
             spec,
             port=getattr(args, f"{role}_port"),
             max_model_len=args.max_model_len or default_max_model_len(spec.model, _log),
-            extra_args=shlex.split(getattr(args, f"{role}_vllm_args")),
+            extra_args=[*parallel_args, *shlex.split(getattr(args, f"{role}_vllm_args"))],
             **common,
         )
+
+    def replicas_of(role: str) -> int:
+        given = getattr(args, f"{role}_replicas")
+        return args.replicas if given is None else given
 
     if any(gpus.values()) and is_cpu_only():
         raise ConfigError("--small-gpus / --large-gpus: the installed vLLM runs on CPU")
     if args.model:
         # One server under both names: on the GPUs of --small-gpus, or all it sees.
         spec = ServerSpec(model=args.model, served_names=["small", "large"], devices=gpus["small"])
-        return [for_role(spec, "small")]
-    if args.local:  # placed on the GPUs, if any, by local_pair_specs
+        [replicas] = place_replicas(
+            [for_role(spec, "small")], [replicas_of("small")], [gpus["small"]], gpus_per_replica
+        )
+        return replicas
+    if args.local:  # placed on the GPUs, if any, by local_pair_specs (and again if replicated)
         specs = local_pair_specs(_log, small_gpus=gpus["small"], large_gpus=gpus["large"])
     else:
         specs = [ServerSpec(model=getattr(args, role), served_names=[role]) for role in ROLES]
-        if not is_cpu_only():
+        if not is_cpu_only() and all(replicas_of(role) == 1 for role in ROLES):
             specs = place_pair(specs, gpus["small"], gpus["large"], _log)
-    return [for_role(spec, role) for spec, role in zip(specs, ROLES, strict=True)]
+    placed = place_replicas(
+        [for_role(spec, role) for spec, role in zip(specs, ROLES, strict=True)],
+        [replicas_of(role) for role in ROLES],
+        [gpus[role] for role in ROLES],
+        gpus_per_replica,
+    )
+    return [spec for role_specs in placed for spec in role_specs]
 
 
 def _log(message: str) -> None:
@@ -169,14 +213,15 @@ def _serve_command(args: argparse.Namespace) -> int:
 
 
 def print_endpoints(servers: list[VLLMServer]) -> None:
-    """Where each role is served, as settings a client can paste."""
+    """Where each role is served (its replicas' URLs separated by commas), as settings a client
+    can paste."""
     for role in ("small", "large"):
-        server = next(s for s in servers if role in s.spec.served_names)
-        print(f"{role}: {server.base_url}  (model {role!r}, log {server.log_path})")
-        print(
-            f"  export GLIMPROUTER_{role.upper()}_BASE_URL={server.base_url} "
-            f"GLIMPROUTER_{role.upper()}_MODEL={role}"
-        )
+        role_servers = [s for s in servers if role in s.spec.served_names]
+        urls = ",".join(server.base_url for server in role_servers)
+        logs = ", ".join(str(server.log_path) for server in role_servers)
+        print(f"{role}: {urls}  (model {role!r}, log {logs})")
+        name = f"GLIMPROUTER_{role.upper()}"
+        print(f"  export {name}_BASE_URL={urls} {name}_MODEL={role}")
     sys.stdout.flush()
 
 

@@ -175,7 +175,11 @@ def build_command(spec: ServerSpec, cpu_only: bool) -> list[str]:
             "--max-num-batched-tokens", str(max(max_model_len, 8192)),
         ]  # fmt: skip
     else:
-        if spec.devices and len(spec.devices) > 1:
+        if (
+            spec.devices
+            and len(spec.devices) > 1
+            and "--tensor-parallel-size" not in spec.extra_args
+        ):
             cmd += ["--tensor-parallel-size", str(len(spec.devices))]
         if spec.gpu_memory_utilization is not None:
             cmd += ["--gpu-memory-utilization", f"{spec.gpu_memory_utilization:.2f}"]

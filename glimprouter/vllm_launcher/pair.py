@@ -11,11 +11,18 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from glimprouter.errors import ConfigError
 from glimprouter.vllm_launcher import model_files
 from glimprouter.vllm_launcher.command import ServerSpec, cpu_dtype, is_cpu_only
 from glimprouter.vllm_launcher.launcher import VLLMServer
 from glimprouter.vllm_launcher.local_models import LOCAL_PAIR, prepare
-from glimprouter.vllm_launcher.placement import installed_engine, plan_pair
+from glimprouter.vllm_launcher.placement import (
+    core_range,
+    installed_engine,
+    plan_pair,
+    split_cores,
+    split_gpus,
+)
 
 
 def start_stages(specs: list[ServerSpec]) -> list[list[int]]:
@@ -73,7 +80,7 @@ def local_pair_specs(
     cores = os.cpu_count() or 1
     half = cores // 2
     if cpu_only and half >= 1:
-        binds: list[str | None] = [_core_range(0, half - 1), _core_range(half, cores - 1)]
+        binds: list[str | None] = [core_range(0, half - 1), core_range(half, cores - 1)]
     else:
         binds = [None, None]
     models = [prepare(name, log) for name in pair]
@@ -185,5 +192,67 @@ def plan_pair_memory(
     return kv_cache_gib, tuple(dtypes)
 
 
-def _core_range(first: int, last: int) -> str:
-    return str(first) if first == last else f"{first}-{last}"
+REPLICA_PORT_STEP = 10
+"""Replica i of a role listens on the role's port + 10 i: 8001, 8011, ... and 8002, 8012, ..."""
+
+
+def replicate(
+    specs: list[ServerSpec],
+    counts: list[int],
+    *,
+    cpu_cores: int | None,
+    gpus: tuple[str, ...] = (),
+    role_gpus: list[tuple[str, ...] | None] | None = None,
+    gpus_per_replica: int = 1,
+) -> list[list[ServerSpec]]:
+    """`counts[i]` replicas of `specs[i]` (one spec per role, or one for both), each on its own
+    port, and on CPU (`cpu_cores` the machine's cores) its own cores, on GPUs its own
+    `gpus_per_replica` devices: of `role_gpus[i]` when given, else the next visible ones."""
+    if any(count < 1 for count in counts):
+        raise ConfigError("--replicas / --small-replicas / --large-replicas must be at least 1")
+    if all(count == 1 for count in counts):
+        return [[spec] for spec in specs]  # placed as a pair already
+    replicas = [
+        [
+            dataclasses.replace(spec, port=spec.port + REPLICA_PORT_STEP * index)
+            for index in range(n)
+        ]
+        for spec, n in zip(specs, counts, strict=True)
+    ]
+    if cpu_cores is not None:
+        binds = iter(split_cores(cpu_cores, sum(counts)))
+        return [[dataclasses.replace(s, cpu_threads_bind=next(binds)) for s in r] for r in replicas]
+    free = list(gpus)
+    placed = []
+    for index, role_specs in enumerate(replicas):
+        given = (role_gpus or [None] * len(specs))[index]
+        pool = list(given) if given is not None else free
+        flag = f"--{role_specs[0].served_names[0]}-gpus" if given else "the visible GPUs"
+        groups = split_gpus(pool, len(role_specs), gpus_per_replica, flag)
+        free = [gpu for gpu in free if not any(gpu in group for group in groups)]
+        placed.append(
+            [
+                dataclasses.replace(spec, devices=group, gpu_memory_utilization=None)
+                for spec, group in zip(role_specs, groups, strict=True)
+            ]
+        )
+    return placed
+
+
+def place_replicas(
+    specs: list[ServerSpec],
+    counts: list[int],
+    role_gpus: list[tuple[str, ...] | None],
+    gpus_per_replica: int,
+) -> list[list[ServerSpec]]:
+    """`replicate` on this machine: its cores on CPU, its visible GPUs otherwise."""
+    if is_cpu_only():
+        return replicate(specs, counts, cpu_cores=os.cpu_count() or 1)
+    return replicate(
+        specs,
+        counts,
+        cpu_cores=None,
+        gpus=installed_engine().gpu_ids,
+        role_gpus=role_gpus,
+        gpus_per_replica=gpus_per_replica,
+    )

@@ -202,6 +202,42 @@ def plan_pair(
     return Placement(small_devices, shares[0]), Placement(large_devices, shares[1])
 
 
+def core_range(first: int, last: int) -> str:
+    """Cores `first` to `last` as VLLM_CPU_OMP_THREADS_BIND takes them: "3" or "0-3"."""
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def split_cores(cores: int, servers: int) -> list[str]:
+    """One contiguous range of cores per server, as even as can be: CPU servers that share a
+    core slow each other down more than they gain."""
+    if servers > cores:
+        raise ConfigError(
+            f"{servers} vLLM servers on {cores} cores: each needs a core of its own, lower "
+            "--replicas / --small-replicas / --large-replicas"
+        )
+    ranges, first = [], 0
+    for index in range(servers):
+        size = cores // servers + (index < cores % servers)
+        ranges.append(core_range(first, first + size - 1))
+        first += size
+    return ranges
+
+
+def split_gpus(
+    gpus: Sequence[str], replicas: int, per_replica: int, flag: str
+) -> list[tuple[str, ...]]:
+    """`replicas` disjoint groups of `per_replica` devices of `gpus`, in order: each replica
+    its own devices, none shared (vLLM's memory profiling counts a neighbour's use as its own)."""
+    needed = replicas * per_replica
+    if needed > len(gpus):
+        raise ConfigError(
+            f"{replicas} replica(s) of {per_replica} GPU(s) each need {needed} GPUs, more than "
+            f"the {len(gpus)} left of {flag} ({', '.join(gpus) or 'none'}): lower the replicas "
+            "or the parallel sizes, or give more GPUs"
+        )
+    return [tuple(gpus[i * per_replica : (i + 1) * per_replica]) for i in range(replicas)]
+
+
 def context_length(
     required: int, model_max: int | None, model: str, log: Callable[[str], None] = print
 ) -> int:
