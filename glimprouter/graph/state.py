@@ -44,6 +44,9 @@ class Step(TypedDict):
     finish: StepFinish
     completion_tokens: int
     prompt_tokens: int
+    # Of prompt_tokens, those the server's prefix cache served (None: the server did not say).
+    # Both count the request that wrote the step; a glimpse or probe before it is in `usage`.
+    cached_prompt_tokens: NotRequired[int | None]
     wall_s: float
 
 
@@ -53,6 +56,9 @@ class ModelUsage(TypedDict):
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    # Prompt tokens the prefix cache served, over the requests whose server said (a stream
+    # closed after its first token, the glimpse handing a step to the large model, does not).
+    cached_prompt_tokens: NotRequired[int]
 
 
 def add_usage(
@@ -65,6 +71,13 @@ def add_usage(
         for key, value in counts.items():
             into[key] = into.get(key, 0) + value
     return merged  # type: ignore[return-value]
+
+
+class Warming(TypedDict):
+    """What the chain has given the idle large model's server to prefill (nodes/warming.py)."""
+
+    chain: str  # the chain's key among the warming requests in flight
+    sent: int  # steps of the chain in the prefix last sent
 
 
 class InputState(TypedDict):
@@ -96,3 +109,4 @@ class RouterState(InputState, OutputState):
     # awaiting the large model's rewrite, which records it in its `draft`.
     draft_step: Step | None
     streamed_step: Step | None  # a small step the streamed glimpse already wrote, to be committed
+    warming: NotRequired[Warming | None]  # the large model's prefix cache warmed off the path
