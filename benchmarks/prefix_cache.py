@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import statistics
 import time
@@ -177,17 +178,17 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # /reset_prefix_cache between runs
     problems = load_problems("math500", data_dir=args.data_dir, levels={1, 2}, limit=args.problems)
-    specs = local_pair_specs()
     started = time.perf_counter()
     runs: dict[tuple[int, bool], dict[str, Any]] = {}
     decode: dict[int, dict[str, float]] = {}
     glimpse_times: dict[str, list[tuple[float, int]]] = {}
     for block in (VLLM_DEFAULT_CPU_BLOCK, CPU_BLOCK_SIZE):
+        # Fresh specs, so fresh ports: the previous pair's may not be free yet.
         block_specs = [
             dataclasses.replace(
                 spec, kv_cache_gib=args.kv_cache_gib, extra_args=["--block-size", str(block)]
             )
-            for spec in specs
+            for spec in local_pair_specs()
         ]
         with serve(block_specs) as (small, large):
             urls = {"small": small.base_url, "large": large.base_url}
@@ -217,12 +218,17 @@ def main() -> None:
                     )
                 )
                 after = {role: metric_totals(urls[role]) for role in ROLES}
+                metrics = {
+                    role: {k: after[role][k] - before[role][k] for k in after[role]}
+                    for role in ROLES
+                }
+                # A rerun resumes the eval (nothing left to run): keep the first run's counts.
+                saved = directory / "metrics.json"
+                if any(counts["queries"] for counts in metrics.values()) or not saved.exists():
+                    saved.write_text(json.dumps(metrics))
                 runs[(block, warm)] = {
                     "directory": directory,
-                    "metrics": {
-                        role: {k: after[role][k] - before[role][k] for k in after[role]}
-                        for role in ROLES
-                    },
+                    "metrics": json.loads(saved.read_text()),
                 }
                 print(f"{directory} done at {time.perf_counter() - started:.0f} s", flush=True)
             if block == CPU_BLOCK_SIZE:
@@ -264,8 +270,8 @@ def main() -> None:
         for role in ROLES:
             cached, prompt = rates[role]
             queried = metrics[role]["queries"]
-            hit = metrics[role]["hits"] / queried if queried else 0.0
-            cells.append(f"{100 * cached / prompt if prompt else 0:.1f}% / {100 * hit:.1f}%")
+            shown = f"{100 * metrics[role]['hits'] / queried:.1f}%" if queried else "–"
+            cells.append(f"{100 * cached / prompt if prompt else 0:.1f}% / {shown}")
         tokens = " / ".join(f"{rates[role][1]} / {metrics[role]['prompt']:.0f}" for role in ROLES)
         ratio = latency[(block, warm)] / latency[(VLLM_DEFAULT_CPU_BLOCK, False)]
         lines.append(
