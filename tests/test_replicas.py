@@ -210,13 +210,29 @@ async def test_when_every_replica_fails_the_one_line_error_names_them_all():
     assert a.url in error and b.url in error and "\n" not in error
 
 
-async def test_the_start_up_check_checks_every_replica():
+async def test_a_replica_down_at_the_start_is_a_warning_and_the_run_goes_on_without_it():
     with fake_model_server() as a:
         with fake_model_server() as gone:
             dead = gone.url
-        context = context_at(a.url, large_base_url=[a.url, dead])
-        with pytest.raises(EndpointError, match=f"cannot reach the large model server at {dead}"):
+        context = context_at(a.url, large_base_url=[dead, a.url], threshold=0.0)
+        report = await check_endpoints(context)
+        (warning,) = report.warnings
+        assert f"cannot reach the large model server at {dead}" in warning
+        assert "chains go to the other large replicas" in warning and "\n" not in warning
+        (result,) = await run_chains(context, 1)
+    assert result["error"] is None and {s["replica"] for s in result["steps"]} == {a.url}
+
+
+async def test_the_start_up_check_refuses_a_role_none_of_whose_replicas_answers():
+    with fake_model_server() as a:
+        with fake_model_server() as gone, fake_model_server() as also_gone:
+            dead = [gone.url, also_gone.url]
+        context = context_at(a.url, large_base_url=dead)
+        with pytest.raises(EndpointError) as refused:
             await check_endpoints(context)
+    message = str(refused.value)
+    assert "all 2 replicas of the large model failed" in message and "\n" not in message
+    assert all(f"cannot reach the large model server at {url}" in message for url in dead)
 
 
 async def test_an_eval_over_a_failing_replica_records_no_failure(tmp_path):

@@ -18,7 +18,14 @@ from glimprouter.continuation import (
 )
 from glimprouter.errors import EndpointError
 from glimprouter.graph.context import MODEL_ROLES, ModelRole, RouterContext
-from glimprouter.model_servers.errors import bad_key, unknown_model, unreachable, url_setting
+from glimprouter.model_servers.errors import (
+    ReplicaDown,
+    bad_key,
+    every_replica_down,
+    unknown_model,
+    unreachable,
+    url_setting,
+)
 from glimprouter.prompts import continuation_messages
 
 # The logger of the model-server client as a whole (the package), not of this module: users who
@@ -73,16 +80,21 @@ class EndpointReport:
 
 
 async def check_endpoints(base: RouterContext) -> EndpointReport:
-    """Fail fast, before any work, when an endpoint (any replica of a role) is down, does not
-    serve its model, or fails the start-up canary (`canary`); else say which model each role's
-    replicas serve, and warn of what will hurt (logged, one line each, on stderr when logging is
-    not configured)."""
+    """Fail fast, before any work, when an endpoint (every replica of a role) is down, or any
+    replica does not serve its model or fails the start-up canary (`canary`); else say which
+    model each role's replicas serve, and warn of what will hurt, a replica down among others
+    included (logged, one line each, on stderr when logging is not configured)."""
     served: dict[ModelRole, str] = {}
     warnings = []
+    down: dict[ModelRole, list[ReplicaDown]] = {role: [] for role in MODEL_ROLES}
     replicas = [(role, url) for role in MODEL_ROLES for url in base.replica_urls(role)]
     for role, url in replicas:
         context = base.on_replica(role, url)
-        entries = await _served_entries(context, role)
+        try:
+            entries = await _served_entries(context, role)
+        except ReplicaDown as failure:
+            down[role].append(failure)
+            continue
         model = context.endpoint(role)[1]
         entry = next((e for e in entries if e.get("id") == model), None)
         if entry is None:
@@ -105,6 +117,14 @@ async def check_endpoints(base: RouterContext) -> EndpointReport:
                 f"{context.answer_max_tokens}): late steps and the answer will be cut; restart it "
                 f"with --max-model-len {needed} or lower the budget"
             )
+            logger.warning(warnings[-1])
+    for role, failures in down.items():
+        # A replica down at the start (a rolling restart, a node lost) is one the run's failover
+        # sets aside at its first request; a role none of whose replicas answers stops the run.
+        if len(failures) == len(base.replica_urls(role)):
+            raise every_replica_down(role, failures)
+        for failure in failures:
+            warnings.append(f"{failure}; chains go to the other {role} replicas meanwhile")
             logger.warning(warnings[-1])
     return EndpointReport(served, warnings)
 
