@@ -20,21 +20,12 @@ import urllib.request
 from collections import Counter
 
 from _record import record, timed
+from requests_per_step import QUESTIONS
 
 from glimprouter import RouterContext, graph, run_config
 from glimprouter.graph.invoke import run_question
 from glimprouter.graph.settings import split_urls
 
-QUESTIONS = [
-    "What is 12 + 7 * 3?",
-    "A train travels 60 km in 45 minutes. What is its speed in km/h?",
-    "How many positive divisors does 36 have?",
-    "Simplify (x^2 - 9) / (x - 3).",
-    "What is the remainder when 2^10 is divided by 7?",
-    "Solve for x: 3x - 5 = 16.",
-    "What is the sum of the interior angles of a hexagon?",
-    "Convert 0.375 to a fraction in lowest terms.",
-]
 COUNTERS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total")
 
 
