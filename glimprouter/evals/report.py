@@ -14,6 +14,7 @@ import numpy as np
 from glimprouter.errors import ConfigError
 from glimprouter.evals import stats
 from glimprouter.evals.results import CONFIG_FILE, read_results
+from glimprouter.strategies import MODEL_ROLES
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def summarise(
         requests=float(np.mean([r["small_requests"] + r["large_requests"] for r in ok]))
         if ok
         else 0.0,
-        cache_hit_rate={role: cache_hit_rate(ok, role) for role in ("small", "large")},
+        cache_hit_rate={role: cache_hit_rate(ok, role) for role in MODEL_ROLES},
         outcomes=dict(outcomes),
     )
 

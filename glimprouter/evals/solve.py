@@ -16,6 +16,7 @@ from glimprouter.graph.builder import graph, run_config
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.invoke import run_question
 from glimprouter.prompts import STEP_SEPARATOR
+from glimprouter.strategies import MODEL_ROLES
 
 
 async def solve(
@@ -75,18 +76,18 @@ async def solve(
         "latency_s": round(latency, 3),
         "steps": len(steps),
         "large_steps": sum(step["model"] == "large" for step in steps),
-        "small_completion_tokens": usage.get("small", {}).get("completion_tokens", 0),
-        "large_completion_tokens": usage.get("large", {}).get("completion_tokens", 0),
-        "small_prompt_tokens": usage.get("small", {}).get("prompt_tokens", 0),
-        "large_prompt_tokens": usage.get("large", {}).get("prompt_tokens", 0),
+        **{
+            f"{role}_{count}": usage.get(role, {}).get(count, 0)
+            for count in ("completion_tokens", "prompt_tokens")
+            for role in MODEL_ROLES
+        },
         # Absent where neither server reported its prefix cache (see ModelUsage).
         **{
             f"{role}_cached_prompt_tokens": usage[role]["cached_prompt_tokens"]
-            for role in ("small", "large")
+            for role in MODEL_ROLES
             if "cached_prompt_tokens" in usage.get(role, {})
         },
-        "small_requests": usage.get("small", {}).get("requests", 0),
-        "large_requests": usage.get("large", {}).get("requests", 0),
+        **{f"{role}_requests": usage.get(role, {}).get("requests", 0) for role in MODEL_ROLES},
         "stop_reason": result["stop_reason"],
         "answer": result["answer"],
         "trace": steps,
