@@ -96,7 +96,8 @@ def run_methods(args: argparse.Namespace) -> None:
 
 
 def report(args: argparse.Namespace) -> None:
-    rows = load_rows([d for d in results_dirs([args.output]) if d.parent.name != "dev"])
+    # One level below the sweep's root: its test runs, not its dev run (in dev/).
+    rows = load_rows(results_dirs([args.output, args.output / "glimprouter"]))
     lines = [
         markdown(rows),
         paired_markdown(rows, "large-only"),

@@ -9,6 +9,7 @@ so the checks find a cell's outputs by tag rather than by position.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -46,8 +47,11 @@ def run_notebook(
     name: str, env: dict[str, str], kernels: KernelSpecManager
 ) -> nbformat.NotebookNode:
     """notebooks/NAME.ipynb executed from its folder with the GLIMPROUTER_* settings `env`."""
-    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    path = NOTEBOOKS / f"{name}.ipynb"
+    stored = path.read_bytes()
+    notebook = nbformat.reads(stored.decode(), as_version=4)
     execute(notebook, env, kernels)
+    assert path.read_bytes() == stored, f"{path.name} rewritten: only store_notebooks.py writes it"
     return notebook
 
 
@@ -56,7 +60,10 @@ def execute(
 ) -> None:
     """Run every cell in place; raises CellExecutionError at a failing cell, the outputs up to
     there kept in `notebook`. The kernel is shut down either way (nbclient leaves a kernel
-    manager it was handed running)."""
+    manager it was handed running). The stored outputs are cleared first, so that what
+    `notebook` holds afterwards is this run's alone."""
+    for code_cell in (c for c in notebook.cells if c.cell_type == "code"):
+        code_cell.outputs, code_cell.execution_count = [], None
     kernel = AsyncKernelManager(kernel_name=KERNEL, kernel_spec_manager=kernels)
     try:
         NotebookClient(
@@ -110,15 +117,34 @@ def table(markdown_text: str) -> list[list[str]]:
     return [[c.strip() for c in row] for row in rows[2:]]
 
 
-def test_notebooks_are_stored_clean_and_tagged():
+def test_notebooks_are_stored_with_the_outputs_of_a_real_run():
+    """A reader on GitHub sees a run on the local pair (scripts/store_notebooks.py writes it);
+    the tests run the notebooks in memory and never write them back."""
+    stored = {}
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
         nbformat.validate(notebook)
         assert notebook.nbformat == 4
         for code_cell in (c for c in notebook.cells if c.cell_type == "code"):
-            assert code_cell.outputs == [] and code_cell.execution_count is None, path.name
             assert code_cell.metadata.get("tags") == [code_cell.id], (path.name, code_cell.id)
-    assert {p.stem for p in NOTEBOOKS.glob("*.ipynb")} >= {"quickstart", "analysis"}
+            assert code_cell.execution_count is not None and code_cell.outputs, code_cell.id
+            assert all(o.output_type != "error" for o in code_cell.outputs), code_cell.id
+            assert "execution" not in code_cell.metadata, "stored without timings"
+        stored[path.stem] = notebook
+    assert set(stored) >= {"quickstart", "analysis"}
+
+    quickstart = stored["quickstart"]
+    assert "both servers are up" in stdout(cell(quickstart, "servers"))
+    assert "token_budget 48" not in stdout(cell(quickstart, "servers")), "not the tests' budget"
+    assert re.search(r"^step +0 +(small|large) +H=", stdout(cell(quickstart, "stream")), re.M)
+    assert table(shown(cell(quickstart, "trace"), "text/markdown")[0])
+    assert shown(cell(quickstart, "entropy-plot"), "image/png")
+
+    analysis = stored["analysis"]
+    paired, matched = shown(cell(analysis, "paired"), "text/markdown")
+    assert ": against large-only" in paired and "accuracy Δ (pts)" in paired
+    assert "against random at its large share" in matched
+    assert shown(cell(analysis, "pareto"), "image/png")
 
 
 def test_quickstart_stops_at_its_first_cell_naming_the_missing_server(kernels):
