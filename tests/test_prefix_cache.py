@@ -117,21 +117,22 @@ def test_warming_is_on_by_default_and_read_as_words_from_the_environment(monkeyp
 
 def test_the_large_server_holds_the_chain_through_its_own_last_step_or_the_last_warming():
     chain = [step(0, "small"), step(1, "large"), step(2, "small")]
-    assert large_holds(chain, warmed=0) == 2
+    assert large_holds(chain, warmed=None) == 2
     assert large_holds(chain, warmed=3) == 3
-    assert large_holds(chain[:1], warmed=0) == 0
+    assert large_holds(chain[:1], warmed=0) == 0  # the prompt, warmed before step 0
+    assert large_holds(chain[:1], warmed=None) == -1  # not even the prompt
 
 
-def test_warming_follows_a_small_step_the_large_server_lacks():
+def test_warming_goes_out_as_a_small_step_starts_on_a_prefix_the_large_server_lacks():
     small_then_large = [step(0, "small"), step(1, "large")]
-    assert needs_warming([step(0, "small")], 0, pays=True, chain_ends=False)
+    assert needs_warming([], None, pays=True)  # the prompt, before the first step
+    assert needs_warming([step(0, "small")], 0, pays=True)
     # The large model wrote the last step: its server has the chain already.
-    assert not needs_warming(small_then_large, 0, pays=True, chain_ends=False)
+    assert not needs_warming(small_then_large, None, pays=True)
     # That prefix was sent already.
-    assert not needs_warming([step(0, "small")], 1, pays=True, chain_ends=False)
-    # The answer follows at once; or the large model is never asked.
-    assert not needs_warming([step(0, "small")], 0, pays=True, chain_ends=True)
-    assert not needs_warming([step(0, "small")], 0, pays=False, chain_ends=False)
+    assert not needs_warming([step(0, "small")], 1, pays=True)
+    # The large model is never asked.
+    assert not needs_warming([step(0, "small")], 0, pays=False)
 
 
 def test_warming_pays_only_for_a_large_model_with_a_server_of_its_own_that_may_write():
@@ -147,24 +148,37 @@ def test_warming_pays_only_for_a_large_model_with_a_server_of_its_own_that_may_w
 # --- against fake servers ---------------------------------------------------------------------
 
 
-async def test_a_warming_request_goes_to_the_idle_large_model_after_a_small_step():
-    arrived = threading.Event()
+@pytest.mark.parametrize("glimpse_mode", ["stream", "probe"])
+async def test_a_warming_request_goes_to_the_idle_large_model_as_a_small_step_starts(
+    glimpse_mode,
+):
+    small_writing = threading.Event()
+    warmed_while_small_wrote = threading.Event()
+
+    def small_fault(index, request):
+        if request.get("max_completion_tokens", 0) > 1:  # a small step (stream: its glimpse)
+            small_writing.set()
+            warmed_while_small_wrote.wait(10)  # the step waits for the warming request
 
     def large_fault(index, request):
-        if is_warming(request):
-            arrived.set()
-        else:  # the large step waits for the warming request, so that it cannot be missed
-            arrived.wait(10)
+        if is_warming(request) and small_writing.is_set():
+            warmed_while_small_wrote.set()
 
-    with fake_model_server() as small, fake_model_server(fault=large_fault) as large:
-        result = await run(two_servers_context(small, large))
+    with (
+        fake_model_server(fault=small_fault) as small,
+        fake_model_server(fault=large_fault) as large,
+    ):
+        result = await run(two_servers_context(small, large, glimpse_mode=glimpse_mode))
     assert [s["model"] for s in result["steps"]] == ["small", "large", "large"]
+    assert warmed_while_small_wrote.is_set()  # sent while step 0 was being written
     warming = [r for r in large.requests if is_warming(r)]
-    assert len(warming) == 1  # after step 0; after a large step its server has the chain
+    assert len(warming) == 1  # before step 0; the large model then writes the rest itself
     assert not any(is_warming(r) for r in small.requests)  # never to the model that writes
-    # The prefix the large model's first step then continues.
+    # The chain so far (the prompt), which the large model's first step then continues.
+    step_0 = next(r for r in small.requests if r.get("max_completion_tokens", 0) > 1)
     step_1 = next(r for r in large.requests if not is_warming(r))
-    assert warming[0]["messages"] == step_1["messages"]
+    assert warming[0]["messages"] == step_0["messages"]
+    assert step_1["messages"][-1]["content"].startswith(warming[0]["messages"][-1]["content"])
     assert "seed" not in warming[0] and warming[0]["temperature"] == 0.0
     # Kept out of the chain's usage: it decides nothing and spends no budget.
     assert result["usage"]["large"]["requests"] == 3  # steps 1, 2 and the answer

@@ -106,5 +106,6 @@ class RouterState(InputState, OutputState):
     # What pins the chain's requests to one replica per role (set by its first glimpse, kept in
     # its checkpoints so that a resumed thread goes back to the same replicas).
     chain_id: str | None
-    # Steps of the chain last sent to the idle large model's server to prefill (nodes/warming.py).
+    # Steps after the prompt in the prefix last sent to the idle large model's server to prefill
+    # (nodes/warming.py; None: nothing sent yet).
     warmed_steps: NotRequired[int | None]

@@ -25,6 +25,7 @@ from glimprouter.model_servers.client import (
 from glimprouter.nodes.common import prompt_args, run_strategy, step_texts
 from glimprouter.nodes.next_step import new_step, step_request
 from glimprouter.nodes.routing import next_writer
+from glimprouter.nodes.warming import warm_before_small_step
 from glimprouter.prompts import next_step_messages
 from glimprouter.scoring import TopLogprob, top_k_entropy
 from glimprouter.strategies import Strategy
@@ -71,8 +72,13 @@ async def _glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[
 async def _streamed(
     state: RouterState, context: RouterContext, strategy: Strategy
 ) -> dict[str, Any]:
+    warmed: list[dict[str, Any]] = []
+
     def small_keeps_it(top_logprobs: list[TopLogprob]) -> bool:
-        return next_writer(state, context, strategy, top_k_entropy(top_logprobs)) == "small"
+        keeps = next_writer(state, context, strategy, top_k_entropy(top_logprobs)) == "small"
+        if keeps and not warmed:  # once, though a stream cut off and retried asks again
+            warmed.append(warm_before_small_step(state, context))
+        return keeps
 
     started = time.perf_counter()
     glimpsed = await stream_with_glimpse(
@@ -86,6 +92,7 @@ async def _streamed(
         "glimpse_entropy": top_k_entropy(glimpsed.first_token_top_logprobs),
         "writer": "small" if glimpsed.completion is not None else "large",
         "usage": glimpsed.usage("small"),
+        **next(iter(warmed), {}),
     }
     if glimpsed.completion is not None:
         update["streamed_step"] = new_step(

@@ -14,7 +14,7 @@ from glimprouter.graph.state import RouterState
 from glimprouter.model_servers.client import ContextOverflow, complete
 from glimprouter.nodes.common import CHAIN_SPENT, chain_spent, commit_step, run_strategy
 from glimprouter.nodes.next_step import new_step, step_request
-from glimprouter.nodes.warming import warm_after_step
+from glimprouter.nodes.warming import warm_before_small_step
 
 StepNode = Callable[[RouterState, Runtime[RouterContext]], Awaitable[dict[str, Any]]]
 
@@ -24,20 +24,21 @@ def make_step_node(role: ModelRole) -> StepNode:
 
     A small step the streamed glimpse already wrote is only recorded. Under a reviewing method
     the small model's step is a draft, held for review instead of joining the chain; a large
-    step written after a rejected draft replaces it and records it. A small step that joins the
-    chain is sent on to the idle large model's server to prefill (nodes/warming.py).
+    step written after a rejected draft replaces it and records it. As the small model starts a
+    step or draft, the idle large model's server is given the chain so far to prefill
+    (nodes/warming.py).
     """
 
     async def write_step(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
         context, strategy = run_strategy(runtime)
         if streamed := state.get("streamed_step"):
-            # Its usage came with the glimpse that streamed it.
-            warmed = warm_after_step(state, context, streamed, {})
-            return {**commit_step(streamed), "streamed_step": None, **warmed}
+            # Its usage came with the glimpse that streamed it, which also warmed the large model.
+            return {**commit_step(streamed), "streamed_step": None}
         if chain_spent(state, context):  # a glimpse, probe or judge call took the last tokens
             return CHAIN_SPENT
         drafting = role == "small" and strategy.review != "none"
         scored_by_logprobs = drafting and strategy.review == "logprobs"
+        warmed = warm_before_small_step(state, context) if role == "small" else {}
         started = time.perf_counter()
         try:
             result = await complete(
@@ -47,7 +48,7 @@ def make_step_node(role: ModelRole) -> StepNode:
                 **step_request(state, context),
             )
         except ContextOverflow:
-            return {"stop_reason": "context_length", "draft_step": None}
+            return {"stop_reason": "context_length", "draft_step": None, **warmed}
         step = new_step(state, role, result, started)
         usage = result.usage(role)
         if drafting:
@@ -55,14 +56,13 @@ def make_step_node(role: ModelRole) -> StepNode:
                 # A draft whose logprobs hold nothing to score is kept, as an unscored one is.
                 with contextlib.suppress(ValueError):
                     step["score"] = strategy.score_draft(result.token_logprobs)
-            return {"draft_step": step, "usage": usage}
+            return {"draft_step": step, "usage": usage, **warmed}
         if rejected := state.get("draft_step"):
             step["score"] = rejected["score"]
             step["draft"] = {
                 "text": rejected["text"],
                 "completion_tokens": rejected["completion_tokens"],
             }
-        warmed = warm_after_step(state, context, step, usage) if role == "small" else {}
         return {**commit_step(step), "draft_step": None, "usage": usage, **warmed}
 
     write_step.__name__ = write_step.__qualname__ = f"{role}_step"

@@ -1,10 +1,15 @@
-"""Warming the idle model's prefix cache: while the small model writes, the large model's server
-prefills the chain so far, so that when the large model takes over (a step, or the answer) its
-prompt is already cached instead of prefilled on the critical path.
+"""Warming the idle model's prefix cache: while the small model writes a step, the large model's
+server prefills the chain before it, so that when the large model takes over (a step, or the
+answer) its prompt is already cached but for the small steps just written, instead of prefilled
+whole on the critical path.
 
 Only the large model is warmed. The small model glimpses before every step, so each step of the
-chain reaches its server as the very next request anyway; the large model sits idle through
-runs of small steps, and without warming its next step first prefills all of them.
+chain reaches its server as the very next request anyway; the large model sits idle through runs
+of small steps, and without warming its next step first prefills all of them.
+
+The request goes out when a small step starts, not when it ends: the step's decoding is the time
+the large server has to prefill, and a request sent at the step's end would still be prefilling
+when a large step right after it arrives, the two computing the same prefix side by side.
 
 A warming request is a task beside the chain, never awaited by it: at most one per chain is in
 flight (a newer prefix supersedes an older request still running), the chain's end cancels it,
@@ -20,10 +25,9 @@ import logging
 from typing import Any
 
 from glimprouter.graph.context import RouterContext
-from glimprouter.graph.state import ModelUsage, RouterState, Step, add_usage
+from glimprouter.graph.state import RouterState, Step
 from glimprouter.model_servers.client import prefill
-from glimprouter.nodes.common import chain_id_of, chain_tokens_left, generated_tokens, prompt_args
-from glimprouter.nodes.termination import stop_reason
+from glimprouter.nodes.common import chain_id_of, prompt_args
 from glimprouter.prompts import next_step_messages
 from glimprouter.strategies import MODEL_ROLES, get_strategy
 
@@ -34,21 +38,18 @@ log = logging.getLogger(__name__)
 _in_flight: dict[str, asyncio.Task[None]] = {}
 
 
-def large_holds(steps: list[Step], warmed: int) -> int:
+def large_holds(steps: list[Step], warmed: int | None) -> int:
     """How many steps of the chain the large model's server already holds as a cached prefix:
-    through its own last step (its prompt and what it generated), or the last warmed prefix."""
-    own = max((step["index"] + 1 for step in steps if step["model"] == "large"), default=0)
-    return max(own, warmed)
+    through its own last step (its prompt and what it generated), or the last warmed prefix
+    (`warmed` steps after the prompt); -1 when it holds not even the prompt."""
+    own = max((step["index"] + 1 for step in steps if step["model"] == "large"), default=-1)
+    return max(own, -1 if warmed is None else warmed)
 
 
-def needs_warming(steps: list[Step], warmed: int, pays: bool, chain_ends: bool) -> bool:
-    """Whether to warm the large model after the chain's last step: the small model wrote it,
-    warming `pays` (`warming_pays`), and the large model's server lacks the prefix. Not when the
-    chain ends here: the answer's request follows at once, so a warming request would only race
-    it."""
-    if not steps or chain_ends or not pays:
-        return False
-    return steps[-1]["model"] == "small" and large_holds(steps, warmed) < len(steps)
+def needs_warming(steps: list[Step], warmed: int | None, pays: bool) -> bool:
+    """Whether to warm the large model as the small model starts the step after `steps`: warming
+    `pays` (`warming_pays`) and the large model's server lacks that prefix."""
+    return pays and large_holds(steps, warmed) < len(steps)
 
 
 def warming_pays(context: RouterContext) -> bool:
@@ -64,24 +65,14 @@ def warming_pays(context: RouterContext) -> bool:
     return large != small
 
 
-def warm_after_step(
-    state: RouterState, context: RouterContext, step: Step, usage: dict[str, ModelUsage]
-) -> dict[str, Any]:
-    """After the small model's `step` (costing `usage`, not yet in `state`), send the chain so
-    far to the large model's server to prefill, if it pays (`needs_warming`); the state update
-    that records it."""
+def warm_before_small_step(state: RouterState, context: RouterContext) -> dict[str, Any]:
+    """As the small model starts the next step (or its draft of it), send the chain so far to the
+    large model's server to prefill, if it pays (`needs_warming`); the state update that records
+    it."""
     if not context.warm_prefix_cache:
         return {}
-    steps = [*(state.get("steps") or []), step]
-    generated = generated_tokens(add_usage(state.get("usage"), usage))
-    ends = stop_reason(
-        steps,
-        context.token_budget,
-        context.max_steps,
-        chain_tokens_left(context.max_chain_tokens, context.answer_max_tokens, generated),
-    )
-    warmed = state.get("warmed_steps") or 0
-    if not needs_warming(steps, warmed, warming_pays(context), ends is not None):
+    steps = state.get("steps") or []
+    if not needs_warming(steps, state.get("warmed_steps"), warming_pays(context)):
         return {}
     messages = next_step_messages(step_texts=[s["text"] for s in steps], **prompt_args(state))
     chain = chain_id_of(state)

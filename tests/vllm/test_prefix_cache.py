@@ -33,7 +33,7 @@ async def test_cached_prompt_tokens_appear_per_step_and_per_model(server_context
         assert 0 < usage["cached_prompt_tokens"] <= usage["prompt_tokens"]
 
 
-async def test_the_idle_large_model_is_warmed_with_the_chain_the_small_model_writes(
+async def test_the_idle_large_model_is_warmed_with_the_chain_as_the_small_model_writes(
     server_context,
 ):
     # The large role behind a proxy: a server of its own as far as the router can tell.
@@ -45,15 +45,18 @@ async def test_the_idle_large_model_is_warmed_with_the_chain_the_small_model_wri
         result = await run(context)
         steps = result["steps"]
         assert len(steps) >= 2, steps
-        *warming, answer = proxy.wait_for_chat_requests(len(steps), timeout_s=60)
+        requests = proxy.wait_for_chat_requests(len(steps) + 1, timeout_s=60)
     finally:
         proxy.close()
-    # After every small step but the last (the answer follows it at once), one warming request
-    # with the chain so far; the large model's only other request is the answer.
-    assert [request["max_completion_tokens"] for request in warming] == [1] * (len(steps) - 1)
-    for count, request in enumerate(warming, start=1):
+    # As each small step starts, one warming request with the chain before it; the large
+    # model's only other request is the answer.
+    (answer,) = [r for r in requests if r["max_completion_tokens"] == context.answer_max_tokens]
+    warming = sorted(
+        (r for r in requests if r is not answer), key=lambda r: len(r["messages"][-1]["content"])
+    )
+    assert [request["max_completion_tokens"] for request in warming] == [1] * len(steps)
+    for count, request in enumerate(warming):
         texts = [step["text"] for step in steps[:count]]
         assert request["messages"] == next_step_messages(question=QUESTION, step_texts=texts)
-    assert answer["max_completion_tokens"] == context.answer_max_tokens
     assert result["usage"]["large"]["requests"] == 1  # warming is not the chain's usage
     assert result["usage"]["large"]["cached_prompt_tokens"] > 0
