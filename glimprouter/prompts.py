@@ -96,11 +96,16 @@ def continuation_messages(user_message: str, assistant_prefix: str) -> list[dict
 
 
 def next_step_messages(
-    question: str, step_texts: Sequence[str], task: str = "math", template: str | None = None
+    question: str,
+    step_texts: Sequence[str],
+    task: str = "math",
+    template: str | None = None,
+    step_begun: str = "",
 ) -> list[dict[str, str]]:
-    """The request that continues the chain of thought with its next step."""
+    """The request that continues the chain of thought with its next step (after `step_begun`,
+    the part of that step a model has written so far)."""
     return continuation_messages(
-        render_question(question, task, template), thinking_prefix(step_texts)
+        render_question(question, task, template), thinking_prefix(step_texts) + step_begun
     )
 
 

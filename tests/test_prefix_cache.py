@@ -18,7 +18,13 @@ from glimprouter.evals.report import cache_hit_rate, markdown, summarise
 from glimprouter.graph.invoke import run_question
 from glimprouter.graph.settings import on_off
 from glimprouter.model_servers.client import cached_tokens_of, one_request
-from glimprouter.nodes.warming import large_holds, needs_warming, warming_pays
+from glimprouter.nodes.warming import (
+    WARM_EVERY_TOKENS,
+    large_holds,
+    needs_warming,
+    warming_pays,
+)
+from glimprouter.prompts import next_step_messages
 from tests.fakes import context_at, fake_model_server
 from tests.processes import wait_until
 
@@ -65,8 +71,10 @@ def test_cached_tokens_are_read_from_the_usage_langchain_maps_them_to():
 
 
 def test_usage_counts_cached_tokens_only_where_the_server_reported_them():
-    assert one_request("small", 90, 4, 64)["small"]["cached_prompt_tokens"] == 64
-    assert "cached_prompt_tokens" not in one_request("small", 90, 4)["small"]
+    reported = one_request("small", 90, 4, 64)["small"]
+    assert reported["cached_prompt_tokens"] == 64 and reported["counted_prompt_tokens"] == 90
+    cut_glimpse = one_request("small", 90, 4)["small"]
+    assert "cached_prompt_tokens" not in cut_glimpse and "counted_prompt_tokens" not in cut_glimpse
 
 
 def test_report_shows_each_models_hit_rate_over_the_records_that_count_it():
@@ -85,8 +93,9 @@ def test_report_shows_each_models_hit_rate_over_the_records_that_count_it():
     records = [
         {**base, "small_prompt_tokens": 100, "small_cached_prompt_tokens": 90,
          "large_prompt_tokens": 200, "large_cached_prompt_tokens": 150},
-        {**base, "problem_id": "q", "small_prompt_tokens": 100, "small_cached_prompt_tokens": 70,
-         "large_prompt_tokens": 0},
+        # 60 prompt tokens of a glimpse the server did not count: neither hits nor misses.
+        {**base, "problem_id": "q", "small_prompt_tokens": 160, "small_cached_prompt_tokens": 70,
+         "small_counted_prompt_tokens": 100, "large_prompt_tokens": 0},
         # Recorded before the counts were: left out rather than counted as misses.
         {**base, "problem_id": "r", "small_prompt_tokens": 500, "large_prompt_tokens": 500},
     ]  # fmt: skip
@@ -182,6 +191,72 @@ async def test_a_warming_request_goes_to_the_idle_large_model_as_a_small_step_st
     assert "seed" not in warming[0] and warming[0]["temperature"] == 0.0
     # Kept out of the chain's usage: it decides nothing and spends no budget.
     assert result["usage"]["large"]["requests"] == 3  # steps 1, 2 and the answer
+
+
+# A first step long enough to warm the large model twice as the small model streams it.
+LONG_STEP = " ".join(f"w{n}" for n in range(2 * WARM_EVERY_TOKENS + 8)) + "\n\n"
+
+
+def long_first_step(index, request):
+    if request.get("stream") and request["messages"][-1]["content"] == "<think>\n":
+        return {"content": LONG_STEP}
+    return None
+
+
+def prefix_of(request: dict) -> str:
+    return request["messages"][-1]["content"]
+
+
+async def test_the_large_model_is_warmed_as_a_streamed_small_step_grows():
+    with (
+        fake_model_server(fault=long_first_step) as small,
+        fake_model_server() as large,
+    ):
+        result = await run(two_servers_context(small, large, step_max_tokens=96, token_budget=256))
+    assert [s["model"] for s in result["steps"]] == ["small", "large", "large"]
+    assert result["steps"][0]["text"] == LONG_STEP.removesuffix("\n\n")
+    warming = [r for r in large.requests if is_warming(r)]
+    # The prompt as the step starts, then the step so far at each WARM_EVERY_TOKENS of it (the
+    # step at 32 tokens only if the prompt's request had ended when it got there: see below).
+    words = LONG_STEP.split(" ")
+    grown = [
+        next_step_messages(question=QUESTION, step_texts=[], step_begun=" ".join(words[:n]) + " ")
+        for n in (0, WARM_EVERY_TOKENS, 2 * WARM_EVERY_TOKENS)
+    ]
+    grown[0] = next_step_messages(question=QUESTION, step_texts=[])
+    sent = [r["messages"] for r in warming]
+    assert sent in (grown, [grown[0], grown[2]])
+    step_1 = next(prefix_of(r) for r in large.requests if not is_warming(r))
+    assert all(step_1.startswith(prefix_of(request)) for request in warming)
+    assert not any(is_warming(r) for r in small.requests)
+
+
+async def test_a_newer_prefix_waits_for_the_warming_in_flight_and_replaces_an_older_one():
+    """The prompt's warming is held by the server while the step streams past both of its
+    warming points: the step's second prefix replaces its first, and goes out once the prompt's
+    request ends (the large step's arrival releases it, and waits for it)."""
+    release, second_sent = threading.Event(), threading.Event()
+
+    def large_fault(index, request):
+        if is_warming(request):
+            if index == 0:
+                release.wait(10)
+            else:
+                second_sent.set()
+        else:
+            release.set()
+            second_sent.wait(10)
+
+    with (
+        fake_model_server(fault=long_first_step) as small,
+        fake_model_server(fault=large_fault) as large,
+    ):
+        result = await run(two_servers_context(small, large, step_max_tokens=96, token_budget=256))
+    assert result["stop_reason"] == "end_of_sequence" and second_sent.is_set()
+    warming = [prefix_of(r) for r in large.requests if is_warming(r)]
+    assert len(warming) == 2 and warming[0] == "<think>\n"
+    assert warming[1].endswith(" ".join(LONG_STEP.split(" ")[: 2 * WARM_EVERY_TOKENS]) + " ")
+    assert large.closed == []  # nothing cancelled
 
 
 async def test_warming_changes_nothing_in_the_chain():

@@ -125,8 +125,12 @@ def test_without_affinity_requests_take_the_replicas_in_turn():
 
 
 async def run_chains(context: RouterContext, count: int) -> list[dict]:
+    """`count` chains at once, in threads chain-00, chain-01, ...: their ids are fixed, so the
+    replica each one lands on is the same every run."""
+
     async def one(n: int) -> dict:
-        run = run_question(graph, {"question": f"What is {n} + 2?"}, context, run_config(context))
+        config = run_config(context, configurable={"thread_id": f"chain-{n:02d}"})
+        run = run_question(graph, {"question": f"What is {n} + 2?"}, context, config)
         return await asyncio.wait_for(run, GUARD_S)
 
     return await asyncio.gather(*(one(n) for n in range(count)))

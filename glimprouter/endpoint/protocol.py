@@ -155,6 +155,9 @@ class ModelUsage(BaseModel):
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     """Of prompt_tokens, those the model server's prefix cache served (where it reports them)."""
+    counted_prompt_tokens: int = 0
+    """Of prompt_tokens, those of the requests whose server reported its cache: the hit rate is
+    cached_prompt_tokens over these."""
 
 
 class RoutingUsage(BaseModel):

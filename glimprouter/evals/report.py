@@ -91,10 +91,13 @@ def summarise(
 
 
 def cache_hit_rate(records: Sequence[dict[str, Any]], role: str) -> float | None:
-    """Cached over all prompt tokens of `role` in the records that count its cached tokens;
-    None when none does or they hold no prompt tokens of that model."""
+    """Cached over counted prompt tokens of `role` (those of the requests whose server reported
+    its cache) in the records that count them; None when none does or they hold no prompt tokens
+    of that model. Records from before the counted tokens were kept count all their prompt."""
     counted = [r for r in records if f"{role}_cached_prompt_tokens" in r]
-    prompt = sum(r.get(f"{role}_prompt_tokens", 0) for r in counted)
+    prompt = sum(
+        r.get(f"{role}_counted_prompt_tokens", r.get(f"{role}_prompt_tokens", 0)) for r in counted
+    )
     if not prompt:
         return None
     return sum(r[f"{role}_cached_prompt_tokens"] for r in counted) / prompt

@@ -83,9 +83,10 @@ async def solve(
         },
         # Absent where neither server reported its prefix cache (see ModelUsage).
         **{
-            f"{role}_cached_prompt_tokens": usage[role]["cached_prompt_tokens"]
+            f"{role}_{count}": usage[role][count]
             for role in MODEL_ROLES
             if "cached_prompt_tokens" in usage.get(role, {})
+            for count in ("cached_prompt_tokens", "counted_prompt_tokens")
         },
         **{f"{role}_requests": usage.get(role, {}).get("requests", 0) for role in MODEL_ROLES},
         "stop_reason": result["stop_reason"],

@@ -58,8 +58,10 @@ class ModelUsage(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     # Prompt tokens the prefix cache served, over the requests whose server said (a stream
-    # closed after its first token, the glimpse handing a step to the large model, does not).
+    # closed after its first token, the glimpse handing a step to the large model, does not),
+    # and all the prompt tokens of those requests: the hit rate is the one over the other.
     cached_prompt_tokens: NotRequired[int]
+    counted_prompt_tokens: NotRequired[int]
 
 
 def add_usage(

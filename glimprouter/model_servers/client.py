@@ -75,7 +75,8 @@ def one_request(
     cached_prompt_tokens: int | None = None,
 ) -> dict[str, ModelUsage]:
     """A usage delta of one request, for the state's per-model totals; `cached_prompt_tokens`
-    only where the server said how many prompt tokens its prefix cache served."""
+    (and `counted_prompt_tokens`, the prompt they are counted over) only where the server said
+    how many prompt tokens its prefix cache served."""
     usage: ModelUsage = {
         "requests": 1,
         "prompt_tokens": prompt_tokens,
@@ -83,6 +84,7 @@ def one_request(
     }
     if cached_prompt_tokens is not None:
         usage["cached_prompt_tokens"] = cached_prompt_tokens
+        usage["counted_prompt_tokens"] = prompt_tokens
     return {role: usage}
 
 
@@ -312,9 +314,11 @@ async def stream_with_glimpse(
     top_p: float | None,
     stop: list[str],
     top_logprobs: int,
+    on_text: Callable[[str, int], None] | None = None,
 ) -> GlimpsedStep:
     """Stream a step with logprobs on; after the first token ask `keep` whether this model should
     write the step. If not, close the stream at once (vLLM aborts the request on disconnect).
+    While a kept step streams, `on_text` sees its text so far and the tokens generated so far.
 
     vLLM reports log-probabilities before temperature and top-p, so the first token's candidates
     are those a greedy one-token probe on the same prefix sees: the same routing decision, and
@@ -343,7 +347,7 @@ async def stream_with_glimpse(
         nonlocal cut_off
         for attempt in range(replica.max_retries + 1):
             try:
-                glimpsed = await _stream_once(replica, role, messages, keep, stop, params)
+                glimpsed = await _stream_once(replica, role, messages, keep, stop, params, on_text)
                 return replace(glimpsed, cut_off=cut_off.get(role))
             except _StreamCut as cut:
                 cut_off = add_usage(
@@ -377,6 +381,7 @@ async def _stream_once(
     keep: Callable[[list[TopLogprob]], bool],
     stop: list[str],
     params: dict[str, Any],
+    on_text: Callable[[str, int], None] | None,
 ) -> GlimpsedStep:
     chunks = chat_client(context, role).astream(messages, stop=stop, **params)
     first: list[TopLogprob] | None = None
@@ -398,6 +403,8 @@ async def _stream_once(
                 if not has_mass(first) or not keep(first):
                     cancelled = True
                     break
+            if on_text is not None and chunk.content:
+                on_text("".join(text), int(usage.get("output_tokens") or len(text)))
     except openai.APIError as error:
         timed_out = isinstance(error, openai.APITimeoutError)
         if received and isinstance(error, openai.APIConnectionError) and not timed_out:

@@ -25,7 +25,7 @@ from glimprouter.model_servers.client import (
 from glimprouter.nodes.common import prompt_args, run_strategy, step_texts
 from glimprouter.nodes.next_step import new_step, step_request
 from glimprouter.nodes.routing import next_writer
-from glimprouter.nodes.warming import warm_before_small_step
+from glimprouter.nodes.warming import warm_as_small_step_grows, warm_before_small_step
 from glimprouter.prompts import next_step_messages
 from glimprouter.scoring import TopLogprob, top_k_entropy
 from glimprouter.strategies import Strategy
@@ -86,6 +86,7 @@ async def _streamed(
         "small",
         keep=small_keeps_it,
         top_logprobs=context.top_k,
+        on_text=warm_as_small_step_grows(state, context),
         **step_request(state, context),
     )
     update: dict[str, Any] = {

