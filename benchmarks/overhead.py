@@ -27,7 +27,7 @@ import openai
 from _record import record, timed
 
 from glimprouter import RouterContext, graph, run_config
-from glimprouter.model_servers.client import complete, new_chain_id, stream_with_glimpse
+from glimprouter.model_servers.client import complete, new_chain_id, stream_step
 
 TOP = [{"token": t, "logprob": -0.6931, "bytes": [ord(t)]} for t in "ab"]  # entropy ln 2
 
@@ -165,7 +165,7 @@ async def client_layer(url: str, questions: int, steps: int) -> int:
                 {"role": "user", "content": "q"},
                 {"role": "assistant", "content": "<think>\n" + "".join(chain)},
             ]
-            step = await stream_with_glimpse(
+            step = await stream_step(
                 context,
                 "small",
                 messages,

@@ -37,7 +37,7 @@ from glimprouter import RouterContext
 from glimprouter.evals.datasets import load_problems
 from glimprouter.evals.results import read_results
 from glimprouter.evals.runner import run_eval
-from glimprouter.model_servers.client import complete, new_chain_id, prefill, stream_with_glimpse
+from glimprouter.model_servers.client import complete, new_chain_id, prefill, stream_step
 from glimprouter.prompts import STEP_SEPARATOR, next_step_messages
 from glimprouter.vllm_launcher.command import CPU_BLOCK_SIZE
 from glimprouter.vllm_launcher.pair import local_pair_specs, serve
@@ -105,10 +105,25 @@ def first_difference(reference: dict[str, list], other: dict[str, list]) -> str 
             return f"problem {problem} missing"
         for index, (a, b) in enumerate(zip(mine, theirs, strict=False)):
             if a != b:
-                return f"problem {problem}, step {index}: {a[:2]!r} vs {b[:2]!r}"
+                return f"problem {problem}, step {index} ({a[0]}): {a[1][:60]!r} vs {b[1][:60]!r}"
         if len(mine) != len(theirs):
             return f"problem {problem}: {len(mine)} vs {len(theirs)} steps"
     return None
+
+
+def same_chains(reference: Path, other: Path) -> list[str]:
+    """The problems whose chains are token-for-token the same in both runs."""
+    mine, theirs = chains(reference), chains(other)
+    return [problem for problem in mine if theirs.get(problem) == mine[problem]]
+
+
+def problem_latency(directory: Path, problems: list[str]) -> float:
+    """Summed latency of `problems` in the run in `directory`."""
+    return sum(r["latency_s"] for r in read_results(directory) if r["problem_id"] in problems)
+
+
+def way(key: tuple[int, bool]) -> str:
+    return f"block {key[0]}, warming {'on' if key[1] else 'off'}"
 
 
 def record_rates(directory: Path) -> dict[str, tuple[int, int, int]]:
@@ -139,7 +154,7 @@ async def time_small_step(context: RouterContext, messages: list[dict[str, str]]
     await prefill(context, "small", messages, chain_id=chain_id)
     started = time.perf_counter()
     if mode == "stream":
-        glimpsed = await stream_with_glimpse(
+        glimpsed = await stream_step(
             context, "small", messages, keep=lambda _: True, top_logprobs=context.top_k, **request
         )
         tokens = glimpsed.completion_tokens
@@ -287,17 +302,24 @@ def main() -> None:
             f"| {block} | {'on' if warm else 'off'} | {cells[0]} | {cells[1]} | {tokens} | "
             f"{latency[key]:.1f} | {per_token[key]:.2f} | {ratios[0]:.2f}x / {ratios[1]:.2f}x |"
         )
-    baseline = runs[old_defaults]
-    reference_chains = chains(baseline["directory"])
-    lines.append("")
-    for key, run in runs.items():
-        if run is baseline:
-            continue
-        difference = first_difference(reference_chains, chains(run["directory"]))
-        verdict = "identical" if difference is None else f"differ first at {difference}"
+    lines += [
+        "",
+        "| run | against | chains identical | latency on those problems | first difference |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    comparisons = [(key, old_defaults) for key in runs if key != old_defaults] + [
+        ((block, True), (block, False)) for block in (VLLM_DEFAULT_CPU_BLOCK, CPU_BLOCK_SIZE)
+    ]
+    for key, against in comparisons:
+        mine, theirs = runs[key]["directory"], runs[against]["directory"]
+        same = same_chains(theirs, mine)
+        ratio = (
+            f"{problem_latency(mine, same) / problem_latency(theirs, same):.2f}x" if same else "–"
+        )
+        difference = first_difference(chains(theirs), chains(mine)) or "none"
         lines.append(
-            f"- chains of block {key[0]}, warming {'on' if key[1] else 'off'} against block "
-            f"128, warming off: **{verdict}**"
+            f"| {way(key)} | {way(against)} | {len(same)} of {len(problems)} | {ratio} | "
+            f"{difference} |"
         )
     lines += [
         "",

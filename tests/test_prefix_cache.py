@@ -259,6 +259,32 @@ async def test_a_newer_prefix_waits_for_the_warming_in_flight_and_replaces_an_ol
     assert large.closed == []  # nothing cancelled
 
 
+async def test_the_small_model_is_warmed_as_a_large_step_grows():
+    def long_large_step(index, request):
+        writes_step_1 = request.get("stream") and prefix_of(request).count("\n\n") == 1
+        return {"content": LONG_STEP} if writes_step_1 else None
+
+    with (
+        fake_model_server() as small,
+        fake_model_server(fault=long_large_step) as large,
+    ):
+        result = await run(two_servers_context(small, large, step_max_tokens=96, token_budget=256))
+    steps = result["steps"]
+    assert [s["model"] for s in steps] == ["small", "large", "large"]
+    assert steps[1]["text"] == LONG_STEP.removesuffix("\n\n")
+    warming = [prefix_of(r) for r in small.requests if is_warming(r)]
+    chain_before = next_step_messages(question=QUESTION, step_texts=[steps[0]["text"]])
+    begun = [prefix.removeprefix(chain_before[-1]["content"]) for prefix in warming]
+    # Sent while the large model wrote step 1: at 32 tokens of it (unless still in flight when
+    # it got to 64, see above), at 64; none once it had ended.
+    assert begun[-1] == " ".join(LONG_STEP.split(" ")[: 2 * WARM_EVERY_TOKENS]) + " "
+    assert all(steps[1]["text"].startswith(text) and text for text in begun)
+    # The next glimpse continues what was warmed; the large model got only its own warming.
+    glimpse_2 = next(r for r in small.requests if prefix_of(r).count("\n\n") == 2)
+    assert all(prefix_of(glimpse_2).startswith(prefix) for prefix in warming)
+    assert [prefix_of(r) for r in large.requests if is_warming(r)] == ["<think>\n"]
+
+
 async def test_warming_changes_nothing_in_the_chain():
     with fake_model_server() as small, fake_model_server() as large:
         warmed = await run(two_servers_context(small, large))

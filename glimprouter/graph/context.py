@@ -223,12 +223,12 @@ class RouterContext:
     warm_prefix_cache: bool = field(
         default=True,
         metadata=setting(
-            "While the small model writes, give the idle large model's server the chain so far "
-            "to prefill (a one-token request whose reply is thrown away), so that its prompt is "
-            "already cached when it takes over. Off the critical path and never changes a "
-            "token. Turn it off where the large model's server is busy with other chains (one "
-            "GPU shared by many): there the extra prefills queue ahead of their steps.",
-            flag_help="warm the idle large model's prefix cache: on (default) or off",
+            "While one model writes, give the idle model's server the chain so far to prefill "
+            "(one-token requests whose replies are thrown away), so that its prompt is already "
+            "cached when it takes over. Off the critical path; no routing decision depends on "
+            "it. Turn it off where the servers are busy with other chains (one GPU shared by "
+            "many): there the extra prefills queue ahead of their steps.",
+            flag_help="warm the idle model's prefix cache: on (default) or off",
         ),
     )
     request_timeout: float = field(

@@ -51,14 +51,14 @@ __all__ = [
     "Completion",
     "ContextOverflow",
     "EndpointReport",
-    "GlimpsedStep",
+    "StreamedStep",
     "chat_client",
     "check_endpoints",
     "complete",
     "new_chain_id",
     "one_request",
     "prefill",
-    "stream_with_glimpse",
+    "stream_step",
 ]
 
 _CONTEXT_OVERFLOW = re.compile(r"maximum context length|context length|too long", re.IGNORECASE)
@@ -280,8 +280,9 @@ async def prefill(
 
 
 @dataclass(frozen=True)
-class GlimpsedStep:
-    """A step streamed with logprobs: the first token's candidates, and the step if it was kept."""
+class StreamedStep:
+    """A streamed step: its first token's candidates (when it glimpsed), and the step if it was
+    kept."""
 
     first_token_top_logprobs: list[TopLogprob]
     completion: Completion | None  # None: cancelled after the first token
@@ -302,28 +303,28 @@ class GlimpsedStep:
         return add_usage(usage, {role: self.cut_off}) if self.cut_off else usage
 
 
-async def stream_with_glimpse(
+async def stream_step(
     context: RouterContext,
     role: ModelRole,
     messages: list[dict[str, str]],
-    keep: Callable[[list[TopLogprob]], bool],
+    keep: Callable[[list[TopLogprob]], bool] | None,
     *,
     chain_id: str,
     max_tokens: int,
     temperature: float,
     top_p: float | None,
     stop: list[str],
-    top_logprobs: int,
+    top_logprobs: int | None,
     on_text: Callable[[str, int], None] | None = None,
-) -> GlimpsedStep:
-    """Stream a step with logprobs on; after the first token ask `keep` whether this model should
-    write the step. If not, close the stream at once (vLLM aborts the request on disconnect).
-    While a kept step streams, `on_text` sees its text so far and the tokens generated so far.
+) -> StreamedStep:
+    """Stream a step. To glimpse, with `top_logprobs` on: after the first token ask `keep`
+    whether this model should write the step; if not, close the stream at once (vLLM aborts the
+    request on disconnect). While a kept step streams, `on_text` sees its text so far and the
+    tokens generated so far. The request goes to chain `chain_id`'s replica, or the next one up.
 
     vLLM reports log-probabilities before temperature and top-p, so the first token's candidates
     are those a greedy one-token probe on the same prefix sees: the same routing decision, and
-    one request (one prefill) for a kept step instead of two. The request goes to chain
-    `chain_id`'s replica, or the next one up.
+    one request (one prefill) for a kept step instead of two.
     """
     params = _request_params(
         context,
@@ -343,7 +344,7 @@ async def stream_with_glimpse(
     # counts, on whichever replica the step is finally written.
     cut_off: dict[str, ModelUsage] = {}
 
-    async def send(replica: RouterContext) -> GlimpsedStep:
+    async def send(replica: RouterContext) -> StreamedStep:
         nonlocal cut_off
         for attempt in range(replica.max_retries + 1):
             try:
@@ -378,11 +379,11 @@ async def _stream_once(
     context: RouterContext,
     role: ModelRole,
     messages: list[dict[str, str]],
-    keep: Callable[[list[TopLogprob]], bool],
+    keep: Callable[[list[TopLogprob]], bool] | None,
     stop: list[str],
     params: dict[str, Any],
     on_text: Callable[[str, int], None] | None,
-) -> GlimpsedStep:
+) -> StreamedStep:
     chunks = chat_client(context, role).astream(messages, stop=stop, **params)
     first: list[TopLogprob] | None = None
     text: list[str] = []
@@ -398,7 +399,7 @@ async def _stream_once(
             finish_reason = metadata.get("finish_reason") or finish_reason
             text.append(chunk.content if isinstance(chunk.content, str) else "")
             token_logprobs = (metadata.get("logprobs") or {}).get("content") or []
-            if first is None and token_logprobs:
+            if keep is not None and first is None and token_logprobs:
                 first = token_logprobs[0].get("top_logprobs") or []
                 if not has_mass(first) or not keep(first):
                     cancelled = True
@@ -420,14 +421,14 @@ async def _stream_once(
         await chunks.aclose()
     if not cancelled and finish_reason is None:
         raise _StreamCut(usage)
-    if first is None or not has_mass(first):
+    if keep is not None and (first is None or not has_mass(first)):
         raise no_logprobs(context, role)
     check_finish(finish_reason, context, role)
     prompt_tokens = int(usage.get("input_tokens", 0))
     completion_tokens = int(usage.get("output_tokens", 0))
     cached = cached_tokens_of(usage)
-    return GlimpsedStep(
-        first_token_top_logprobs=first,
+    return StreamedStep(
+        first_token_top_logprobs=first or [],
         completion=None
         if cancelled
         else Completion(

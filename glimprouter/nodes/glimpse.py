@@ -20,12 +20,12 @@ from glimprouter.model_servers.client import (
     ContextOverflow,
     complete,
     new_chain_id,
-    stream_with_glimpse,
+    stream_step,
 )
 from glimprouter.nodes.common import prompt_args, run_strategy, step_texts
 from glimprouter.nodes.next_step import new_step, step_request
 from glimprouter.nodes.routing import next_writer
-from glimprouter.nodes.warming import warm_as_small_step_grows, warm_before_small_step
+from glimprouter.nodes.warming import warm_as_step_grows, warm_before_small_step
 from glimprouter.prompts import next_step_messages
 from glimprouter.scoring import TopLogprob, top_k_entropy
 from glimprouter.strategies import Strategy
@@ -81,12 +81,12 @@ async def _streamed(
         return keeps
 
     started = time.perf_counter()
-    glimpsed = await stream_with_glimpse(
+    glimpsed = await stream_step(
         context,
         "small",
         keep=small_keeps_it,
         top_logprobs=context.top_k,
-        on_text=warm_as_small_step_grows(state, context),
+        on_text=warm_as_step_grows(state, context, "small"),
         **step_request(state, context),
     )
     update: dict[str, Any] = {

