@@ -320,7 +320,8 @@ async def stream_step(
     """Stream a step. To glimpse, with `top_logprobs` on: after the first token ask `keep`
     whether this model should write the step; if not, close the stream at once (vLLM aborts the
     request on disconnect). While a kept step streams, `on_text` sees its text so far and the
-    tokens generated so far. The request goes to chain `chain_id`'s replica, or the next one up.
+    tokens generated so far (not with its last chunk, the one that says how it finished). The
+    request goes to chain `chain_id`'s replica, or the next one up.
 
     vLLM reports log-probabilities before temperature and top-p, so the first token's candidates
     are those a greedy one-token probe on the same prefix sees: the same routing decision, and
@@ -404,7 +405,8 @@ async def _stream_once(
                 if not has_mass(first) or not keep(first):
                     cancelled = True
                     break
-            if on_text is not None and chunk.content:
+            # Not with the step's end: whatever follows it would race what on_text sends.
+            if on_text is not None and chunk.content and finish_reason is None:
                 on_text("".join(text), int(usage.get("output_tokens") or len(text)))
     except openai.APIError as error:
         timed_out = isinstance(error, openai.APITimeoutError)
