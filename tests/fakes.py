@@ -24,7 +24,9 @@ from glimprouter.model_servers.client import CANARY_QUESTION
 # client closes the connection), "drop" (start the stream, then cut the connection), "stall"
 # (start the stream, then send nothing more) or a dict
 # of overrides for a well-formed reply ({"content": ..., "finish_reason": ..., "top_logprob":
-# ..., "candidates": ...}).
+# ..., "candidates": ..., "finish_on_last_token": True, which streams the finish reason with
+# the last token, as vLLM does, rather than in a chunk of its own, "after_first_token": a
+# function called between a stream's first chunk and the rest}).
 Fault = Callable[[int, dict[str, Any]], Any]
 
 
@@ -116,7 +118,10 @@ class FakeModelServer(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
         chunks = [({"content": token}, None, logprobs(token)) for token in tokens or [""]]
-        chunks.append(({}, finish, None))
+        if overrides.get("finish_on_last_token"):
+            chunks[-1] = (chunks[-1][0], finish, chunks[-1][2])
+        else:
+            chunks.append(({}, finish, None))
         # vLLM's continuous_usage_stats: each chunk counts the tokens generated so far, so a
         # stream the client cuts off reports what it cost up to there.
         continuous = (request.get("stream_options") or {}).get("continuous_usage_stats")
@@ -140,6 +145,8 @@ class FakeModelServer(BaseHTTPRequestHandler):
                 chunk = {**head, "object": "chat.completion.chunk", "choices": [choice]}
                 self.wfile.write(f"data: {json.dumps(chunk | {'usage': usage})}\n\n".encode())
                 self.wfile.flush()
+                if position == 0 and "after_first_token" in overrides:
+                    overrides["after_first_token"]()
             self.wfile.write(b"data: [DONE]\n\n")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the glimpse closed the stream after the first token: the large model writes

@@ -158,39 +158,69 @@ def test_warming_pays_only_for_a_large_model_with_a_server_of_its_own_that_may_w
 
 
 @pytest.mark.parametrize("glimpse_mode", ["stream", "probe"])
-async def test_a_warming_request_goes_to_the_idle_large_model_as_a_small_step_starts(
-    glimpse_mode,
-):
-    small_writing = threading.Event()
-    warmed_while_small_wrote = threading.Event()
+async def test_the_large_model_is_warmed_as_each_small_step_starts(glimpse_mode):
+    """Each small step holds its stream after its first token until the large model's server
+    has the chain before that step: warming goes out as a step starts, not once it has ended."""
+    warmed = [threading.Event() for _ in range(3)]
+    held: list[bool] = []
+
+    def steps_in(request) -> int:
+        return prefix_of(request).removeprefix("<think>\n").count("\n\n")
 
     def small_fault(index, request):
-        if request.get("max_completion_tokens", 0) > 1:  # a small step (stream: its glimpse)
-            small_writing.set()
-            warmed_while_small_wrote.wait(10)  # the step waits for the warming request
+        if request.get("stream"):  # writes step k (stream mode: its glimpse too)
+            event = warmed[steps_in(request)]
+            return {"after_first_token": lambda: held.append(event.wait(10))}
+        return None
 
     def large_fault(index, request):
-        if is_warming(request) and small_writing.is_set():
-            warmed_while_small_wrote.set()
+        if is_warming(request):
+            warmed[steps_in(request)].set()
 
     with (
         fake_model_server(fault=small_fault) as small,
         fake_model_server(fault=large_fault) as large,
     ):
-        result = await run(two_servers_context(small, large, glimpse_mode=glimpse_mode))
-    assert [s["model"] for s in result["steps"]] == ["small", "large", "large"]
-    assert warmed_while_small_wrote.is_set()  # sent while step 0 was being written
+        context = two_servers_context(small, large, glimpse_mode=glimpse_mode, threshold=100.0)
+        result = await run(context)
+    assert [s["model"] for s in result["steps"]] == ["small", "small", "small"]
+    assert held == [True, True, True]  # no step waited in vain
     warming = [r for r in large.requests if is_warming(r)]
-    assert len(warming) == 1  # before step 0; the large model then writes the rest itself
+    texts = [s["text"] for s in result["steps"]]
+    assert [r["messages"] for r in warming] == [
+        next_step_messages(question=QUESTION, step_texts=texts[:k]) for k in range(3)
+    ]
     assert not any(is_warming(r) for r in small.requests)  # never to the model that writes
-    # The chain so far (the prompt), which the large model's first step then continues.
-    step_0 = next(r for r in small.requests if r.get("max_completion_tokens", 0) > 1)
-    step_1 = next(r for r in large.requests if not is_warming(r))
-    assert warming[0]["messages"] == step_0["messages"]
-    assert step_1["messages"][-1]["content"].startswith(warming[0]["messages"][-1]["content"])
-    assert "seed" not in warming[0] and warming[0]["temperature"] == 0.0
+    assert all("seed" not in r and r["temperature"] == 0.0 for r in warming)
     # Kept out of the chain's usage: it decides nothing and spends no budget.
-    assert result["usage"]["large"]["requests"] == 3  # steps 1, 2 and the answer
+    assert result["usage"]["large"]["requests"] == 1  # the answer
+
+
+async def test_the_large_model_gets_the_prompt_as_the_chain_starts_in_case_it_takes_step_0():
+    """The first glimpse is held until the large model's server has the prompt: it is warmed
+    while the small model glimpses, whoever takes the step."""
+    held: list[bool] = []
+    prompt_warmed = threading.Event()
+
+    def hold_first_glimpse(index, request):
+        if index == 0:
+            held.append(prompt_warmed.wait(10))
+
+    def note_warming(index, request):
+        if is_warming(request):
+            prompt_warmed.set()
+
+    with (
+        fake_model_server(fault=hold_first_glimpse) as small,
+        fake_model_server(fault=note_warming) as large,
+    ):
+        result = await run(two_servers_context(small, large, threshold=0.0))
+    assert [s["model"] for s in result["steps"]] == ["large", "large", "large"]
+    assert held == [True]
+    (warming,) = [r for r in large.requests if is_warming(r)]
+    assert prefix_of(warming) == "<think>\n"
+    step_0 = next(r for r in large.requests if not is_warming(r))
+    assert step_0["messages"] == warming["messages"]
 
 
 # A first step long enough to warm the large model twice as the small model streams it.
@@ -257,6 +287,27 @@ async def test_a_newer_prefix_waits_for_the_warming_in_flight_and_replaces_an_ol
     assert len(warming) == 2 and warming[0] == "<think>\n"
     assert warming[1].endswith(" ".join(LONG_STEP.split(" ")[: 2 * WARM_EVERY_TOKENS]) + " ")
     assert large.closed == []  # nothing cancelled
+
+
+async def test_nothing_is_warmed_with_a_steps_last_token():
+    """A step cut at 2 * WARM_EVERY_TOKENS tokens, its finish reason on its last token (as vLLM
+    streams it): no warming with that token, which the large step right after would race."""
+
+    def cut_first_step(index, request):
+        if (overrides := long_first_step(index, request)) is not None:
+            return {**overrides, "finish_on_last_token": True}
+        return None
+
+    with fake_model_server(fault=cut_first_step) as small, fake_model_server() as large:
+        context = two_servers_context(
+            small, large, step_max_tokens=2 * WARM_EVERY_TOKENS, token_budget=256
+        )
+        result = await run(context)
+    assert result["steps"][0]["completion_tokens"] == 2 * WARM_EVERY_TOKENS
+    assert result["steps"][0]["finish"] == "length"
+    warming = [prefix_of(r) for r in large.requests if is_warming(r)]
+    last_token = f" w{2 * WARM_EVERY_TOKENS - 1} "
+    assert warming[0] == "<think>\n" and not any(p.endswith(last_token) for p in warming)
 
 
 async def test_the_small_model_is_warmed_as_a_large_step_grows():

@@ -25,7 +25,7 @@ from glimprouter.model_servers.client import (
 from glimprouter.nodes.common import prompt_args, run_strategy, step_texts
 from glimprouter.nodes.next_step import new_step, step_request
 from glimprouter.nodes.routing import next_writer
-from glimprouter.nodes.warming import warm_as_step_grows, warm_before_small_step
+from glimprouter.nodes.warming import warm_as_step_grows, warm_large_model
 from glimprouter.prompts import next_step_messages
 from glimprouter.scoring import TopLogprob, top_k_entropy
 from glimprouter.strategies import Strategy
@@ -47,9 +47,13 @@ async def _glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[
     context, strategy = run_strategy(runtime)
     if not strategy.glimpses:
         return {"glimpse_entropy": None, "writer": None}
+    # At the chain's start the large model's server gets the prompt while the small model
+    # glimpses: the large model may take the first step.
+    warmed = {} if step_texts(state) else warm_large_model(state, context)
+    state = {**state, **warmed}  # type: ignore[assignment]
     try:
         if context.glimpse_mode == "stream":
-            return await _streamed(state, context, strategy)
+            return {**warmed, **await _streamed(state, context, strategy)}
         probe = await complete(
             context,
             "small",
@@ -61,11 +65,12 @@ async def _glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[
             stream=False,
         )
     except ContextOverflow:
-        return {"stop_reason": "context_length"}
+        return {"stop_reason": "context_length", **warmed}
     return {
         "glimpse_entropy": top_k_entropy(probe.first_token_top_logprobs),
         "writer": None,
         "usage": probe.usage("small"),
+        **warmed,
     }
 
 
@@ -77,7 +82,7 @@ async def _streamed(
     def small_keeps_it(top_logprobs: list[TopLogprob]) -> bool:
         keeps = next_writer(state, context, strategy, top_k_entropy(top_logprobs)) == "small"
         if keeps and not warmed:  # once, though a stream cut off and retried asks again
-            warmed.append(warm_before_small_step(state, context))
+            warmed.append(warm_large_model(state, context))
         return keeps
 
     started = time.perf_counter()

@@ -14,7 +14,7 @@ from glimprouter.graph.state import ModelUsage, RouterState
 from glimprouter.model_servers.client import Completion, ContextOverflow, complete, stream_step
 from glimprouter.nodes.common import CHAIN_SPENT, chain_spent, commit_step, run_strategy
 from glimprouter.nodes.next_step import new_step, step_request
-from glimprouter.nodes.warming import warm_as_step_grows, warm_before_small_step
+from glimprouter.nodes.warming import warm_as_step_grows, warm_large_model
 
 StepNode = Callable[[RouterState, Runtime[RouterContext]], Awaitable[dict[str, Any]]]
 
@@ -39,7 +39,7 @@ def make_step_node(role: ModelRole) -> StepNode:
             return CHAIN_SPENT
         drafting = role == "small" and strategy.review != "none"
         scored_by_logprobs = drafting and strategy.review == "logprobs"
-        warmed = warm_before_small_step(state, context) if role == "small" else {}
+        warmed = warm_large_model(state, context) if role == "small" else {}
         grows = None if drafting else warm_as_step_grows(state, context, role)
         top_logprobs = context.top_k if scored_by_logprobs else None
         started = time.perf_counter()

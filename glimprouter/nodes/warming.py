@@ -4,9 +4,9 @@ answer) its prompt is already cached but for the last few tokens, instead of pre
 critical path.
 
 The large model sits idle through runs of small steps, and without warming its next step first
-prefills all of them: as a small step starts, its server gets the chain before it. The small
-model glimpses before every step, so it has every step but the large model's latest, which its
-next glimpse would prefill.
+prefills all of them: as a small step starts, its server gets the chain before it (and the
+prompt as the chain's first glimpse starts). The small model glimpses before every step, so it
+has every step but the large model's latest, which its next glimpse would prefill.
 
 As a step streams, the idle model's server also gets the chain through the step so far, every
 WARM_EVERY_TOKENS of it: the step's decoding is the time the idle server has to prefill. Nothing
@@ -87,10 +87,10 @@ def warming_pays(context: RouterContext, role: ModelRole = "large") -> bool:
     return large != small
 
 
-def warm_before_small_step(state: RouterState, context: RouterContext) -> dict[str, Any]:
-    """As the small model starts the next step (or its draft of it), send the chain so far to the
-    large model's server to prefill, if it pays (`needs_warming`); the state update that records
-    it."""
+def warm_large_model(state: RouterState, context: RouterContext) -> dict[str, Any]:
+    """Send the chain so far to the large model's server to prefill, if it pays
+    (`needs_warming`); the state update that records it. As the small model starts the next step
+    (or its draft of it), and as it glimpses at the chain's start."""
     if not context.warm_prefix_cache:
         return {}
     steps = state.get("steps") or []
