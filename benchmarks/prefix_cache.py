@@ -115,10 +115,9 @@ def first_difference(reference: dict[str, list], other: dict[str, list]) -> str 
     return None
 
 
-def same_chains(reference: Path, other: Path) -> list[str]:
+def same_chains(reference: dict[str, list], other: dict[str, list]) -> list[str]:
     """The problems whose chains are token-for-token the same in both runs."""
-    mine, theirs = chains(reference), chains(other)
-    return [problem for problem in mine if theirs.get(problem) == mine[problem]]
+    return [problem for problem in reference if other.get(problem) == reference[problem]]
 
 
 def problem_latency(directory: Path, problems: list[str]) -> float:
@@ -313,13 +312,14 @@ def main() -> None:
     ]
     comparisons = [(key, old_defaults) for key in runs if key != old_defaults]
     comparisons.append(((CPU_BLOCK_SIZE, True), (CPU_BLOCK_SIZE, False)))
+    chains_of = {key: chains(run["directory"]) for key, run in runs.items()}
     for key, against in comparisons:
         mine, theirs = runs[key]["directory"], runs[against]["directory"]
-        same = same_chains(theirs, mine)
+        same = same_chains(chains_of[against], chains_of[key])
         ratio = (
             f"{problem_latency(mine, same) / problem_latency(theirs, same):.2f}x" if same else "–"
         )
-        difference = first_difference(chains(theirs), chains(mine)) or "none"
+        difference = first_difference(chains_of[against], chains_of[key]) or "none"
         lines.append(
             f"| {way(key)} | {way(against)} | {len(same)} of {len(problems)} | {ratio} | "
             f"{difference} |"

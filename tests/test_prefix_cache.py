@@ -144,14 +144,21 @@ def test_warming_goes_out_as_a_small_step_starts_on_a_prefix_the_large_server_la
     assert not needs_warming([step(0, "small")], 0, pays=False)
 
 
-def test_warming_pays_only_for_a_large_model_with_a_server_of_its_own_that_may_write():
+def test_warming_pays_only_for_a_model_with_a_server_of_its_own_that_may_write():
     apart = {"small_base_url": "http://a:1/v1", "large_base_url": "http://b:2/v1"}
-    assert warming_pays(RouterContext(**apart))
-    assert warming_pays(RouterContext(**apart, method="small-only"))  # the large model answers
-    assert not warming_pays(RouterContext(**apart, method="small-only", answer_model="small"))
-    # One server under two names: one prefix cache, which the small model's requests fill.
+    for role in ("small", "large"):
+        assert warming_pays(RouterContext(**apart), role)
+        assert not warming_pays(RouterContext(**apart, warm_prefix_cache=False), role)
+    assert warming_pays(RouterContext(**apart, method="small-only"), "large")  # it answers
+    assert not warming_pays(
+        RouterContext(**apart, method="small-only", answer_model="small"), "large"
+    )
+    assert warming_pays(RouterContext(**apart, method="large-only", answer_model="small"), "small")
+    assert not warming_pays(RouterContext(**apart, method="large-only"), "small")
+    # One server under two names: one prefix cache, which the writing model's requests fill.
     shared = {"small_base_url": "http://a:1/v1", "large_base_url": "http://a:1/v1/"}
-    assert not warming_pays(RouterContext(**shared))
+    assert not warming_pays(RouterContext(**shared), "large")
+    assert not warming_pays(RouterContext(**shared), "small")
 
 
 # --- against fake servers ---------------------------------------------------------------------
@@ -249,11 +256,10 @@ async def test_the_large_model_is_warmed_as_a_streamed_small_step_grows():
     # The prompt as the step starts, then the step so far at each WARM_EVERY_TOKENS of it (the
     # step at 32 tokens only if the prompt's request had ended when it got there: see below).
     words = LONG_STEP.split(" ")
-    grown = [
+    grown = [next_step_messages(question=QUESTION, step_texts=[])] + [
         next_step_messages(question=QUESTION, step_texts=[], step_begun=" ".join(words[:n]) + " ")
-        for n in (0, WARM_EVERY_TOKENS, 2 * WARM_EVERY_TOKENS)
+        for n in (WARM_EVERY_TOKENS, 2 * WARM_EVERY_TOKENS)
     ]
-    grown[0] = next_step_messages(question=QUESTION, step_texts=[])
     sent = [r["messages"] for r in warming]
     assert sent in (grown, [grown[0], grown[2]])
     step_1 = next(prefix_of(r) for r in large.requests if not is_warming(r))

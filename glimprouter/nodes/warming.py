@@ -72,14 +72,17 @@ def needs_warming(steps: list[Step], warmed: int | None, pays: bool) -> bool:
     return pays and large_holds(steps, warmed) < len(steps)
 
 
-def warming_pays(context: RouterContext, role: ModelRole = "large") -> bool:
-    """Whether `role` has a server of its own that may write in a chain of this run.
+def warming_pays(context: RouterContext, role: ModelRole) -> bool:
+    """Whether to warm `role`'s server in this run: warming is on (`warm_prefix_cache`) and
+    `role` has a server of its own that may write in a chain of this run.
 
     Small-only with a small answer never asks the large model, large-only with a large answer
     never the small one. Both roles at the same base URLs are the same vLLM servers (a chain's
     replica of each role is the same one; its served names are aliases of one model, with one
     prefix cache), which the writing model's own requests fill.
     """
+    if not context.warm_prefix_cache:
+        return False
     method = get_strategy(context.method).name
     if method == _WRITES_ONLY_THE_ANSWER[role] and context.answer_model != role:
         return False
@@ -91,10 +94,8 @@ def warm_large_model(state: RouterState, context: RouterContext) -> dict[str, An
     """Send the chain so far to the large model's server to prefill, if it pays
     (`needs_warming`); the state update that records it. As the small model starts the next step
     (or its draft of it), and as it glimpses at the chain's start."""
-    if not context.warm_prefix_cache:
-        return {}
     steps = state.get("steps") or []
-    if not needs_warming(steps, state.get("warmed_steps"), warming_pays(context)):
+    if not needs_warming(steps, state.get("warmed_steps"), warming_pays(context, "large")):
         return {}
     messages = next_step_messages(step_texts=[s["text"] for s in steps], **prompt_args(state))
     _send(chain_id_of(state), "large", context, messages)
@@ -108,7 +109,7 @@ def warm_as_step_grows(
     WARM_EVERY_TOKENS tokens it sends the chain through that text to the other model's server to
     prefill. None where warming is off or does not pay."""
     idle: ModelRole = "large" if writer == "small" else "small"
-    if not (context.warm_prefix_cache and warming_pays(context, idle)):
+    if not warming_pays(context, idle):
         return None
     texts = [s["text"] for s in state.get("steps") or []]
     chain = chain_id_of(state)
