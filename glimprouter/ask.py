@@ -3,7 +3,6 @@ as a saved thread that a later call resumes, showing each step as it is written.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,13 @@ from glimprouter.graph.builder import graph, run_config
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.invoke import output_of, run_question
 from glimprouter.graph.state import OutputState
+from glimprouter.graph.tenants import SINGLE_TENANT
 from glimprouter.graph.threads import (
     DURABILITY,
-    durable_graph,
-    is_postgres,
+    checkpoint_db_from_env,
+    open_threads,
     plan_thread,
     thread_config,
-    thread_lock,
 )
 from glimprouter.live_view import show_event, show_summary
 from glimprouter.model_servers.client import check_endpoints
@@ -36,9 +35,7 @@ SAMPLE_QUESTION = (
 
 def default_checkpoint_db() -> str | Path:
     """Where `ask --thread-id` saves chains unless told otherwise."""
-    if env := os.environ.get("GLIMPROUTER_CHECKPOINT_DB"):
-        return env if is_postgres(env) else Path(env)
-    return cache_dir() / "threads.sqlite"
+    return checkpoint_db_from_env() or cache_dir() / "threads.sqlite"
 
 
 async def ask(
@@ -53,7 +50,8 @@ async def ask(
     """Run the graph on one question, printing each step as it is written when `console` is set.
 
     With `thread_id` the chain is saved after every step in `checkpoint_db`: asking again under
-    the same id resumes it from its last finished step (`question` None resumes only).
+    the same id resumes it from its last finished step (`question` None resumes only). The
+    thread is the single tenant's, as on a serve-router with no API keys.
     """
     if question is not None:
         render_question(question, task)  # refuse an empty question before contacting a server
@@ -62,9 +60,13 @@ async def ask(
         run_input = {"question": question, "task": task}
         return await _watched_run(graph, run_input, run_config(context), context, console)
     checkpoint_db = checkpoint_db or default_checkpoint_db()
-    async with durable_graph(checkpoint_db) as durable, thread_lock(checkpoint_db, thread_id):
-        plan = await plan_thread(durable, thread_id, question, task)
-        config = thread_config(context, thread_id)
+    async with (
+        open_threads(checkpoint_db) as store,
+        store.held(SINGLE_TENANT, thread_id) as checkpoint_id,
+    ):
+        durable = store.graph
+        plan = await plan_thread(durable, checkpoint_id, question, task, name=thread_id)
+        config = thread_config(context, checkpoint_id)
         if plan.state == "finished":
             saved = output_of((await durable.aget_state(config)).values)
             if console is not None:

@@ -20,6 +20,7 @@ from glimprouter.errors import ConfigError, GlimpRouterError
 from glimprouter.evals.cli import add_eval_commands
 from glimprouter.prompts import TEMPLATES
 from glimprouter.stopping import exit_status, run, sigterm_stops
+from glimprouter.threads_command import add_threads_command
 from glimprouter.vllm_launcher.cli import add_serving_commands
 
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serving_commands(commands)
     add_eval_commands(commands)
     add_router_command(commands)
+    add_threads_command(commands)
     return parser
 
 

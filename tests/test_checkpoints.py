@@ -15,7 +15,8 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from glimprouter.cli import main
 from glimprouter.evals.datasets import CodeTest
-from glimprouter.graph.threads import durable_graph
+from glimprouter.graph.tenants import SINGLE_TENANT
+from glimprouter.graph.threads import durable_graph, open_threads
 from tests.fakes import fake_model_server
 
 
@@ -68,9 +69,10 @@ def test_a_locked_database_is_one_line(tmp_path: Path, capsys) -> None:
 
 
 HOLDER = (
-    "import asyncio, sys\nfrom glimprouter.graph.threads import thread_lock\n"
-    "async def hold():\n    async with thread_lock(sys.argv[1], 't'):\n"
-    "        print('held', flush=True)\n        sys.stdin.read()\n"
+    "import asyncio, sys\nfrom glimprouter.graph.threads import open_threads\n"
+    "async def hold():\n    async with open_threads(sys.argv[1]) as store:\n"
+    "        async with store.held('', 't'):\n"
+    "            print('held', flush=True)\n            sys.stdin.read()\n"
     "asyncio.run(hold())\n"
 )
 
@@ -103,9 +105,10 @@ def test_a_thread_another_process_runs_is_refused(tmp_path: Path, capsys) -> Non
 async def _rename_channel(db: Path, thread: str, old: str, new: str) -> None:
     """Rewrite the thread's latest checkpoint as an older GlimpRouter saved it: channel `old`
     under its former name `new`."""
-    async with durable_graph(db) as graph:
-        saver = graph.checkpointer
-        saved = await saver.aget_tuple({"configurable": {"thread_id": thread}})
+    async with open_threads(db) as store:
+        saver = store.graph.checkpointer
+        checkpoint_id = await store.checkpoint_id(SINGLE_TENANT, thread)
+        saved = await saver.aget_tuple({"configurable": {"thread_id": checkpoint_id}})
         checkpoint = {**saved.checkpoint}
         checkpoint["channel_values"] = {**checkpoint["channel_values"]}
         checkpoint["channel_versions"] = {**checkpoint["channel_versions"]}

@@ -5,14 +5,16 @@ another process after a SIGKILL with its earlier steps unchanged, one process pe
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 import sys
-import zlib
 
 import psycopg
 
 from glimprouter.cli import main
-from glimprouter.graph.threads import durable_graph
+from glimprouter.graph.tenants import SINGLE_TENANT
+from glimprouter.graph.thread_locks import advisory_key
+from glimprouter.graph.threads import durable_graph, open_threads
 from tests.fakes import fake_model_server
 from tests.processes import running, wait_until
 
@@ -23,10 +25,14 @@ def ask_args(url: str, database: str, thread: str) -> list[str]:
             "--token-budget", "160", "--answer-max-tokens", "16"]  # fmt: skip
 
 
-def saved_steps(database: str, thread: str) -> list[dict]:
+def saved_steps(database: str, thread: str, key: str | None = None) -> list[dict]:
+    """The steps saved in `thread` of the client with API `key` (None: no keys, or ask)."""
+
     async def read() -> list[dict]:
-        async with durable_graph(database) as graph:
-            state = await graph.aget_state({"configurable": {"thread_id": thread}})
+        async with open_threads(database) as store:
+            digest = hashlib.sha256(key.encode()).digest() if key is not None else None
+            checkpoint_id = await store.checkpoint_id(store.tenant(digest), thread)
+            state = await store.graph.aget_state({"configurable": {"thread_id": checkpoint_id}})
             return list(state.values.get("steps") or [])
 
     return asyncio.run(read())
@@ -65,9 +71,20 @@ def test_a_chain_killed_mid_way_resumes_in_another_process(postgres_uri):
     assert after[: len(before)] == before, "the resumed chain rewrote earlier steps"
 
 
+def checkpoint_id_of(database: str, thread: str) -> str:
+    """The checkpoint thread id `glimprouter ask --thread-id thread` saves under."""
+
+    async def read() -> str:
+        async with open_threads(database) as store:
+            return await store.checkpoint_id(SINGLE_TENANT, thread)
+
+    return asyncio.run(read())
+
+
 def test_a_thread_another_process_runs_is_refused(postgres_uri, capsys):
+    key = advisory_key(checkpoint_id_of(postgres_uri, "held"))
     with psycopg.connect(postgres_uri, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (zlib.crc32(b"held"),))
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
         with fake_model_server() as server:
             assert main(ask_args(server.url, postgres_uri, "held")) == 2
             assert server.requests == []

@@ -14,7 +14,7 @@ from glimprouter.evals.results import read_results
 from glimprouter.evals.runner import run_eval
 from glimprouter.graph.invoke import run_question
 from glimprouter.model_servers.client import check_endpoints
-from glimprouter.model_servers.replicas import ReplicaPicker, rendezvous_order
+from glimprouter.model_servers.replicas import ReplicaPicker, rendezvous_order, session_key
 from tests.fakes import context_at, fake_model_server
 from tests.test_faults import problem
 
@@ -161,7 +161,7 @@ async def test_each_chain_stays_on_one_replica_per_role_and_carries_its_id():
                 assert step["replica"] in urls
 
 
-async def test_a_thread_is_its_own_chain_id():
+async def test_a_thread_is_its_own_chain_id_and_travels_hashed():
     with fake_model_server() as a, fake_model_server() as b:
         urls = [a.url, b.url]
         context = context_at(a.url, small_base_url=urls, large_base_url=urls)
@@ -169,7 +169,8 @@ async def test_a_thread_is_its_own_chain_id():
         result = await run_question(graph, {"question": "What is 7?"}, context, config)
         assert result["stop_reason"] == "end_of_sequence"
         sent = [headers[HEADER] for server in (a, b) for headers in server.headers]
-    assert sent and set(sent) == {"thread-7"}
+    assert sent and set(sent) == {session_key("thread-7")}
+    assert "thread-7" not in sent[0] and len(sent[0]) == 32
 
 
 async def test_without_affinity_a_chain_spreads_over_the_replicas():

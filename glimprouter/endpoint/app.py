@@ -41,6 +41,7 @@ from glimprouter.endpoint.responses import Reply, finish_reason
 from glimprouter.endpoint.runs import ClientGone, GraphRun, unless_disconnected
 from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
+from glimprouter.graph.threads import DEFAULT_MAX_THREAD_CHECKPOINTS
 from glimprouter.prompts import STEP_SEPARATOR, TEMPLATES
 
 # Questions are text: a bigger body is a mistake or abuse, refused before it is parsed.
@@ -99,15 +100,19 @@ def create_app(
     api_keys: ApiKeys | None = None,
     open_metrics: bool = False,
     checkpoint_db: str | Path | None = None,
+    thread_ttl: float | None = None,
+    max_thread_checkpoints: int | None = DEFAULT_MAX_THREAD_CHECKPOINTS,
     hosts: Collection[str] | None = None,
 ) -> Starlette:
     """The ASGI app: GET /v1/models, POST /v1/chat/completions, GET /health (load) and GET
     /openapi.json (the wire format, from the protocol's models). With `api_keys`, /v1 needs one
     of them, and so does /metrics unless `open_metrics`; each key holds at most
     max_streams_per_key open streams. With `checkpoint_db`, a request may carry a thread_id
-    whose chain is kept there. With `hosts`, a request naming another Host is refused. `limits`
-    bound what a request may ask (by default no more than `base_context` costs), and every
-    chain its max_chain_tokens (`default_chain_tokens` when `base_context` sets none)."""
+    whose chain is kept there, as its API key's (at most `max_thread_checkpoints` checkpoints
+    each; deleted once not touched for `thread_ttl` seconds, if set). With `hosts`, a request
+    naming another Host is refused. `limits` bound what a request may ask (by default no more
+    than `base_context` costs), and every chain its max_chain_tokens (`default_chain_tokens`
+    when `base_context` sets none)."""
     limits = limits or RouterLimits()
     if base_context.max_chain_tokens is None:  # a server bounds what every chain may cost
         chain_tokens = default_chain_tokens(limits, base_context)
@@ -121,7 +126,9 @@ def create_app(
     load = Load(limits.max_concurrency, max_waiting, on_change=metrics.record_load)
     # Without keys every client is the same one (on loopback, its one user): no bound per key.
     streams = OpenStreams(limits.max_streams_per_key) if api_keys else None
-    chains = Chains(checkpoint_db)
+    chains = Chains(
+        checkpoint_db, thread_ttl=thread_ttl, max_thread_checkpoints=max_thread_checkpoints
+    )
     started = int(time.time())
 
     document = openapi_document(request_model(type(base_context)))
@@ -150,6 +157,7 @@ def create_app(
                 served_model_name=served_model_name,
                 default_task=task,
             )
+            chat = dataclasses.replace(chat, api_key=getattr(request.state, "api_key", None))
             if chat.stream and streams is not None:
                 held.enter_context(streams.held(request.state.api_key))
         except RequestError as error:

@@ -16,7 +16,9 @@ from glimprouter.endpoint.limits import (
     server_flags,
 )
 from glimprouter.endpoint.server import serve_router
+from glimprouter.graph.threads import CHECKPOINT_DB_ENV, checkpoint_db_from_env
 from glimprouter.prompts import TEMPLATES
+from glimprouter.threads_command import add_max_checkpoints_flag, duration
 
 
 def add_router_command(commands: argparse._SubParsersAction) -> None:
@@ -83,12 +85,22 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
         help="router processes serving the port (default 1); they share only --checkpoint-db, "
         "and /metrics sums them",
     )
-    parser.add_argument(
+    threads = parser.add_argument_group("threads (chains kept across requests)")
+    threads.add_argument(
         "--checkpoint-db",
         metavar="LOCATION",
         help="keep the chains of requests that carry a thread_id: a SQLite file, or a PostgreSQL "
-        "URI postgresql://... that several router processes share",
+        f"URI postgresql://... that several router processes share (default: {CHECKPOINT_DB_ENV}"
+        ", if set)",
     )
+    threads.add_argument(
+        "--thread-ttl",
+        type=duration,
+        metavar="DURATION",
+        help="delete the threads not run or read for this long (90s, 30m, 12h, 7d), swept at "
+        "start and every quarter of it (at most hourly) while serving (default: keep them)",
+    )
+    add_max_checkpoints_flag(threads)
     group = parser.add_argument_group(
         "request limits (default: the server's own setting, so a request may not make its chain "
         "cost more)"
@@ -140,7 +152,9 @@ def _serve_router_command(args: argparse.Namespace) -> int:
             api_keys=keys_from(args.api_key, args.api_key_file),
             allow_unauthenticated=args.allow_unauthenticated,
             open_metrics=args.open_metrics,
-            checkpoint_db=args.checkpoint_db,
+            checkpoint_db=args.checkpoint_db or checkpoint_db_from_env(),
+            thread_ttl=args.thread_ttl,
+            max_thread_checkpoints=args.max_thread_checkpoints,
             allowed_hosts=args.allowed_host or (),
             workers=args.workers,
         )

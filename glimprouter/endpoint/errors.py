@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 
 from glimprouter.endpoint.protocol import ErrorObject, ErrorResponse, WrittenSoFar
 from glimprouter.errors import ConfigError, EndpointError
-from glimprouter.graph.threads import ThreadBusy
+from glimprouter.graph.thread_locks import ThreadBusy
 from glimprouter.prompts import STEP_SEPARATOR
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,13 @@ def as_request_error(error: Exception) -> RequestError:
     if isinstance(error, RequestError):
         return error
     if isinstance(error, ThreadBusy):
-        return RequestError(409, str(error), param="thread_id", code="thread_busy")
+        log.info("thread_busy: %s", error)  # it names the database: for the log only
+        return RequestError(
+            409,
+            "this thread_id is being run by another request: send it again once that one ends",
+            param="thread_id",
+            code="thread_busy",
+        )
     if isinstance(error, ConfigError):
         return RequestError(400, str(error), code="invalid_value")
     if isinstance(error, ChainCut):

@@ -37,6 +37,9 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     thread_id: str | None = None
+    api_key: bytes | None = None
+    """The SHA-256 digest of the request's API key (None on a server without keys): whose
+    threads it may see."""
 
 
 def parse_chat_request(

@@ -30,6 +30,7 @@ from glimprouter.endpoint.limits import DEFAULT_MODEL_NAME, RouterLimits
 from glimprouter.endpoint.metrics import MULTIPROCESS_DIR_ENV
 from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
+from glimprouter.graph.threads import DEFAULT_MAX_THREAD_CHECKPOINTS
 from glimprouter.model_servers.client import check_endpoints
 from glimprouter.stopping import die_with_parent
 
@@ -53,6 +54,8 @@ def serve_router(
     allow_unauthenticated: bool = False,
     open_metrics: bool = False,
     checkpoint_db: str | Path | None = None,
+    thread_ttl: float | None = None,
+    max_thread_checkpoints: int | None = DEFAULT_MAX_THREAD_CHECKPOINTS,
     allowed_hosts: Iterable[str] = (),
     workers: int = 1,
 ) -> None:
@@ -76,6 +79,8 @@ def serve_router(
         api_keys=api_keys,
         open_metrics=open_metrics,
         checkpoint_db=checkpoint_db,
+        thread_ttl=thread_ttl,
+        max_thread_checkpoints=max_thread_checkpoints,
         hosts=answered_hosts(host, allowed_hosts),
     )
     app = app_factory()  # a bad setting fails here, in one line, rather than in every worker

@@ -258,11 +258,12 @@ class RouterContext:
     affinity_header: str = field(
         default="x-user-id",
         metadata=setting(
-            "HTTP header that carries the chain id on every model request, so that a load "
-            "balancer in front of several replicas keeps a chain on one of them (vLLM "
+            "HTTP header that carries an opaque hash of the chain id (never a client's thread "
+            "id) on every model request, so that a load balancer in front of several replicas "
+            "keeps a chain on one of them (vLLM "
             "production-stack: --routing-logic session --session-key x-user-id). Empty: none.",
-            flag_help="header carrying the chain id to a load balancer (default x-user-id, "
-            "production-stack's session key); empty for none",
+            flag_help="header carrying a hash of the chain id to a load balancer (default "
+            "x-user-id, production-stack's session key); empty for none",
         ),
     )
     replica_cooldown: float = field(

@@ -9,20 +9,18 @@ gives back its result without asking any model again.
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
 import os
 import sqlite3
+import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import aiosqlite
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph.state import CompiledStateGraph
 
 from glimprouter.errors import ConfigError
@@ -30,31 +28,109 @@ from glimprouter.graph.builder import build_graph, run_config
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.settings import redact_url
 from glimprouter.graph.state import InputState
+from glimprouter.graph.store import (
+    SqliteSaver,
+    ThreadsSaver,
+    is_postgres,
+    postgres_saver_class,
+)
+from glimprouter.graph.tenants import (
+    SECRET_NAME,
+    SINGLE_TENANT,
+    checkpoint_thread_id,
+    may_be_legacy,
+    tenant_id,
+)
+from glimprouter.graph.thread_locks import thread_lock
 
 # Write each checkpoint before the next step starts, so a kill never loses a finished step.
 DURABILITY = "sync"
+CHECKPOINT_DB_ENV = "GLIMPROUTER_CHECKPOINT_DB"
+# Checkpoints a thread keeps by default: resuming needs only its latest.
+DEFAULT_MAX_THREAD_CHECKPOINTS = 4
 
 
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+def checkpoint_db_from_env() -> str | Path | None:
+    """GLIMPROUTER_CHECKPOINT_DB, if set: a PostgreSQL URI, or a SQLite file."""
+    if env := os.environ.get(CHECKPOINT_DB_ENV):
+        return env if is_postgres(env) else Path(env)
+    return None
 
 
-class ThreadBusy(ConfigError):
-    """Another process (or request) is running the thread."""
+@dataclass
+class ThreadStore:
+    """A checkpoint database open: the durable graph, and the tenants' threads in it."""
 
+    location: str | Path
+    graph: CompiledStateGraph
+    secret: bytes = field(repr=False)
 
-def is_postgres(location: str | Path) -> bool:
-    """Whether a checkpoint database is a PostgreSQL URI rather than a SQLite file."""
-    return str(location).startswith(POSTGRES_SCHEMES)
+    @property
+    def saver(self) -> ThreadsSaver:
+        return self.graph.checkpointer  # type: ignore[return-value]
+
+    def tenant(self, key_digest: bytes | None) -> str:
+        """The tenant of the API key with this SHA-256 digest (None: no keys, one tenant)."""
+        return tenant_id(self.secret, key_digest)
+
+    async def checkpoint_id(self, tenant: str, thread_id: str) -> str:
+        """The id `tenant`'s thread `thread_id` is saved under: hashed from both, or, for the
+        single tenant, the thread id itself when an earlier release saved the thread so."""
+        hashed = checkpoint_thread_id(self.secret, tenant, thread_id)
+        if tenant != SINGLE_TENANT or not may_be_legacy(thread_id, is_postgres(self.location)):
+            return hashed
+        if await self._saved(hashed) or not await self._saved(thread_id):
+            return hashed
+        return thread_id
+
+    async def _saved(self, checkpoint_id: str) -> bool:
+        config = {"configurable": {"thread_id": checkpoint_id, "checkpoint_ns": ""}}
+        return await self.saver.aget_tuple(config) is not None
+
+    @asynccontextmanager
+    async def held(self, tenant: str, thread_id: str) -> AsyncIterator[str]:
+        """`tenant`'s thread `thread_id` locked for this run (or ThreadBusy), and touched: its
+        checkpoint thread id."""
+        checkpoint_id = await self.checkpoint_id(tenant, thread_id)
+        async with thread_lock(self.location, checkpoint_id, name=thread_id):
+            await self.saver.touch(checkpoint_id)
+            yield checkpoint_id
 
 
 @asynccontextmanager
-async def durable_graph(location: str | Path) -> AsyncIterator[CompiledStateGraph]:
+async def open_threads(
+    location: str | Path,
+    *,
+    max_checkpoints: int | None = DEFAULT_MAX_THREAD_CHECKPOINTS,
+    clock: Callable[[], float] = time.time,
+) -> AsyncIterator[ThreadStore]:
+    """The checkpoint database at `location` (see `durable_graph`) with its tenants' threads;
+    each thread keeps at most `max_checkpoints` checkpoints (None: all), and `clock` dates its
+    touches."""
+    async with _saver(location) as saver:
+        saver.max_checkpoints, saver.clock = max_checkpoints, clock
+        secret = await saver.secret(SECRET_NAME)
+        yield ThreadStore(location, build_graph(checkpointer=saver), secret)
+
+
+@asynccontextmanager
+async def durable_graph(
+    location: str | Path, *, max_checkpoints: int | None = DEFAULT_MAX_THREAD_CHECKPOINTS
+) -> AsyncIterator[CompiledStateGraph]:
     """The routing graph with its checkpoints in `location`: a SQLite file (created if new, for
     its owner's eyes only: chains hold questions and answers), or a PostgreSQL URI
-    (postgresql://user:password@host/db), which router processes on any machine can share."""
+    (postgresql://user:password@host/db), which router processes on any machine can share. A
+    thread keeps its `max_checkpoints` latest checkpoints (None: every one; resuming needs only
+    the latest)."""
+    async with open_threads(location, max_checkpoints=max_checkpoints) as store:
+        yield store.graph
+
+
+@asynccontextmanager
+async def _saver(location: str | Path) -> AsyncIterator[ThreadsSaver]:
     if is_postgres(location):
         async with _postgres_saver(str(location)) as saver:
-            yield build_graph(checkpointer=saver)
+            yield saver
         return
     path = Path(location).expanduser()
     try:
@@ -67,9 +143,10 @@ async def durable_graph(location: str | Path) -> AsyncIterator[CompiledStateGrap
             "set --checkpoint-db / GLIMPROUTER_CHECKPOINT_DB to a writable path"
         ) from None
     async with aiosqlite.connect(str(path)) as connection:
-        saver = AsyncSqliteSaver(connection, serde=STRICT_SERDE)
+        saver = SqliteSaver(connection, serde=STRICT_SERDE)
         try:
-            yield build_graph(checkpointer=saver)
+            await saver.create_own_tables()
+            yield saver
         except sqlite3.OperationalError as error:
             if "locked" not in str(error):
                 raise
@@ -82,21 +159,23 @@ async def durable_graph(location: str | Path) -> AsyncIterator[CompiledStateGrap
 
 @asynccontextmanager
 async def _postgres_saver(uri: str) -> AsyncIterator[Any]:
-    """LangGraph's own PostgreSQL saver (langgraph-checkpoint-postgres), its tables created on
-    first use by one process at a time: router processes starting together on a fresh database
-    would otherwise race to create them, and all but one fail."""
+    """LangGraph's own PostgreSQL saver (langgraph-checkpoint-postgres), its tables (and ours)
+    created on first use by one process at a time: router processes starting together on a
+    fresh database would otherwise race to create them, and all but one fail."""
     try:
         import psycopg
-        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+        saver_class = postgres_saver_class()
     except ImportError:
         raise ConfigError(
             'a PostgreSQL --checkpoint-db needs pip install "glimprouter[postgres]"'
         ) from None
     try:
-        async with AsyncPostgresSaver.from_conn_string(uri, serde=STRICT_SERDE) as saver:
+        async with saver_class.from_conn_string(uri, serde=STRICT_SERDE) as saver:
             await _take_setup_lock(saver.conn)
             try:
                 await saver.setup()
+                await saver.create_own_tables()
             finally:
                 await saver.conn.execute("SELECT pg_advisory_unlock(%s, 0)", (SETUP_LOCK,))
             yield saver
@@ -124,45 +203,6 @@ SETUP_LOCK = zlib.crc32(b"glimprouter checkpoint tables") >> 1  # fits PostgreSQ
 STRICT_SERDE = JsonPlusSerializer(allowed_msgpack_modules=None)
 
 
-@asynccontextmanager
-async def thread_lock(location: str | Path, thread_id: str) -> AsyncIterator[None]:
-    """Hold thread `thread_id` of the database at `location` while this process runs it: two
-    processes resuming one thread would fork its chain. The lock goes when the process ends,
-    however it ends: a POSIX lock on a byte of `path`.lock (one per thread, by hash) for SQLite,
-    a session advisory lock for PostgreSQL."""
-    key = zlib.crc32(thread_id.encode())
-    refusal = ThreadBusy(
-        f"thread {thread_id!r} of {_shown(location)} is being run by another process: wait for "
-        "it to end, or pick another --thread-id"
-    )
-    if is_postgres(location):
-        import psycopg
-
-        async with await psycopg.AsyncConnection.connect(str(location), autocommit=True) as conn:
-            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))).fetchone()
-            if not row[0]:
-                raise refusal
-            yield  # the lock ends with the session
-        return
-    lock_path = Path(location).expanduser().with_name(Path(location).name + ".lock")
-    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, key)
-    except OSError as error:
-        os.close(descriptor)
-        if error.errno not in (errno.EAGAIN, errno.EACCES):
-            raise
-        raise refusal from None
-    try:
-        yield
-    finally:
-        os.close(descriptor)
-
-
-def _shown(location: str | Path) -> str:
-    return redact_url(str(location)) if is_postgres(location) else str(location)
-
-
 def thread_config(context: RouterContext, thread_id: str) -> dict[str, Any]:
     """The run config of one durable thread."""
     return run_config(context, configurable={"thread_id": thread_id})
@@ -187,24 +227,29 @@ async def plan_thread(
     thread_id: str,
     question: str | None,
     task: str,
+    *,
+    name: str | None = None,
 ) -> ThreadPlan:
-    """Decide how to run `thread_id`; `question` None means resume only.
+    """Decide how to run `thread_id` (the checkpoint thread id; `name`, by default that id, is
+    the one its caller knows it by); `question` None means resume only.
 
-    Refuses an unknown thread when resuming, and a thread that holds another question.
+    Refuses an unknown thread when resuming, and a thread that holds another question, without
+    telling what it holds.
     """
+    name = name or thread_id
     snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
     saved = snapshot.values
     if not saved:
         if question is None:
             raise ConfigError(
-                f"no chain is saved under thread id {thread_id!r}: start one with "
-                f"glimprouter ask QUESTION --thread-id {thread_id}, or check --checkpoint-db"
+                f"no chain is saved under thread id {name!r}: start one with "
+                f"glimprouter ask QUESTION --thread-id {name}, or check --checkpoint-db"
             )
         return ThreadPlan("new", 0, question, {"question": question, "task": task})
     if question is not None and question != saved["question"]:
         raise ConfigError(
-            f"thread id {thread_id!r} holds another question ({_head(saved['question'])}): "
-            "leave the question out to resume it, or pick a new --thread-id"
+            f"thread id {name!r} holds another question: ask it with the question it was "
+            "started with (glimprouter ask: leave the question out), or pick another thread id"
         )
     # A run stopped mid-step (cancelled, or its node failed) leaves that step as a task with an
     # error and nothing next: it is unfinished too, and running the thread again retries it.
@@ -232,7 +277,3 @@ async def _carry_renamed_channels(graph: CompiledStateGraph, config: dict[str, A
     }
     if carried:
         await graph.aupdate_state(config, carried)
-
-
-def _head(text: str, width: int = 60) -> str:
-    return repr(text if len(text) <= width else text[: width - 1] + "…")

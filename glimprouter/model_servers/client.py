@@ -35,7 +35,7 @@ from glimprouter.model_servers.errors import (
     unknown_model,
     unreachable,
 )
-from glimprouter.model_servers.replicas import ReplicaPicker
+from glimprouter.model_servers.replicas import ReplicaPicker, session_key
 from glimprouter.model_servers.startup import (
     CANARY_QUESTION,
     EndpointReport,
@@ -163,7 +163,7 @@ def chat_client(context: RouterContext, role: ModelRole) -> ChatOpenAI:
 
 
 def new_chain_id() -> str:
-    """A fresh chain id: what pins a chain to its replicas and travels in the affinity header."""
+    """A fresh chain id: what pins a chain to its replicas and, hashed, the affinity header."""
     return uuid.uuid4().hex
 
 
@@ -217,7 +217,7 @@ def _request_params(
     if top_logprobs is not None:
         params.update(logprobs=True, top_logprobs=top_logprobs)
     if context.affinity_header:
-        params["extra_headers"] = {context.affinity_header: chain_id}
+        params["extra_headers"] = {context.affinity_header: session_key(chain_id)}
     return params
 
 

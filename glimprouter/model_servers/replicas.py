@@ -22,6 +22,14 @@ from collections.abc import Callable, Sequence
 from glimprouter.graph.settings import ReplicaAffinity
 
 
+def session_key(chain_id: str) -> str:
+    """What the affinity header carries for a chain: an opaque hash of its id (itself a keyed
+    hash of (tenant, thread) for a thread's chain), never the client's thread id: any id then
+    makes a valid header value, and no client can pick the replica a balancer sends it to."""
+    digest = hashlib.sha256(b"glimprouter session\0" + chain_id.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:32]
+
+
 def rendezvous_order(urls: Sequence[str], chain_id: str) -> list[str]:
     """`urls` in the order a chain tries them: by a hash of (chain, replica's place in the
     list), highest first. The place, not the URL, so that a test's replicas behind proxies on
