@@ -211,3 +211,11 @@ def context_at(url: str, **overrides: Any) -> RouterContext:
 def chat(question: str = "What is 2 + 2?", **fields: Any) -> dict[str, Any]:
     """A chat completion request body for the router's model, asking `question`."""
     return {"model": "glimprouter", "messages": [{"role": "user", "content": question}], **fields}
+
+
+def tiny_steps(index: int, request: dict[str, Any]) -> Any:
+    """A fault hook making a chain that never ends by itself: every step a different tiny one
+    (so the loop guard does not stop it), until the answer."""
+    if request["messages"][-1]["content"].endswith("</think>\n\n"):
+        return None
+    return {"content": f"Tiny step {index}.\n\n"}

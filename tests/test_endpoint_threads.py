@@ -103,7 +103,8 @@ def start_router(
                "--small-url", url, "--large-url", url, "--token-budget", str(token_budget),
                "--step-max-tokens", "16", "--answer-max-tokens", "16", "--max-retries", "0",
                *(["--checkpoint-db", database] if database else []), *flags]  # fmt: skip
-    process = start(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **popen)
+    popen = {"stderr": subprocess.DEVNULL, **popen}
+    process = start(command, stdout=subprocess.PIPE, text=True, **popen)
     ready = Lines(process.stdout).wait_for(
         lambda line: line if line.startswith("serving ") else None, 120, "the ready line"
     )

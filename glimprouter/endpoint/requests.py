@@ -129,6 +129,13 @@ def _refusal(error: ValidationError, body: Any, model: type[ChatCompletionReques
             f"stream_options.{loc[1]} must be {_json_kinds(model)[name, loc[1]]}",
             param=name,
         )
+    if problems[0]["type"] == "string_unicode":  # valid JSON, but no Unicode text
+        return RequestError(
+            400,
+            f"{name} must be Unicode text: it holds an unpaired surrogate escape (\\ud800-\\udfff)",
+            param=name,
+            code="invalid_value",
+        )
     shown = json.dumps(body[name])
     shown = shown if len(shown) <= 40 else shown[:37] + "..."
     return RequestError(
