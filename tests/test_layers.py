@@ -46,6 +46,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "glimprouter.live_view",
             "glimprouter.context_flags",
             "glimprouter.ask",
+            "glimprouter.threads_command",
             "glimprouter.cli",
             "glimprouter.endpoint",
             "glimprouter.evals",
