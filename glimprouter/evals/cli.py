@@ -1,4 +1,5 @@
-"""`glimprouter eval | sweep | report | calibrate`: benchmarks from the command line."""
+"""`glimprouter eval | sweep | regrade | report | calibrate`: benchmarks from the command
+line."""
 
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ from glimprouter.evals.datasets import (
     load_problems,
     split_problems,
 )
-from glimprouter.evals.grading import SandboxLimits
 from glimprouter.evals.ray_cluster import INSTALL, LOCAL, RayCluster, connected
+from glimprouter.evals.regrade_command import (
+    add_grading_flags,
+    add_regrade_command,
+    grading_limits,
+)
 from glimprouter.evals.report import (
     load_rows,
     markdown,
@@ -57,7 +62,7 @@ def large_rate(text: str) -> float | MatchedRate:
 
 
 def add_eval_commands(commands: argparse._SubParsersAction) -> None:
-    """Register eval, sweep, report and calibrate on the top-level parser."""
+    """Register eval, sweep, regrade, report and calibrate on the top-level parser."""
     evaluate = commands.add_parser("eval", help="run one method over a benchmark")
     _add_run_flags(evaluate)
     evaluate.set_defaults(handler=_eval_command)
@@ -86,6 +91,8 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         help="with --calibrate-on-dev: shares of steps the large model should write, e.g. 0.2,0.3",
     )
     sweep.set_defaults(handler=_sweep_command)
+
+    add_regrade_command(commands)
 
     report = commands.add_parser("report", help="tables and Pareto plots of recorded results")
     report.add_argument(
@@ -171,13 +178,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="Ray workers (one CPU each) with --ray (default: one per CPU of the cluster)",
     )
-    parser.add_argument(
-        "--allow-unconfined-code",
-        action="store_true",
-        help="run code problems' solutions even where the sandbox cannot isolate them (no "
-        "namespaces: they can then read your files and reach the network); also "
-        "GLIMPROUTER_ALLOW_UNCONFINED_CODE=1",
-    )
+    add_grading_flags(parser)
     add_context_flags(parser, parsers={"large_rate": large_rate})
 
 
@@ -266,14 +267,20 @@ def _run(
                 concurrency=args.concurrency,
                 selection=selection,
                 on_record=on_record,
-                limits=SandboxLimits(allow_unconfined=args.allow_unconfined_code),
+                limits=grading_limits(args),
                 cluster=_cluster(args),
             )
         )
     console.print(
         f"{output}: {tally.done} new records, accuracy {100 * tally.accuracy:.1f}%, "
         f"{tally.failed} failed"
-        + (" (the same command run again retries them)" if tally.failed else ""),
+        + (" (the same command run again retries them)" if tally.failed else "")
+        + (
+            f", {tally.ungraded} ungraded, counted wrong (glimprouter regrade {output} grades "
+            "them again)"
+            if tally.ungraded
+            else ""
+        ),
         highlight=False,
     )
     return tally
