@@ -18,6 +18,7 @@ from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.endpoint.command import add_router_command
 from glimprouter.errors import ConfigError, GlimpRouterError
 from glimprouter.evals.cli import add_eval_commands
+from glimprouter.extras import missing_extra
 from glimprouter.prompts import TEMPLATES
 from glimprouter.stopping import exit_status, run, sigterm_stops
 from glimprouter.threads_command import add_threads_command
@@ -76,6 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.handler(args)
     except GlimpRouterError as error:
         print(f"glimprouter: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:  # a package of an extra, imported by a library between
+        if (missing := missing_extra(error)) is None:
+            raise
+        print(f"glimprouter: error: {missing}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         print(f"glimprouter: stopped ({interrupt or 'Ctrl-C'})", file=sys.stderr)

@@ -4,14 +4,15 @@ run (400 bad input, 502 failing model server, 500 anything else)."""
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-from starlette.responses import JSONResponse
+from typing import TYPE_CHECKING, Any
 
 from glimprouter.endpoint.protocol import ErrorObject, ErrorResponse, WrittenSoFar
 from glimprouter.errors import ConfigError, EndpointError
 from glimprouter.graph.thread_locks import ThreadBusy
 from glimprouter.prompts import STEP_SEPARATOR
+
+if TYPE_CHECKING:  # imported where a response is made: serve-router's flags need no [serve]
+    from starlette.responses import JSONResponse
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class RequestError(Exception):
 
     def response(self) -> JSONResponse:
         """The error as an HTTP response."""
+        from starlette.responses import JSONResponse
+
         # A failed model server was already retried (max_retries): the OpenAI SDKs honour this
         # header instead of retrying the whole chain of thought.
         retry = {"x-should-retry": "false"} if self.status == 502 else {}

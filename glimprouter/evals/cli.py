@@ -24,15 +24,9 @@ from glimprouter.evals.datasets import (
 )
 from glimprouter.evals.grading import SandboxLimits
 from glimprouter.evals.ray_cluster import INSTALL, LOCAL, RayCluster, connected
-from glimprouter.evals.report import (
-    load_rows,
-    markdown,
-    matched_markdown,
-    paired_markdown,
-    pareto_plot,
-)
 from glimprouter.evals.results import realised_large_share, results_dirs
 from glimprouter.evals.runner import Tally, run_eval
+from glimprouter.extras import require
 from glimprouter.graph.context import RouterContext
 from glimprouter.stopping import run
 
@@ -353,17 +347,18 @@ def _calibrated_sweep(args: argparse.Namespace) -> int:
 
 
 def _report_command(args) -> int:
+    report = require("glimprouter.evals.report")  # scipy and matplotlib: the [evals] extra
     directories = results_dirs(args.dirs)
-    rows = load_rows(directories)
-    print(markdown(rows))
+    rows = report.load_rows(directories)
+    print(report.markdown(rows))
     if args.against:
-        print(paired_markdown(rows, args.against))
-    if matched := matched_markdown(rows):
+        print(report.paired_markdown(rows, args.against))
+    if matched := report.matched_markdown(rows):
         print(matched)
     default_home = (
         Path(*Path(directories[0]).parts[:-1]) if len(directories) > 1 else directories[0]
     )
-    plot = pareto_plot(rows, args.plot or default_home / "pareto.png")
+    plot = report.pareto_plot(rows, args.plot or default_home / "pareto.png")
     print(f"Pareto plot: {plot}")
     return 0
 

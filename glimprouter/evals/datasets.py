@@ -18,9 +18,8 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import datasets
-
 from glimprouter.errors import ConfigError
+from glimprouter.extras import require
 from glimprouter.prompts import code_question
 
 Task = Literal["math", "multiple_choice", "code"]
@@ -272,6 +271,7 @@ Rows = Iterable[tuple[str, int, Mapping[str, Any]]]
 
 def _load_rows(name: str, source: _Source, data_dir: Path | None) -> Rows:
     if data_dir is None:
+        datasets = require("datasets")
         if source.hub_files:
             urls = [f"hf://datasets/{source.hub}/{file}" for file in source.hub_files]
             rows = datasets.load_dataset("json", data_files=urls, split="train")
