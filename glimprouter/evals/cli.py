@@ -14,6 +14,7 @@ from rich.text import Text
 from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.errors import ConfigError
 from glimprouter.evals.calibrate import calibrate_threshold, recorded_entropies
+from glimprouter.evals.config_file import CONFIG_FLAG
 from glimprouter.evals.datasets import (
     DATASETS,
     DEFAULT_DEV_FRACTION,
@@ -31,6 +32,7 @@ from glimprouter.graph.context import RouterContext
 from glimprouter.stopping import run
 
 MATCH = "match:"
+RUN_COMMANDS = ("eval", "sweep")  # the commands that take --config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +119,12 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        CONFIG_FLAG,
+        metavar="FILE",
+        help="JSON or TOML file of flags and settings by name (threshold, small_base_url, ...) "
+        "or the reference code's config.json keys; flags on the command line win",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help=f"one of {sorted(DATASETS)}")
     source.add_argument(
