@@ -22,7 +22,9 @@ from glimprouter.graph.settings import (
     redact_url,
     setting,
     split_urls,
+    unescaped,
 )
+from glimprouter.prompts import STEP_SEPARATOR
 from glimprouter.strategies import MODEL_ROLES, STRATEGIES, GlimpseMode, ModelRole
 
 
@@ -147,6 +149,16 @@ class RouterContext:
             flag_help="most tokens of one step",
             request=True,
             limit=("max_step_tokens", "--max-step-tokens"),
+            identity=True,
+        ),
+    )
+    step_separator: str = field(
+        default=STEP_SEPARATOR,
+        metadata=setting(
+            "What ends a reasoning step: the paper's blank line (\\n\\n), or a single line "
+            "break (\\n) for instruct models that write one idea a line and rarely a blank "
+            "line (the local default pair's Qwen2.5-Coder). Backslash escapes are read.",
+            flag_help="what ends a step: '\\n\\n' (default, a blank line) or '\\n'",
             identity=True,
         ),
     )
@@ -302,6 +314,8 @@ class RouterContext:
         for role in MODEL_ROLES:
             name = f"{role}_base_url"
             setattr(self, name, join_urls(getattr(self, name)))
+        # A flag or a variable carries the separator written with escapes: --step-separator '\n'
+        self.step_separator = unescaped(self.step_separator)
         check_values(self)
 
     def _url_is_callers(self, role: ModelRole, given: frozenset[str]) -> bool:

@@ -179,6 +179,14 @@ def is_optional(annotation: Any) -> bool:
     return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
 
 
+STEP_SEPARATORS = ("\n\n", "\n")
+
+
+def unescaped(text: str) -> str:
+    """`text` with backslash escapes (\\n) read, as a shell passes them on."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+
+
 def check_values(context: Any) -> None:
     """Refuse a context (RouterContext or a subclass) whose settings are out of bounds, naming
     the setting and where to set it."""
@@ -199,6 +207,8 @@ def check_values(context: Any) -> None:
             "is negative: entropies are >= 0, use 0 to route every step to the large model",
         )
     get_strategy(context.method)
+    if context.step_separator not in STEP_SEPARATORS:
+        raise bad("step_separator", "must be '\\n\\n' (a blank line ends a step) or '\\n'")
     if not 0 <= context.large_rate <= 1:
         raise bad("large_rate", "must be a probability in [0, 1]")
     if context.glimpse_mode not in GLIMPSE_MODES:

@@ -40,12 +40,14 @@ def steps_of(state: RouterState) -> list[Step]:
     return state.get("steps") or []
 
 
-def prompt_args(state: RouterState) -> dict[str, Any]:
-    """Question, task and template: what selects and fills the prompt."""
+def prompt_args(state: RouterState, context: RouterContext) -> dict[str, Any]:
+    """Question, task and template: what selects and fills the prompt; and the separator the
+    chain's steps are joined with."""
     return {
         "question": state["question"],
         "task": state.get("task") or "math",
         "template": state.get("prompt_template"),
+        "separator": context.step_separator,
     }
 
 

@@ -38,7 +38,7 @@ async def review(state: RouterState, runtime: Runtime[RouterContext]) -> dict[st
                 context,
                 "large",
                 judge_messages(
-                    step_texts=[*step_texts(state), draft["text"]], **prompt_args(state)
+                    step_texts=[*step_texts(state), draft["text"]], **prompt_args(state, context)
                 ),
                 chain_id=chain_id_of(state),
                 max_tokens=1,

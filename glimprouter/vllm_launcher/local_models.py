@@ -76,6 +76,9 @@ LOCAL_MODELS: dict[str, LocalModel] = {
 
 LOCAL_PAIR: tuple[str, str] = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 """The (small, large) pair served by default on a machine without a configured endpoint."""
+LOCAL_PAIR_STEP_SEPARATOR = "\n"
+"""The step_separator of the local pair: Qwen2.5-Coder writes its reasoning one idea a line and
+hardly ever a blank line, so at the paper's "\\n\\n" its whole chain was one step."""
 
 
 def cache_dir() -> Path:
