@@ -18,7 +18,7 @@ from typing import Any
 from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.settings import request_limits
-from glimprouter.strategies import CHOICES, STRATEGIES, Direction, costing_no_more, get_strategy
+from glimprouter.strategies import STRATEGIES, Direction, choices, costing_no_more, get_strategy
 
 DEFAULT_MODEL_NAME = "glimprouter"
 # Chains that may wait for a place among --max-concurrency when --max-waiting is not given.
@@ -215,9 +215,13 @@ def _choices(limit: dataclasses.Field, given: Any, base: RouterContext) -> tuple
     own = getattr(base, knob)
     if given is None:
         return costing_no_more(knob, own)
-    unknown = sorted(set(given) - set(CHOICES[knob]))
+    if knob == "method":  # the operator's: an import path among them is imported
+        for method in given:
+            if ":" in method:
+                get_strategy(method)
+    unknown = sorted(set(given) - set(choices(knob)))
     if unknown:
-        raise ConfigError(f"{flag}: unknown {knob} {unknown}; valid: {list(CHOICES[knob])}")
+        raise ConfigError(f"{flag}: unknown {knob} {unknown}; valid: {list(choices(knob))}")
     if own not in given:
         raise ConfigError(
             f"{knob}={own!r} is not in {flag} {list(given)}: add it there or change "
