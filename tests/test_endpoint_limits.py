@@ -222,5 +222,6 @@ class TestCostCheck:
         declared = {(f.metadata["knob"], f.metadata.get("refused")) for f in COST_LIMITS}
         read = {(k, way) for s in STRATEGIES.values() for k, way in s.costlier.items()}
         assert read <= declared
-        assert {knob for knob, way in declared if way is None} == {"method", "glimpse_mode", "answer_model"}
+        choice_knobs = {"method", "glimpse_mode", "answer_model"}
+        assert {knob for knob, way in declared if way is None} == choice_knobs
         assert limit_flag("allow_methods") == "--allow-methods"
