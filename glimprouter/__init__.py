@@ -19,18 +19,32 @@ from glimprouter.graph.builder import build_graph, graph, run_config
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import InputState, OutputState, Step
 from glimprouter.graph.threads import durable_graph, thread_config
+from glimprouter.strategies import (
+    ModelRole,
+    StepView,
+    Strategy,
+    choose_writer,
+    knob,
+    register_strategy,
+)
 
 __all__ = [
     "ConfigError",
     "EndpointError",
     "GlimpRouterError",
     "InputState",
+    "ModelRole",
     "OutputState",
     "RouterContext",
     "Step",
+    "StepView",
+    "Strategy",
     "build_graph",
+    "choose_writer",
     "durable_graph",
     "graph",
+    "knob",
+    "register_strategy",
     "run_config",
     "thread_config",
 ]

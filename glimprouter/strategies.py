@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import random
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -230,6 +232,8 @@ def import_strategy(path: str) -> Strategy:
     Only settings the operator gives (a flag, a run context) are imported: a request's method
     must already be registered (glimprouter.endpoint.requests)."""
     module_name, _, class_name = path.partition(":")
+    if os.getcwd() not in sys.path:  # as `python -m` and uvicorn do: the project's own modules
+        sys.path.insert(0, os.getcwd())
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as error:
