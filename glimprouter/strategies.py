@@ -80,6 +80,8 @@ class Strategy:
     """The small model glimpses (one token, top-k logprobs) before each step."""
     draft_logprobs: ClassVar[bool] = False
     """A draft is written with per-token logprobs and scored by `score_draft` (its `score`)."""
+    step_writers: ClassVar[tuple[ModelRole, ...]] = MODEL_ROLES
+    """The models that may write a step (warming skips a server that only writes the answer)."""
     Knobs: ClassVar[type] = NoKnobs
     """The strategy's own settings, a frozen dataclass of `knob` fields (set with --knob)."""
     costlier: ClassVar[dict[str, Direction]] = {}
@@ -143,6 +145,7 @@ class GlimpRouter(Strategy):
 class SmallOnly(Strategy):
     name = "small-only"
     description = "the small model writes every step"
+    step_writers = ("small",)
 
     def label(self, config):
         return self.name
@@ -151,6 +154,7 @@ class SmallOnly(Strategy):
 class LargeOnly(SmallOnly):
     name = "large-only"
     description = "the large model writes every step"
+    step_writers = ("large",)
 
     def decide(self, view):
         return "large"
