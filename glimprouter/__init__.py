@@ -33,7 +33,14 @@ from glimprouter.model_servers.client import check_endpoints, complete, new_chai
 from glimprouter.prompts import continuation_messages
 from glimprouter.strategies import (
     MODEL_ROLES,
+    GlimpRouter,
+    LargeOnly,
     ModelRole,
+    RandomRouting,
+    SmallOnly,
+    SpecReason,
+    StepEntropy,
+    StepPerplexity,
     StepView,
     Strategy,
     choose_writer,
@@ -62,6 +69,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "GlimpRouter",
+    "LargeOnly",
+    "RandomRouting",
+    "SmallOnly",
+    "SpecReason",
+    "StepEntropy",
+    "StepPerplexity",
     "ConfigError",
     "EndpointError",
     "GlimpRouterError",

@@ -9,7 +9,7 @@ from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
 from glimprouter.prompts import judge_messages
 from glimprouter.scoring import judge_score, mean_token_entropy, perplexity
-from glimprouter.strategies import STRATEGIES, StepView, get_strategy
+from glimprouter.strategies import BUILT_INS, STRATEGIES, StepView, get_strategy
 
 
 def top(*probabilities):
@@ -36,7 +36,8 @@ def review(name, score, judged=None, **context):
 
 
 def test_registry_holds_the_method_and_its_baselines():
-    assert set(STRATEGIES) == {
+    assert {cls.name for cls in BUILT_INS} <= set(STRATEGIES)
+    assert {cls.name for cls in BUILT_INS} == {
         "glimprouter",
         "small-only",
         "large-only",

@@ -8,11 +8,14 @@ import asyncio
 import importlib
 import json
 import math
+import sys
+import types
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
-from glimprouter import RouterContext, graph
+from glimprouter import RouterContext, graph, register_strategy
 from glimprouter.cli import main
 from glimprouter.endpoint import RouterLimits, create_app
 from glimprouter.errors import ConfigError
@@ -113,3 +116,21 @@ def test_a_request_names_only_what_the_server_allows_and_is_never_imported(monke
                 error = refused.json()["error"]
                 assert error["param"] == "method" and "--allow-methods" in error["message"]
     assert imported == []
+
+
+def test_the_readmes_moving_threshold_strategy_runs_as_written(monkeypatch):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Writing a strategy") :].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    module = types.ModuleType("my_strategies")
+    monkeypatch.setitem(sys.modules, "my_strategies", module)  # dataclasses look it up
+    exec(compile(code, "README.md", "exec"), module.__dict__)  # our own README's code
+    register_strategy(module.MovingStepEntropy, "moving-step-entropy")
+    with fake_model_server() as server:
+        for margin, expected in (("0.2", ["small", "large", "large"]), ("0.5", ["small"] * 3)):
+            context = context_at(
+                server.url, method="moving-step-entropy", knobs=f"margin={margin}", threshold=0.5
+            )
+            result = asyncio.run(graph.ainvoke({"question": "q"}, context=context))
+            # Draft entropies ln 2, ln 3, ln 4 against 0.5, then the mean so far, + the margin.
+            assert writers(result) == expected
