@@ -134,3 +134,21 @@ def test_the_readmes_moving_threshold_strategy_runs_as_written(monkeypatch):
             result = asyncio.run(graph.ainvoke({"question": "q"}, context=context))
             # Draft entropies ln 2, ln 3, ln 4 against 0.5, then the mean so far, + the margin.
             assert writers(result) == expected
+
+
+def test_a_request_moves_the_strategys_own_knob_only_the_cheaper_way():
+    with fake_model_server(fault=falling_entropy) as server:
+        base = context_at(server.url, method=HYSTERESIS, **KNOBS)
+        limits = RouterLimits(allow_methods=("glimprouter", HYSTERESIS))
+        with TestClient(create_app(base, limits)) as client:
+            # A lower `lower` keeps the large model writing longer: refused, naming the knob.
+            refused = client.post("/v1/chat/completions", json=chat(knobs="lower=0.5"))
+            assert refused.status_code == 400
+            error = refused.json()["error"]
+            assert error["param"] == "knobs" and "lower=0.5 is below this server's 0.9" in (
+                error["message"]
+            )
+            # A higher one hands back sooner: the small model writes steps 1 and 2.
+            assert large_steps(client, knobs="lower=1.2") == 1
+            # Another method the server allows starts from its own defaults.
+            assert large_steps(client, method="glimprouter") == GLIMPROUTER_WRITERS.count("large")

@@ -25,7 +25,7 @@ class Hysteresis(Strategy):
         lower: float = knob(
             0.5,
             "glimpse entropy (nats) below which the small model takes back over from the large",
-            costlier="higher",
+            costlier="lower",  # a lower one keeps the large model writing longer
         )
 
     def decide(self, view: StepView) -> ModelRole:

@@ -217,6 +217,9 @@ def _run_context(
             param="method",
             code="value_not_allowed",
         )
+    if knobs.get("method", base.method) != base.method and "knobs" not in knobs:
+        knobs["knobs"] = ""  # the server's own knobs are its method's: another starts at defaults
+        origin["knobs"] = "method"
     try:
         context = dataclasses.replace(base, **knobs)
     except ConfigError as error:

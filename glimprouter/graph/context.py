@@ -117,6 +117,7 @@ class RouterContext:
             "unset knobs keep their defaults.",
             flag="--knob",
             flag_help="the method's own knobs, e.g. --knob lower=0.6 (name=value,...)",
+            request=True,
             identity=True,
         ),
     )
