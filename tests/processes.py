@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any, TypeVar
 
+import psutil
+
 from glimprouter.stopping import die_with_parent
 
 T = TypeVar("T")
@@ -139,3 +141,16 @@ async def wait_until_async(
             raise AssertionError(f"{what}: not within {timeout_s:g} s")
         await asyncio.sleep(poll_s)
     return result
+
+
+def processes_marked(marker: str) -> list[psutil.Process]:
+    """Live processes whose environment carries `marker` (what a subprocess and its children
+    inherit)."""
+    marked = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("GLIMPROUTER_RAY_TEST") == marker:
+                marked.append(process)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return marked

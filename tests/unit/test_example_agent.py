@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from langgraph.graph import END
 from langgraph.runtime import Runtime
 
 from glimprouter import ConfigError, RouterContext
+from tests.examples import EXAMPLE, load_example
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "solve_then_verify.py"
-
-
-def load_example():
-    """Import the example by path, the way `langgraph dev` imports a graph file."""
-    name = "examples__solve_then_verify"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+ROOT = REPO
 
 
 stv = load_example()

@@ -5,7 +5,6 @@ another process after a SIGKILL with its earlier steps unchanged, one process pe
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import subprocess
 import sys
 
@@ -17,25 +16,7 @@ from glimprouter.graph.thread_locks import advisory_key
 from glimprouter.graph.threads import durable_graph, open_threads
 from tests.fakes import fake_model_server
 from tests.processes import running, wait_until
-
-
-def ask_args(url: str, database: str, thread: str) -> list[str]:
-    return ["ask", "What is 2 + 2?", "--thread-id", thread, "--checkpoint-db", database,
-            "--small-url", url, "--large-url", url, "--step-max-tokens", "16",
-            "--token-budget", "160", "--answer-max-tokens", "16"]  # fmt: skip
-
-
-def saved_steps(database: str, thread: str, key: str | None = None) -> list[dict]:
-    """The steps saved in `thread` of the client with API `key` (None: no keys, or ask)."""
-
-    async def read() -> list[dict]:
-        async with open_threads(database) as store:
-            digest = hashlib.sha256(key.encode()).digest() if key is not None else None
-            checkpoint_id = await store.checkpoint_id(store.tenant(digest), thread)
-            state = await store.graph.aget_state({"configurable": {"thread_id": checkpoint_id}})
-            return list(state.values.get("steps") or [])
-
-    return asyncio.run(read())
+from tests.threads import ask_args, saved_steps
 
 
 def test_a_chain_saved_in_postgres_is_read_back_without_asking_again(postgres_uri, capsys):

@@ -14,7 +14,7 @@ import pytest
 from glimprouter.graph.thread_locks import ThreadBusy, lock_file, thread_lock
 from tests.fakes import fake_model_server
 from tests.processes import stop
-from tests.test_endpoint_threads import chat, start_router
+from tests.routers import chat, start_router
 
 GUARD_S = 120  # an upper bound for a slow machine
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-from pathlib import Path
 
 from glimprouter.cli import build_parser
 from glimprouter.context_flags import add_context_flags
@@ -23,8 +22,9 @@ from glimprouter.graph.settings import (
     setting,
 )
 from glimprouter.strategies import STRATEGIES
+from tests.paths import REPO
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 
 
 @dataclasses.dataclass(kw_only=True)

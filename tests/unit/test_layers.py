@@ -11,7 +11,9 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "glimprouter"
+from tests.paths import REPO
+
+PACKAGE = REPO / "glimprouter"
 
 # The one table to update when a module is added, moved or renamed: each module belongs to the
 # layer of the longest prefix (a module or a package) that names it. Bottom first; a module may
@@ -97,7 +99,7 @@ def layer_of(module: str) -> int:
         for prefix in prefixes
         if module == prefix or module.startswith(prefix + ".")
     ]
-    assert matches, f"{module} is in no layer: add it to LAYERS in tests/test_layers.py"
+    assert matches, f"{module} is in no layer: add it to LAYERS in tests/unit/test_layers.py"
     return max(matches)[1]
 
 

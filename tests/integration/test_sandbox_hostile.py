@@ -12,7 +12,6 @@ import ctypes
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -23,26 +22,14 @@ import pytest
 
 from glimprouter.evals.datasets import CodeTest, Problem
 from glimprouter.evals.grading import Grade, SandboxLimits, grade, sandbox
+from tests.paths import REPO
 from tests.processes import wait_until_async
+from tests.sandboxes import CONFINED, FORK_BOMB, needs_namespaces
 
 FAST = SandboxLimits(time_s=2.0)  # for programs meant to reach the limit
 # For programs that end by themselves: a busy machine must not make a timeout of their failure.
 ROOMY = SandboxLimits(time_s=10.0)
-REPO = Path(__file__).resolve().parents[1]
 
-
-def _namespaces_allowed() -> bool:
-    """Whether this process may make the namespaces sandbox_child.py makes: root, CAP_SYS_ADMIN."""
-    flags = 0x00020000 | 0x08000000 | 0x20000000 | 0x40000000  # CLONE_NEWNS, IPC, PID, NET
-    probe = f"import ctypes, os\nos._exit(ctypes.CDLL(None).unshare({flags}) != 0)"
-    return os.geteuid() == 0 and subprocess.run([sys.executable, "-c", probe]).returncode == 0
-
-
-CONFINED = _namespaces_allowed()
-needs_namespaces = pytest.mark.skipif(
-    not CONFINED,
-    reason="needs root with namespaces (CAP_SYS_ADMIN): without, see sandbox.py's docstring",
-)
 
 SECOND_LARGEST = Problem(
     "test", "abc365_b", "q", "code", "", tests=(CodeTest("4\n8 2 5 1\n", "3\n", "stdin"),)
@@ -57,9 +44,6 @@ NOT_AS_ROOT = (
     "import os, signal, time\nif os.getuid() == 0:\n"
     "    raise RuntimeError('not killing every process as root')\n"
 )
-
-
-FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
 
 
 def _code(source: str) -> str:

@@ -41,7 +41,7 @@ def tag_of(question: str, task: str = "math") -> str:
 @pytest.fixture(scope="module")
 def client(backend):
     # Wide enough for the knob tests to try every method, threshold and glimpse mode; what a
-    # default server refuses is tests/test_endpoint_limits.py.
+    # default server refuses is tests/integration/test_endpoint_limits.py.
     limits = RouterLimits(
         max_token_budget=128,
         max_top_k=5,

@@ -18,8 +18,9 @@ import pytest
 from glimprouter.errors import ConfigError
 from glimprouter.evals.datasets import DATASETS, GPQA_ZIP_PASSWORD, load_problems
 from glimprouter.prompts import render_question
+from tests.paths import SHARED_DATA
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"no offline data in {DATA}")
 

@@ -5,10 +5,6 @@ files, open descriptors and processes are bounded."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,36 +13,13 @@ from glimprouter.evals.datasets import CodeTest, Problem
 from glimprouter.evals.grading import SandboxLimits, grade
 from glimprouter.evals.grading.sandbox import SandboxUnavailable, run_python
 from tests.fakes import fake_model_server
-from tests.test_sandbox_hostile import needs_namespaces
+from tests.sandboxes import grader_without_namespaces, needs_namespaces
 
-REPO = Path(__file__).resolve().parents[1]
 ROOMY = SandboxLimits(time_s=10.0)
-
-# Run from a grader without CAP_SYS_ADMIN, as in Docker's default profile or a rootless
-# container; a normal user lacks it already.
-GRADER = (
-    "import asyncio, sys\n"
-    "from glimprouter.evals.grading.sandbox import SandboxLimits, run_python\n"
-    "limits = SandboxLimits(time_s=10.0, allow_unconfined=sys.argv[1] == 'accept')\n"
-    "print(asyncio.run(run_python('print(6 * 7)', '', limits=limits)).stdout, end='')\n"
-)
-
-
-def _grader_without_namespaces(mode: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Run GRADER in `mode` ("accept" or "refuse"), or another program, as a grader would run
-    where namespaces cannot be made."""
-    program = [GRADER, mode] if mode in ("accept", "refuse") else [mode]
-    command = [sys.executable, "-c", *program]
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv (util-linux) to drop CAP_SYS_ADMIN")
-        command = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", *command]
-    env = os.environ | {"PYTHONPATH": str(REPO)} | env
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_code_that_cannot_be_isolated_does_not_run() -> None:
-    refused = _grader_without_namespaces("refuse", {"GLIMPROUTER_ALLOW_UNCONFINED_CODE": "0"})
+    refused = grader_without_namespaces("refuse", {"GLIMPROUTER_ALLOW_UNCONFINED_CODE": "0"})
     assert refused.returncode != 0 and refused.stdout == ""
     last = refused.stderr.strip().splitlines()[-1]
     assert last.startswith("glimprouter.evals.grading.sandbox.SandboxUnavailable: ")
@@ -56,9 +29,9 @@ def test_code_that_cannot_be_isolated_does_not_run() -> None:
 @pytest.mark.parametrize("how", ["setting", "environment"])
 def test_the_risk_can_be_accepted_explicitly(how: str) -> None:
     if how == "setting":
-        accepted = _grader_without_namespaces("accept", {"GLIMPROUTER_ALLOW_UNCONFINED_CODE": "0"})
+        accepted = grader_without_namespaces("accept", {"GLIMPROUTER_ALLOW_UNCONFINED_CODE": "0"})
     else:
-        accepted = _grader_without_namespaces("refuse", {"GLIMPROUTER_ALLOW_UNCONFINED_CODE": "1"})
+        accepted = grader_without_namespaces("refuse", {"GLIMPROUTER_ALLOW_UNCONFINED_CODE": "1"})
     assert accepted.returncode == 0, accepted.stderr
     assert accepted.stdout == "42\n"
 
@@ -122,7 +95,7 @@ def test_a_code_eval_that_cannot_isolate_stops_before_any_work(tmp_path: Path) -
                 "--output", str(tmp_path / "run"),
                 "--small-url", server.url, "--large-url", server.url]  # fmt: skip
         command = f"import sys\nfrom glimprouter.cli import main\nsys.exit(main({argv!r}))"
-        ran = _grader_without_namespaces(command, {"GLIMPROUTER_ALLOW_UNCONFINED_CODE": "0"})
+        ran = grader_without_namespaces(command, {"GLIMPROUTER_ALLOW_UNCONFINED_CODE": "0"})
         asked = [request for request in server.requests if request.get("messages")]
     assert ran.returncode == 2, ran.stderr
     line = ran.stderr.strip().splitlines()[-1]  # after the progress bar, one line

@@ -18,6 +18,7 @@ from glimprouter.evals.datasets import CodeTest
 from glimprouter.graph.tenants import SINGLE_TENANT
 from glimprouter.graph.threads import durable_graph, open_threads
 from tests.fakes import fake_model_server
+from tests.paths import REPO
 
 
 def _ask(url: str, db: Path, thread: str = "t") -> list[str]:
@@ -80,7 +81,7 @@ HOLDER = (
 def test_a_thread_another_process_runs_is_refused(tmp_path: Path, capsys) -> None:
     """Two processes resuming one thread would fork its chain: the second is told, in a line."""
     db = tmp_path / "threads.sqlite"
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = os.environ | {"PYTHONPATH": str(REPO)}
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(db)],
         stdin=subprocess.PIPE,

@@ -4,7 +4,6 @@ split, random routing at a recorded run's share, and the commands that use them.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +23,9 @@ from glimprouter.evals.results import (
 )
 from glimprouter.graph.context import RouterContext
 from tests.fakes import fake_model_server
+from tests.paths import SHARED_DATA
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_DIR = SHARED_DATA
 
 
 def simulated(p: float, problems: int, repeats: int, rng) -> dict[str, list[bool]]:

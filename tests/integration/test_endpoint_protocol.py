@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from pathlib import Path
 
 import jsonschema
 import openai.types.chat as sdk_types
@@ -17,6 +16,7 @@ from glimprouter.endpoint import create_app
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.settings import request_knobs, setting
 from tests.fakes import chat, context_at
+from tests.paths import REPO
 
 CHAT = chat()
 
@@ -91,7 +91,7 @@ def test_what_is_sent_matches_the_document_and_the_sdk_types(client, document):
 
 
 def test_the_readme_lists_the_request_knobs():
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     listing = text[text.index("Per-request knobs") :].split(" set `token_budget`", 1)[0]
     listed = set(re.findall(r"`(\w+)`", listing)) - {
         "extra_body",

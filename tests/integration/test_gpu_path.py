@@ -23,15 +23,12 @@ from glimprouter.cli import build_parser
 from glimprouter.continuation import required_context_length
 from glimprouter.errors import ConfigError, EndpointError
 from glimprouter.model_servers.client import CANARY_QUESTION, check_endpoints
-from glimprouter.vllm_launcher import command
-from glimprouter.vllm_launcher import pair as serving_pair
 from glimprouter.vllm_launcher.chat_templates import (
     VERBATIM_TEMPLATES,
     choose_template,
     continuation_behaviour,
 )
 from glimprouter.vllm_launcher.cli import specs_from_args
-from glimprouter.vllm_launcher.command import ServerSpec, build_command, build_env
 from glimprouter.vllm_launcher.pair import start_stages
 from glimprouter.vllm_launcher.placement import (
     Engine,
@@ -40,60 +37,22 @@ from glimprouter.vllm_launcher.placement import (
     parse_gpus,
     plan_devices,
 )
-
-TEMPLATES = Path(__file__).parent / "templates"
-GIB = 2**30
-
-
-def _model(root: Path, name: str, weights_gib: float, max_positions: int = 32768) -> Path:
-    """A model folder with sparse weights of the given size, a config and a ChatML template."""
-    folder = root / name
-    folder.mkdir()
-    with (folder / "model.safetensors").open("wb") as weights:
-        weights.truncate(int(weights_gib * GIB))
-    (folder / "config.json").write_text(json.dumps({"max_position_embeddings": max_positions}))
-    (folder / "chat_template.jinja").write_text(
-        (command.VERBATIM_TEMPLATE).read_text()  # continues verbatim: kept as stock
-    )
-    return folder
-
-
-@pytest.fixture
-def pair(tmp_path) -> tuple[Path, Path]:
-    """An 8 GiB small model and a 32 GiB large one (a 4B and a 16B model in bf16)."""
-    return _model(tmp_path, "small", 8), _model(tmp_path, "large", 32)
-
-
-def _serve_specs(monkeypatch, engine: Engine, argv: list[str]) -> list[ServerSpec]:
-    for module in (command, serving_pair):  # is_cpu_only and place_pair ask the engine
-        monkeypatch.setattr(module, "installed_engine", lambda: engine)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    for name in ("TOKEN_BUDGET", "ANSWER_MAX_TOKENS"):
-        monkeypatch.delenv(f"GLIMPROUTER_{name}", raising=False)
-    return specs_from_args(build_parser().parse_args(["serve", *argv]))
-
-
-def _plan(specs: list[ServerSpec], cpu_only: bool) -> list[tuple[dict[str, str], list[str]]]:
-    """What each server gets: the variables GlimpRouter adds, and the command line."""
-    return [(build_env(spec, cpu_only, base={}), build_command(spec, cpu_only)) for spec in specs]
-
-
-def _flag(cmd: list[str], flag: str) -> str | None:
-    return cmd[cmd.index(flag) + 1] if flag in cmd else None
+from tests.paths import REPO, TEMPLATES
+from tests.serving import flag, model_folder, plan, serve_specs
 
 
 def test_no_gpu_serves_on_cpu_with_no_device_settings(monkeypatch, pair) -> None:
     small, large = pair
-    specs = _serve_specs(monkeypatch, Engine("cpu"), ["--small", str(small), "--large", str(large)])
-    for env, cmd in _plan(specs, cpu_only=True):
+    specs = serve_specs(monkeypatch, Engine("cpu"), ["--small", str(small), "--large", str(large)])
+    for env, cmd in plan(specs, cpu_only=True):
         assert "CUDA_VISIBLE_DEVICES" not in env and "VLLM_CPU_KVCACHE_SPACE" in env
         assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
         assert "--enforce-eager" in cmd
-        assert _flag(cmd, "--tensor-parallel-size") is None
-        assert _flag(cmd, "--gpu-memory-utilization") is None
+        assert flag(cmd, "--tensor-parallel-size") is None
+        assert flag(cmd, "--gpu-memory-utilization") is None
     assert start_stages(specs) == [[0, 1]]
     with pytest.raises(ConfigError, match="--small-gpus / --large-gpus: the installed vLLM runs"):
-        _serve_specs(
+        serve_specs(
             monkeypatch, Engine("cpu"), ["--small", "a", "--large", "b", "--large-gpus", "0"]
         )
 
@@ -101,14 +60,14 @@ def test_no_gpu_serves_on_cpu_with_no_device_settings(monkeypatch, pair) -> None
 def test_one_gpu_is_split_by_model_size_and_started_one_after_the_other(monkeypatch, pair):
     small, large = pair
     engine = Engine("cuda", (80.0,))
-    specs = _serve_specs(monkeypatch, engine, ["--small", str(small), "--large", str(large)])
-    (small_env, small_cmd), (large_env, large_cmd) = _plan(specs, cpu_only=False)
+    specs = serve_specs(monkeypatch, engine, ["--small", str(small), "--large", str(large)])
+    (small_env, small_cmd), (large_env, large_cmd) = plan(specs, cpu_only=False)
     assert small_env["CUDA_VISIBLE_DEVICES"] == large_env["CUDA_VISIBLE_DEVICES"] == "0"
     # 0.9 x 80 = 72 GiB for both: 8 + 32 GiB of weights leave 32, 16 for each server.
-    assert _flag(small_cmd, "--gpu-memory-utilization") == "0.30"  # (8 + 16) / 80
-    assert _flag(large_cmd, "--gpu-memory-utilization") == "0.60"  # (32 + 16) / 80
+    assert flag(small_cmd, "--gpu-memory-utilization") == "0.30"  # (8 + 16) / 80
+    assert flag(large_cmd, "--gpu-memory-utilization") == "0.60"  # (32 + 16) / 80
     assert small_cmd[3:5] == ["serve", str(small)]
-    assert _flag(small_cmd, "--tensor-parallel-size") is None
+    assert flag(small_cmd, "--tensor-parallel-size") is None
     assert start_stages(specs) == [[0], [1]]  # the large server waits for the small one
 
 
@@ -127,12 +86,12 @@ def test_memory_shares_give_each_its_weights_and_half_of_the_rest() -> None:
 def test_two_gpus_give_each_model_its_own(monkeypatch, pair) -> None:
     small, large = pair
     engine = Engine("cuda", (80.0, 80.0))
-    specs = _serve_specs(monkeypatch, engine, ["--small", str(small), "--large", str(large)])
-    (small_env, small_cmd), (large_env, large_cmd) = _plan(specs, cpu_only=False)
+    specs = serve_specs(monkeypatch, engine, ["--small", str(small), "--large", str(large)])
+    (small_env, small_cmd), (large_env, large_cmd) = plan(specs, cpu_only=False)
     assert (small_env["CUDA_VISIBLE_DEVICES"], large_env["CUDA_VISIBLE_DEVICES"]) == ("0", "1")
     for cmd in (small_cmd, large_cmd):
-        assert _flag(cmd, "--gpu-memory-utilization") is None  # alone: vLLM's default
-        assert _flag(cmd, "--tensor-parallel-size") is None
+        assert flag(cmd, "--gpu-memory-utilization") is None  # alone: vLLM's default
+        assert flag(cmd, "--tensor-parallel-size") is None
     assert start_stages(specs) == [[0, 1]]  # separate devices: both at once
 
 
@@ -141,37 +100,37 @@ def test_four_gpus_put_the_large_model_in_tensor_parallel(monkeypatch, pair) -> 
     engine = Engine("cuda", (80.0,) * 4)
     logged: list[str] = []
     monkeypatch.setattr("glimprouter.vllm_launcher.cli._log", logged.append)
-    specs = _serve_specs(monkeypatch, engine, ["--small", str(small), "--large", str(large)])
-    (small_env, _), (large_env, large_cmd) = _plan(specs, cpu_only=False)
+    specs = serve_specs(monkeypatch, engine, ["--small", str(small), "--large", str(large)])
+    (small_env, _), (large_env, large_cmd) = plan(specs, cpu_only=False)
     assert small_env["CUDA_VISIBLE_DEVICES"] == "0"
     # Three GPUs left: attention heads divide by 2, rarely by 3, so two of them, and one idles.
     assert large_env["CUDA_VISIBLE_DEVICES"] == "1,2"
-    assert _flag(large_cmd, "--tensor-parallel-size") == "2"
+    assert flag(large_cmd, "--tensor-parallel-size") == "2"
     assert any("GPU 3 left unused" in line for line in logged)
     assert start_stages(specs) == [[0, 1]]
 
-    explicit = _serve_specs(
+    explicit = serve_specs(
         monkeypatch,
         engine,
         ["--small", str(small), "--large", str(large), "--large-gpus", "0,1,2,3"],
     )
-    (small_env, small_cmd), (large_env, large_cmd) = _plan(explicit, cpu_only=False)
+    (small_env, small_cmd), (large_env, large_cmd) = plan(explicit, cpu_only=False)
     assert large_env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
-    assert _flag(large_cmd, "--tensor-parallel-size") == "4"
+    assert flag(large_cmd, "--tensor-parallel-size") == "4"
     assert small_env["CUDA_VISIBLE_DEVICES"] == "0"  # nothing left: it shares the first GPU
-    assert _flag(small_cmd, "--gpu-memory-utilization") == "0.45"  # (8 + 28) / 80
-    assert _flag(large_cmd, "--gpu-memory-utilization") == "0.45"  # (32 / 4 + 28) / 80
+    assert flag(small_cmd, "--gpu-memory-utilization") == "0.45"  # (8 + 28) / 80
+    assert flag(large_cmd, "--gpu-memory-utilization") == "0.45"  # (32 / 4 + 28) / 80
     assert start_stages(explicit) == [[0], [1]]
 
 
 def test_one_model_under_both_names_takes_the_gpus_it_is_given(monkeypatch, pair) -> None:
     small, _ = pair
     engine = Engine("cuda", (24.0, 24.0))
-    [spec] = _serve_specs(monkeypatch, engine, ["--model", str(small), "--small-gpus", "0,1"])
-    [(env, cmd)] = _plan([spec], cpu_only=False)
+    [spec] = serve_specs(monkeypatch, engine, ["--model", str(small), "--small-gpus", "0,1"])
+    [(env, cmd)] = plan([spec], cpu_only=False)
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
-    assert _flag(cmd, "--tensor-parallel-size") == "2"
-    assert _flag(cmd, "--gpu-memory-utilization") is None
+    assert flag(cmd, "--tensor-parallel-size") == "2"
+    assert flag(cmd, "--gpu-memory-utilization") is None
 
 
 def test_device_lists_follow_the_users_cuda_visible_devices(monkeypatch) -> None:
@@ -185,11 +144,11 @@ def test_device_lists_follow_the_users_cuda_visible_devices(monkeypatch) -> None
 
 
 def test_context_fits_budget_and_answer_or_the_models_maximum(monkeypatch, tmp_path) -> None:
-    short = _model(tmp_path, "short", 0.1, max_positions=8192)
-    long = _model(tmp_path, "long", 0.1, max_positions=131072)
+    short = model_folder(tmp_path, "short", 0.1, max_positions=8192)
+    long = model_folder(tmp_path, "long", 0.1, max_positions=131072)
     logged: list[str] = []
     monkeypatch.setattr("glimprouter.vllm_launcher.cli._log", logged.append)
-    specs = _serve_specs(monkeypatch, Engine("cpu"), ["--small", str(short), "--large", str(long)])
+    specs = serve_specs(monkeypatch, Engine("cpu"), ["--small", str(short), "--large", str(long)])
     assert [spec.max_model_len for spec in specs] == [8192, 12288]
     assert required_context_length(8192, 2048) == 12288
     assert [line for line in logged if "at most 8192 tokens of context" in line]
@@ -205,12 +164,12 @@ def test_vllm_arguments_pass_through_per_role_and_come_last(monkeypatch, pair) -
     small, large = pair
     argv = ["--small", str(small), "--large", str(large)]
     argv += ["--large-vllm-args=--quantization fp8 --max-num-seqs 8"]
-    specs = _serve_specs(monkeypatch, Engine("cuda", (80.0, 80.0)), argv)
-    (_, small_cmd), (_, large_cmd) = _plan(specs, cpu_only=False)
+    specs = serve_specs(monkeypatch, Engine("cuda", (80.0, 80.0)), argv)
+    (_, small_cmd), (_, large_cmd) = plan(specs, cpu_only=False)
     assert large_cmd[-4:] == ["--quantization", "fp8", "--max-num-seqs", "8"]
     assert "--quantization" not in small_cmd
     with pytest.raises(ConfigError, match="--reasoning-parser in the vLLM arguments of small"):
-        _serve_specs(
+        serve_specs(
             monkeypatch,
             Engine("cuda", (80.0, 80.0)),
             [*argv, "--small-vllm-args=--reasoning-parser=deepseek_r1"],
@@ -368,7 +327,7 @@ def test_canary_passes_a_good_server_and_warns_of_a_short_context(caplog) -> Non
 
 # --- the install --------------------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 def _venv_choice(tmp_path: Path, env: dict[str, str]) -> tuple[str, str]:

@@ -29,9 +29,9 @@ from glimprouter.vllm_launcher.command import (
 from glimprouter.vllm_launcher.launcher import VLLMServer
 from glimprouter.vllm_launcher.local_models import LOCAL_MODELS, LOCAL_PAIR, LocalModel, prepare
 from glimprouter.vllm_launcher.pair import bf16_weights_gib, plan_pair_memory, server_footprint_gib
+from tests.paths import TEMPLATES
 from tests.processes import Lines, running, wait_until
 
-TEMPLATES = Path(__file__).parent / "templates"
 QWEN3_TEMPLATE = (TEMPLATES / "qwen3_stock.jinja").read_text()
 QWEN25_TEMPLATE = (
     "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + "

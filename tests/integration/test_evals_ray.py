@@ -19,12 +19,10 @@ from glimprouter.evals.ray_cluster import RayCluster
 from glimprouter.evals.runner import run_eval
 from glimprouter.stopping import run
 from tests.fakes import context_at, fake_model_server
-from tests.processes import running, wait_until
+from tests.processes import processes_marked, running, wait_until
+from tests.runs import by_key, records
 
 ray = pytest.importorskip("ray")
-
-# What differs between two runs of the same chains: the clock.
-VOLATILE, VOLATILE_IN_STEPS = {"latency_s"}, {"wall_s"}
 
 
 @pytest.fixture(scope="module")
@@ -43,25 +41,6 @@ def data_file(tmp_path: Path) -> Path:
     rows = [{"problem": f"What is {n} + {n}?", "answer": str(2 * n)} for n in range(6)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
-
-
-def records(directory: Path) -> list[dict]:
-    return [json.loads(line) for line in (directory / "results.jsonl").read_text().splitlines()]
-
-
-def comparable(record: dict) -> dict:
-    kept = {key: value for key, value in record.items() if key not in VOLATILE}
-    kept["trace"] = [
-        {key: value for key, value in step.items() if key not in VOLATILE_IN_STEPS}
-        for step in kept.get("trace") or []
-    ]
-    return kept
-
-
-def by_key(rows: list[dict]) -> dict[tuple[str, int], dict]:
-    keyed = {(row["problem_id"], row["repeat"]): comparable(row) for row in rows}
-    assert len(keyed) == len(rows), "a (problem, repeat) was recorded twice"
-    return keyed
 
 
 def eval_args(url: str, data_file: Path, output: Path, *extra: str) -> list[str]:
@@ -131,19 +110,6 @@ def test_ray_flags_are_checked(capsys, monkeypatch, data_file, tmp_path):
     with fake_model_server() as server:
         assert main(eval_args(server.url, data_file, tmp_path / "r", "--ray")) == 2
     assert 'pip install "glimprouter[ray]"' in capsys.readouterr().err
-
-
-def processes_marked(marker: str) -> list[psutil.Process]:
-    """Live processes whose environment carries `marker` (what a subprocess and its children
-    inherit)."""
-    marked = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get("GLIMPROUTER_RAY_TEST") == marker:
-                marked.append(process)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            pass
-    return marked
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL])

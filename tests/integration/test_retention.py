@@ -22,8 +22,8 @@ from glimprouter.graph.thread_locks import thread_lock
 from glimprouter.graph.threads import DURABILITY, open_threads, thread_config
 from tests.fakes import context_at, fake_model_server, tiny_steps
 from tests.processes import stop, wait_until
-from tests.test_endpoint_threads import chat, start_router
-from tests.test_postgres_threads import ask_args, saved_steps
+from tests.routers import chat, start_router
+from tests.threads import ask_args, saved_steps
 
 HOUR = 3600.0
 

@@ -28,8 +28,8 @@ from glimprouter.graph.threads import DURABILITY, STRICT_SERDE, open_threads, th
 from glimprouter.model_servers.replicas import session_key
 from tests.fakes import context_at, fake_model_server
 from tests.processes import stop
-from tests.test_endpoint_threads import chat, start_router
-from tests.test_postgres_threads import ask_args, saved_steps
+from tests.routers import chat, start_router
+from tests.threads import ask_args, saved_steps
 
 ALICE, BOB = "alice-key", "bob-key"
 KEYS = ("--api-key", ALICE, "--api-key", BOB)

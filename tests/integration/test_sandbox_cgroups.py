@@ -16,8 +16,7 @@ import pytest
 from glimprouter.evals.grading import SandboxLimits, sandbox
 from glimprouter.evals.grading.cgroups import PREFIX, RunCgroup, cgroup_parents, make_run_cgroup
 from glimprouter.evals.grading.sandbox import run_python
-from tests.test_sandbox_hostile import FORK_BOMB, needs_namespaces
-from tests.test_sandbox_isolation import _grader_without_namespaces
+from tests.sandboxes import FORK_BOMB, grader_without_namespaces, needs_namespaces
 
 
 def _cgroups_can_be_made() -> bool:
@@ -209,7 +208,7 @@ DAEMON = (
 
 @needs_cgroups
 def test_an_unconfined_runs_daemon_ends_with_the_run() -> None:
-    ran = _grader_without_namespaces(DAEMON, {})
+    ran = grader_without_namespaces(DAEMON, {})
     assert ran.returncode == 0, ran.stderr
     daemon = Path(f"/proc/{int(ran.stdout)}/status")
     # Killed, it is gone, or a zombie where the container's init does not reap orphans.

@@ -15,8 +15,7 @@ from glimprouter.evals.runner import run_eval
 from glimprouter.graph.invoke import run_question
 from glimprouter.model_servers.client import check_endpoints
 from glimprouter.model_servers.replicas import ReplicaPicker, rendezvous_order, session_key
-from tests.fakes import context_at, fake_model_server
-from tests.test_faults import problem
+from tests.fakes import context_at, fake_model_server, problem
 
 GUARD_S = 120
 HEADER = "x-user-id"

@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 
 from glimprouter import RouterContext, graph, run_config
-from glimprouter.evals.datasets import Problem
 from glimprouter.evals.results import read_results
 from glimprouter.evals.runner import run_eval
 from glimprouter.graph.invoke import run_question
 from glimprouter.graph.threads import DURABILITY, durable_graph, plan_thread, thread_config
-from tests.fakes import context_at, fake_model_server
+from tests.fakes import context_at, fake_model_server, problem
 
 QUESTION = "What is 2 + 2?"
 GUARD_S = 120  # a hung run fails the test instead of hanging the suite
@@ -104,10 +103,6 @@ async def test_with_a_checkpointer_the_run_resumes_once_the_server_is_back(tmp_p
     assert [step["model"] for step in resumed["steps"]] == ["small", "large", "large"]
     # Only the failed step and what follows it: large step 1, glimpse + large step 2, answer.
     assert len(server.requests) - before == 4
-
-
-def problem(name: str) -> Problem:
-    return Problem("faults", name, f"What is {name}?", "math", "4")
 
 
 async def test_an_eval_goes_on_past_a_failing_problem_and_a_rerun_retries_only_it(tmp_path):

@@ -13,16 +13,13 @@ from pathlib import Path
 
 import httpx
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
 from glimprouter.cli import main
 from glimprouter.prompts import STEP_SEPARATOR
 from tests.fakes import fake_model_server
 from tests.processes import stop, wait_until
-from tests.test_endpoint_threads import chat, start_router
-from tests.test_postgres_threads import saved_steps
-
-FRESH_CONNECTION = {"Connection": "close"}  # each request is accepted anew, by either worker
+from tests.routers import FRESH_CONNECTION, chat, metrics_env, scrape, start_router, total
+from tests.threads import saved_steps
 
 
 def live_workers(directory: Path) -> set[int]:
@@ -39,31 +36,6 @@ def per_worker(directory: Path, kind: str, metric: str) -> dict[int, float]:
             if family.name == metric:
                 values[pid] = sum(sample.value for sample in family.samples)
     return values
-
-
-def scrape(base_url: str) -> dict[tuple[str, tuple], float]:
-    reply = httpx.get(base_url.removesuffix("/v1") + "/metrics", headers=FRESH_CONNECTION)
-    assert reply.status_code == 200, reply.text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(reply.text)
-        for sample in family.samples
-    }
-
-
-def total(samples: dict[tuple[str, tuple], float], name: str, **labels: str) -> float:
-    """The sum of `name`'s samples that carry `labels`."""
-    return sum(
-        value
-        for (sample, sample_labels), value in samples.items()
-        if sample == name and set(labels.items()) <= set(sample_labels)
-    )
-
-
-def metrics_env(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    directory = tmp_path / "metrics"
-    directory.mkdir()
-    return directory, os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(directory)}
 
 
 def test_every_worker_serves_and_metrics_sum_them_all(tmp_path):
