@@ -10,7 +10,14 @@ import sys
 
 import pytest
 
+from glimprouter.evals.grading import SandboxLimits
 from tests.paths import REPO
+
+# For programs meant to reach the wall-clock limit.
+FAST = SandboxLimits(time_s=2.0)
+# For programs that end by themselves, beside CPU hogs on a busy machine: their limit only turns a
+# hang into a failure, never a guess at how long they take.
+ROOMY = SandboxLimits(time_s=600.0)
 
 
 def _namespaces_allowed() -> bool:
@@ -37,7 +44,7 @@ FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSE
 GRADER = (
     "import asyncio, sys\n"
     "from glimprouter.evals.grading.sandbox import SandboxLimits, run_python\n"
-    "limits = SandboxLimits(time_s=10.0, allow_unconfined=sys.argv[1] == 'accept')\n"
+    f"limits = SandboxLimits(time_s={ROOMY.time_s}, allow_unconfined=sys.argv[1] == 'accept')\n"
     "print(asyncio.run(run_python('print(6 * 7)', '', limits=limits)).stdout, end='')\n"
 )
 

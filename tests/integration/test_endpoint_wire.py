@@ -88,7 +88,9 @@ def read_response(client: socket.socket) -> tuple[int, dict[str, str], bytes]:
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = {name.lower(): value.strip() for name, _, value in (x.partition(":") for x in lines)}
     while len(body) < int(headers["content-length"]):
-        body += client.recv(65536)
+        chunk = client.recv(65536)
+        assert chunk, f"the connection closed mid-body: {body!r}"
+        body += chunk
     return int(status_line.split()[1]), headers, body
 
 

@@ -9,11 +9,7 @@ from glimprouter.evals.datasets import CodeTest, Problem
 from glimprouter.evals.grading import SandboxLimits, grade
 from glimprouter.evals.grading.choice import choice_letter
 from glimprouter.evals.grading.code import compare_stdout, extract_code
-
-FAST = SandboxLimits(time_s=2.0)  # for programs meant to reach the limit
-# For programs that end by themselves: the wall clock includes the sandbox's start-up, which a
-# busy or slow machine stretches.
-ROOMY = SandboxLimits(time_s=30.0)
+from tests.sandboxes import FAST, ROOMY
 
 
 def _math(gold: str) -> Problem:

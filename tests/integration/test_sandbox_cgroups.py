@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from glimprouter.evals.grading import SandboxLimits, sandbox
 from glimprouter.evals.grading.cgroups import PREFIX, RunCgroup, cgroup_parents, make_run_cgroup
 from glimprouter.evals.grading.sandbox import run_python
-from tests.sandboxes import FORK_BOMB, grader_without_namespaces, needs_namespaces
+from tests.sandboxes import FORK_BOMB, ROOMY, grader_without_namespaces, needs_namespaces
 
 
 def _cgroups_can_be_made() -> bool:
@@ -87,7 +88,7 @@ async def test_processes_share_one_memory_bound(
 ) -> None:
     """Six children of 150 MB, each well within its own 512 MiB, are 900 MB together: over the
     run's 512 MiB, the run is stopped as out of memory; six of 40 MB run to the end."""
-    limits = SandboxLimits(time_s=20.0, memory_mb=512)
+    limits = replace(ROOMY, memory_mb=512)
     result = await run_python(HOLDERS.format(share_mb=share_mb), "", limits=limits)
     assert result.outcome == outcome, result
     if outcome == "memory":
@@ -117,7 +118,7 @@ print(forked, in_its_cgroup, resource.getrlimit(resource.RLIMIT_NPROC)[0])
 async def test_forks_stop_at_the_runs_task_bound(made_cgroups: list[RunCgroup]) -> None:
     """The run's cgroup, not a count of the user's processes, refuses the fifth fork: the
     per-user limit stays the grader's."""
-    limits = SandboxLimits(time_s=20.0, max_processes=4)
+    limits = replace(ROOMY, max_processes=4)
     result = await run_python(FORKS_UNTIL_REFUSED, "", limits=limits)
     per_user = resource.getrlimit(resource.RLIMIT_NPROC)[0]
     assert (result.outcome, result.stdout) == ("ok", f"4 True {per_user}\n"), result
@@ -139,7 +140,7 @@ async def test_forks_stop_at_the_runs_task_bound(made_cgroups: list[RunCgroup]) 
 async def test_the_cgroup_is_gone_after_the_run(
     source: str, outcome: str, made_cgroups: list[RunCgroup]
 ) -> None:
-    limits = SandboxLimits(time_s=1.0 if outcome == "timeout" else 10.0)
+    limits = SandboxLimits(time_s=1.0) if outcome == "timeout" else ROOMY
     result = await run_python(source, "", limits=limits)
     assert result.outcome == outcome, result
     assert _left(made_cgroups) == []
@@ -201,7 +202,7 @@ DAEMON_SOLUTION = (  # the run ends once the daemon has said its PID
 DAEMON = (
     "import asyncio\n"
     "from glimprouter.evals.grading.sandbox import SandboxLimits, run_python\n"
-    "limits = SandboxLimits(time_s=10.0, allow_unconfined=True)\n"
+    f"limits = SandboxLimits(time_s={ROOMY.time_s}, allow_unconfined=True)\n"
     f"print(asyncio.run(run_python({DAEMON_SOLUTION!r}, '', limits=limits)).stdout, end='')\n"
 )
 

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,7 @@ from glimprouter.evals.datasets import CodeTest, Problem
 from glimprouter.evals.grading import Grade, SandboxLimits, grade, sandbox
 from tests.paths import REPO
 from tests.processes import wait_until_async
-from tests.sandboxes import CONFINED, FORK_BOMB, needs_namespaces
-
-FAST = SandboxLimits(time_s=2.0)  # for programs meant to reach the limit
-# For programs that end by themselves: a busy machine must not make a timeout of their failure.
-ROOMY = SandboxLimits(time_s=10.0)
-
+from tests.sandboxes import CONFINED, FAST, FORK_BOMB, ROOMY, needs_namespaces
 
 SECOND_LARGEST = Problem(
     "test", "abc365_b", "q", "code", "", tests=(CodeTest("4\n8 2 5 1\n", "3\n", "stdin"),)
@@ -101,7 +97,7 @@ async def test_forks_stop_at_the_process_limit() -> None:
         "            time.sleep(10)\n            os._exit(0)\n    except OSError:\n        break\n"
         "    forked += 1\nprint('escaped' if forked == 64 else f'forked {forked}')"
     )
-    result = await _hostile(source, limits=SandboxLimits(time_s=10.0, max_processes=4))
+    result = await _hostile(source, limits=replace(ROOMY, max_processes=4))
     assert result.detail == "test 1/1: wrong answer: line 1: 'forked 4' instead of 'escaped'"
     await _no_sandbox_processes_left()
 
@@ -321,11 +317,11 @@ async def test_killing_every_process_spares_other_runs() -> None:
         "signal.signal(signal.SIGUSR1, done)\nwhile True:\n    time.sleep(0.01)"
     )
     waiting = asyncio.ensure_future(
-        grade(_expecting("alive"), _code(bystander), limits=SandboxLimits(time_s=120.0))
+        grade(_expecting("alive"), _code(bystander), limits=ROOMY)
     )
     try:
         (pid,) = await wait_until_async(_runs_catching_sigusr1, 60, "the bystander waiting")
-        killer = await _hostile(hostile, limits=SandboxLimits(time_s=30.0))
+        killer = await _hostile(hostile, limits=ROOMY)
         os.kill(pid, signal.SIGUSR1)
         other = await waiting
     finally:

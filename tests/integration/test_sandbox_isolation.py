@@ -5,6 +5,7 @@ files, open descriptors and processes are bounded."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,7 @@ from glimprouter.evals.datasets import CodeTest, Problem
 from glimprouter.evals.grading import SandboxLimits, grade
 from glimprouter.evals.grading.sandbox import SandboxUnavailable, run_python
 from tests.fakes import fake_model_server
-from tests.sandboxes import grader_without_namespaces, needs_namespaces
-
-ROOMY = SandboxLimits(time_s=10.0)
+from tests.sandboxes import ROOMY, grader_without_namespaces, needs_namespaces
 
 
 def test_code_that_cannot_be_isolated_does_not_run() -> None:
@@ -39,7 +38,7 @@ def test_the_risk_can_be_accepted_explicitly(how: str) -> None:
 @needs_namespaces
 async def test_a_run_that_cannot_be_confined_is_an_error_not_a_wrong_answer() -> None:
     problem = Problem("test", "p", "q", "code", "", tests=(CodeTest("", "1\n", "stdin"),))
-    broken = SandboxLimits(time_s=10.0, max_files=-1)  # a tmpfs the kernel refuses to mount
+    broken = replace(ROOMY, max_files=-1)  # a tmpfs the kernel refuses to mount
     with pytest.raises(SandboxUnavailable, match="could not confine a run.*cannot mount"):
         await grade(problem, "```python\nprint(1)\n```", limits=broken)
 
@@ -50,19 +49,19 @@ async def test_a_run_that_cannot_be_confined_is_an_error_not_a_wrong_answer() ->
     [
         pytest.param(
             "open('big', 'wb').write(b'x' * (3 << 20))",
-            SandboxLimits(time_s=10.0, files_mb=2),
+            replace(ROOMY, files_mb=2),
             "No space left on device",
             id="bytes",
         ),
         pytest.param(
             "for i in range(500):\n    open(f'f{i}', 'w').close()",
-            SandboxLimits(time_s=10.0, max_files=100),
+            replace(ROOMY, max_files=100),
             "No space left on device",
             id="files",
         ),
         pytest.param(
             "kept = [open('/dev/null') for _ in range(500)]",
-            SandboxLimits(time_s=10.0, open_files=64),
+            replace(ROOMY, open_files=64),
             "Too many open files",
             id="descriptors",
         ),
