@@ -34,9 +34,13 @@ def start_router(
                *(["--checkpoint-db", database] if database else []), *flags]  # fmt: skip
     popen = {"stderr": subprocess.DEVNULL, **popen}
     process = start(command, stdout=subprocess.PIPE, text=True, **popen)
-    ready = Lines(process.stdout).wait_for(
-        lambda line: line if line.startswith("serving ") else None, 120, "the ready line"
-    )
+    try:
+        ready = Lines(process.stdout).wait_for(
+            lambda line: line if line.startswith("serving ") else None, 120, "the ready line"
+        )
+    except BaseException:
+        stop(process)  # a router that never got ready is not left running
+        raise
     return process, ready.split()[3]
 
 

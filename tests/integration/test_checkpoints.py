@@ -19,6 +19,7 @@ from glimprouter.graph.tenants import SINGLE_TENANT
 from glimprouter.graph.threads import durable_graph, open_threads
 from tests.fakes import fake_model_server
 from tests.paths import REPO
+from tests.processes import Lines, running
 
 
 def _ask(url: str, db: Path, thread: str = "t") -> list[str]:
@@ -82,23 +83,18 @@ def test_a_thread_another_process_runs_is_refused(tmp_path: Path, capsys) -> Non
     """Two processes resuming one thread would fork its chain: the second is told, in a line."""
     db = tmp_path / "threads.sqlite"
     env = os.environ | {"PYTHONPATH": str(REPO)}
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(db)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert holder.stdout.readline() == "held\n"
+    holder_command = [sys.executable, "-c", HOLDER, str(db)]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    with running(holder_command, env=env, **pipes) as holder:
+        Lines(holder.stdout).wait_for(lambda line: line == "held\n", 120, "the holder's 'held'")
         with fake_model_server() as server:
             assert main(_ask(server.url, db)) == 2
             err = capsys.readouterr().err
             assert "thread 't'" in err and "another process" in err and "--thread-id" in err
             assert server.requests == []
             assert main(_ask(server.url, db, thread="other")) == 0  # other threads run
-    finally:
-        holder.communicate("", timeout=60)
+        holder.stdin.close()  # the holder's read ends: it lets go of the thread and exits
+        assert holder.wait(timeout=120) == 0
     with fake_model_server() as server:
         assert main(_ask(server.url, db)) == 0  # free once the other process ends
 

