@@ -2,22 +2,22 @@
 steps, writers, scores, answers and requests, on the fake model servers with fixed seeds.
 
 tests/data/recorded_chains.json was recorded on the code before the interface
-(`python -m tests.test_recorded_chains` rewrites it; only do that for an intended change)."""
+(`python -m tests.integration.test_recorded_chains` rewrites it: only for an intended change)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from glimprouter import graph
 from tests.fakes import context_at, fake_model_server
+from tests.paths import REPO
 
-RECORDED = Path(__file__).parent / "data" / "recorded_chains.json"
+RECORDED = REPO / "tests" / "data" / "recorded_chains.json"
 
 # (method, knobs): each method at thresholds on both sides of the fake's glimpse entropies
 # (ln 2, ln 3, ln 4) and judge scores, in both glimpse modes.
@@ -103,7 +103,7 @@ def test_chain_is_the_recorded_one(method, knobs):
     assert run_case(method, knobs) == recorded
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # re-record: only for an intended change of the chains
     chains = {case_id(*case): run_case(*case) for case in CASES}
     RECORDED.write_text(json.dumps(chains, indent=1, sort_keys=True) + "\n")
     print(f"recorded {len(chains)} chains in {RECORDED}")

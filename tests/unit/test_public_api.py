@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import ast
 import json
-from pathlib import Path
 
 import glimprouter
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 def sources() -> dict[str, str]:

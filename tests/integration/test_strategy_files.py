@@ -10,7 +10,6 @@ import json
 import math
 import sys
 import types
-from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -20,6 +19,7 @@ from glimprouter.cli import main
 from glimprouter.endpoint import RouterLimits, create_app
 from glimprouter.errors import ConfigError
 from tests.fakes import chat, context_at, fake_model_server
+from tests.paths import REPO
 
 HYSTERESIS = "examples.strategies.hysteresis:Hysteresis"
 # Glimpse entropies ln 4, ln 3, ln 2 for steps 0, 1, 2; threshold 1.2, lower 0.9: glimprouter
@@ -119,7 +119,7 @@ def test_a_request_names_only_what_the_server_allows_and_is_never_imported(monke
 
 
 def test_the_readmes_moving_threshold_strategy_runs_as_written(monkeypatch):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Writing a strategy") :].split("\n## ", 1)[0]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     module = types.ModuleType("my_strategies")
