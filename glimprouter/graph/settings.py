@@ -206,7 +206,7 @@ def check_values(context: Any) -> None:
             "threshold",
             "is negative: entropies are >= 0, use 0 to route every step to the large model",
         )
-    get_strategy(context.method)
+    get_strategy(context.method).knobs_of(context.knobs)
     if context.step_separator not in STEP_SEPARATORS:
         raise bad("step_separator", "must be '\\n\\n' (a blank line ends a step) or '\\n'")
     if not 0 <= context.large_rate <= 1:
