@@ -128,14 +128,15 @@ def _code_tests(encoded: str | None) -> tuple[CodeTest, ...]:
 MAX_INFLATED_BYTES = 256 * 2**20
 
 
-def inflate(compressed: bytes, limit: int = MAX_INFLATED_BYTES) -> bytes:
-    """zlib-decompress `compressed`, refusing (ConfigError) what would inflate past `limit`."""
+def inflate(compressed: bytes) -> bytes:
+    """zlib-decompress `compressed`, refusing (ConfigError) what inflates past
+    MAX_INFLATED_BYTES."""
     inflater = zlib.decompressobj()
-    data = inflater.decompress(compressed, limit + 1)
-    if len(data) > limit:
+    data = inflater.decompress(compressed, MAX_INFLATED_BYTES + 1)
+    if len(data) > MAX_INFLATED_BYTES:
         raise ConfigError(
-            f"a dataset field inflates past {limit // 2**20} MiB, the most GlimpRouter unpacks: "
-            "check the dataset file (a decompression bomb?)"
+            f"a dataset field inflates past {MAX_INFLATED_BYTES:,} bytes, the most GlimpRouter "
+            "unpacks: check the dataset file (a decompression bomb?)"
         )
     if not inflater.eof:
         raise zlib.error("incomplete or truncated stream")  # as zlib.decompress says
@@ -329,8 +330,8 @@ def _read_json_lines(path: Path) -> Rows:
                 data = member.read(MAX_INFLATED_BYTES + 1)
             if len(data) > MAX_INFLATED_BYTES:
                 raise ConfigError(
-                    f"{path}: {members[0]} inflates past {MAX_INFLATED_BYTES // 2**20} MiB, the "
-                    "most GlimpRouter unpacks: check the file (a decompression bomb?)"
+                    f"{path}: {members[0]} inflates past {MAX_INFLATED_BYTES:,} bytes, the most "
+                    "GlimpRouter unpacks: check the file (a decompression bomb?)"
                 )
             text = data.decode("utf-8")
     else:

@@ -45,6 +45,7 @@ CHAT_TEMPLATE_CHOICES = ("auto", "stock", "verbatim")
 # The variable vLLM reads its API key from (passed down to the servers when set).
 VLLM_KEY_ENV = "VLLM_API_KEY"
 
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on `host` right now."""
     with socket.socket() as sock:
