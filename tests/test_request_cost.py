@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -57,7 +58,12 @@ def test_a_50_kb_question_at_the_defaults_stops_within_its_prompt_bound(router_a
     assert usage["prompt_tokens"] == prompt  # the router counted what the servers received
     # Tens of steps, each re-sending the question: under the bound, and not far under it.
     assert bound / 2 < prompt <= bound
-    assert requests > 20
+    assert 20 < requests <= worst_case_cost(RouterContext()).model_requests
+
+
+def test_the_readme_states_the_worst_case_cost_at_the_defaults():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f"{worst_case_cost(RouterContext(), RouterLimits())};" in readme
 
 
 def test_a_question_past_max_question_tokens_is_a_400_naming_the_flag():
