@@ -49,10 +49,10 @@ def setting(
 ) -> dict[str, Any]:
     """The one declaration of a RouterContext field's surfaces, as its dataclass metadata.
 
-    `description` is what Studio and the README show; `flag_help` the command-line flag's help,
-    and `flag` its name when not --field-name. `request`: a request to serve-router may set it;
-    `limit` (RouterLimits attribute, serve-router flag): the server-side bound of what a request
-    sets. `identity`: part of what an eval's results directory is pinned to.
+    `description` is what Studio and docs/settings.md show; `flag_help` the command-line flag's
+    help, and `flag` its name when not --field-name. `request`: a request to serve-router may set
+    it; `limit` (RouterLimits attribute, serve-router flag): the server-side bound of what a
+    request sets. `identity`: part of what an eval's results directory is pinned to.
     """
     return {
         "description": description,
