@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from glimprouter import RouterContext
+from glimprouter.evals.datasets import Problem
 from glimprouter.model_servers.client import CANARY_QUESTION
 
 # What a fault hook may answer for a request: None (answer normally), "500" (an error status),
@@ -219,3 +220,7 @@ def tiny_steps(index: int, request: dict[str, Any]) -> Any:
     if request["messages"][-1]["content"].endswith("</think>\n\n"):
         return None
     return {"content": f"Tiny step {index}.\n\n"}
+
+
+def problem(name: str) -> Problem:
+    return Problem("faults", name, f"What is {name}?", "math", "4")
