@@ -5,8 +5,6 @@ of tiny steps stays within worst_case_cost; temperature and top_p are held to th
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -16,23 +14,11 @@ from glimprouter.endpoint.cost import worst_case_cost
 from glimprouter.endpoint.limits import RouterLimits
 from glimprouter.graph.context import RouterContext
 from tests.fakes import chat, fake_model_server, tiny_steps
-from tests.processes import Lines, start, stop
+from tests.processes import stop
+from tests.routers import start_router_at_defaults as start_router
 
 # Some 50 KB of words: the fake server counts a word as a token.
 LONG_QUESTION = "Add up these numbers: " + "seven " * 8330 + "What is the sum?"
-
-
-def start_router(url: str, *flags: str, **popen) -> tuple[subprocess.Popen, str]:
-    """A serve-router process at the default settings but `flags`, both models on `url`; its
-    base URL once it is ready."""
-    command = [sys.executable, "-m", "glimprouter.cli", "serve-router", "--port", "0",
-               "--small-url", url, "--large-url", url, "--max-retries", "0", *flags]  # fmt: skip
-    popen = {"stderr": subprocess.DEVNULL, **popen}
-    process = start(command, stdout=subprocess.PIPE, text=True, **popen)
-    ready = Lines(process.stdout).wait_for(
-        lambda line: line if line.startswith("serving ") else None, 120, "the ready line"
-    )
-    return process, ready.split()[3]
 
 
 def ask(url: str, body: dict) -> httpx.Response:
@@ -62,7 +48,7 @@ def test_a_50_kb_question_at_the_defaults_stops_within_its_prompt_bound(router_a
 
 
 def test_the_readme_states_the_worst_case_cost_at_the_defaults():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert f"{worst_case_cost(RouterContext(), RouterLimits())};" in readme
 
 
