@@ -205,7 +205,7 @@ def check_values(context: Any) -> None:
             "threshold",
             "is negative: entropies are >= 0, use 0 to route every step to the large model",
         )
-    get_strategy(context.method)
+    get_strategy(context.method).knobs_of(context.knobs)
     if not 0 <= context.large_rate <= 1:
         raise bad("large_rate", "must be a probability in [0, 1]")
     if context.glimpse_mode not in GLIMPSE_MODES:

@@ -20,7 +20,7 @@ from glimprouter.graph.settings import (
     request_limits,
     setting,
 )
-from glimprouter.strategies import STRATEGIES
+from glimprouter.strategies import BUILT_INS
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -74,4 +74,4 @@ def test_secrets_and_endpoints_stay_off_requests_and_out_of_the_identity():
 
 def test_the_method_setting_names_the_registered_strategies():
     (method,) = [f for f in dataclasses.fields(RouterContext) if f.name == "method"]
-    assert all(name in method.metadata["description"] for name in STRATEGIES)
+    assert all(cls.name in method.metadata["description"] for cls in BUILT_INS)
