@@ -30,6 +30,8 @@ from glimprouter.strategies import (
 DEFAULT_MODEL_NAME = "glimprouter"
 # Chains that may wait for a place among --max-concurrency when --max-waiting is not given.
 DEFAULT_MAX_WAITING = 64
+# The longest question by default: a 50 KB one is served, bounded by max_chain_prompt_tokens.
+DEFAULT_QUESTION_TOKENS = 65536
 
 
 def _server_flag(default: Any, flag: str, least: float, flag_help: str) -> Any:
@@ -75,6 +77,7 @@ class RouterLimits:
     max_top_k: int | None = None
     max_answer_tokens: int | None = None
     max_chain_tokens_limit: int | None = None
+    max_chain_prompt_tokens_limit: int | None = None
     allow_methods: tuple[str, ...] | None = _allow(
         "method", "methods a request may pick (default: the server's own and small-only)"
     )
@@ -87,6 +90,11 @@ class RouterLimits:
     min_threshold: float | None = _bound("threshold", "lower")
     max_threshold: float | None = _bound("threshold", "higher")
     max_large_rate: float | None = _bound("large_rate", "higher")
+    max_question_tokens: int = _server_flag(
+        DEFAULT_QUESTION_TOKENS, "--max-question-tokens", 1,
+        "longest question a request may ask, in tokens counted as its UTF-8 bytes (never fewer "
+        "than a byte-level tokenizer's); longer: a 400",
+    )  # fmt: skip
     max_concurrency: int | None = _server_flag(
         None, "--max-concurrency", 1,
         "chains of thought run at once; more requests wait (default: no bound)",
@@ -153,6 +161,8 @@ class Bounds:
     own: tuple[str, str] = ("", "")
     """The server's (method, knobs): a request moves a strategy's own knobs only the cheaper
     way from the server's values (from the knob's default under another method)."""
+    question_tokens: int = DEFAULT_QUESTION_TOKENS
+    """The longest question, in tokens counted as UTF-8 bytes (--max-question-tokens)."""
 
 
 def default_chain_tokens(limits: RouterLimits, base: RouterContext) -> int:
@@ -210,7 +220,7 @@ def bounds(limits: RouterLimits, base: RouterContext) -> Bounds:
             raise ConfigError(f"{flag} {value} must be above {least}")
     if limits.max_waiting is not None and limits.max_concurrency is None:
         raise ConfigError("--max-waiting needs --max-concurrency: without it no chain waits")
-    return Bounds(tuple(numbers), choices, (base.method, base.knobs))
+    return Bounds(tuple(numbers), choices, (base.method, base.knobs), limits.max_question_tokens)
 
 
 def server_flags() -> list[dataclasses.Field]:

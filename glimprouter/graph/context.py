@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 
 from glimprouter.errors import ConfigError
 from glimprouter.graph.settings import (
+    DEFAULT_CHAIN_PROMPT_TOKENS,
     ENV_PREFIX,
     ReplicaAffinity,
     check_values,
@@ -241,6 +242,20 @@ class RouterContext:
             "bound; serve-router's: twice the token budget plus a token per step and the answer)",
             request=True,
             limit=("max_chain_tokens_limit", "--max-chain-tokens-limit"),
+            identity=True,
+        ),
+    )
+    max_chain_prompt_tokens: int = field(
+        default=DEFAULT_CHAIN_PROMPT_TOKENS,
+        metadata=setting(
+            "Most prompt tokens one chain may send, over every request: every glimpse, probe, "
+            "step, draft and judge call re-sends the question and the chain so far. The chain "
+            "stops (stop_reason max_chain_prompt_tokens) before its next step could pass it, "
+            "room kept for the answer. Warming prefills (warm_prefix_cache) are not counted.",
+            flag_help="most prompt tokens sent for one chain, over every request (default "
+            f"{DEFAULT_CHAIN_PROMPT_TOKENS:,})",
+            request=True,
+            limit=("max_chain_prompt_tokens_limit", "--max-chain-prompt-tokens-limit"),
             identity=True,
         ),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import shlex
 import sys
 import threading
@@ -14,11 +15,13 @@ from rich.console import Console
 
 from glimprouter.ask import SAMPLE_QUESTION, ask
 from glimprouter.context_flags import add_context_flags, context_from_args
+from glimprouter.endpoint.keys import is_loopback
 from glimprouter.errors import ConfigError
 from glimprouter.graph.settings import read_key_file
 from glimprouter.stopping import run
 from glimprouter.vllm_launcher.command import (
     CHAT_TEMPLATE_CHOICES,
+    VLLM_KEY_ENV,
     ServerSpec,
     default_max_model_len,
     is_cpu_only,
@@ -88,6 +91,12 @@ def add_serving_commands(commands: argparse._SubParsersAction) -> None:
         "VLLM_API_KEY in the environment works too",
     )
     serve_parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host with no API key (anyone who reaches it skips the "
+        "router's keys and limits)",
+    )
+    serve_parser.add_argument(
         "--replicas",
         type=int,
         default=1,
@@ -152,6 +161,11 @@ def specs_from_args(args: argparse.Namespace) -> list[ServerSpec]:
     }
     if args.api_key_file is not None:
         common["api_key"] = read_key_file(args.api_key_file, "--api-key-file")
+    elif not (is_loopback(args.host) or os.environ.get(VLLM_KEY_ENV) or args.allow_unauthenticated):
+        raise ConfigError(
+            f"--host {args.host} is not loopback: give --api-key-file (or {VLLM_KEY_ENV}) so that "
+            "only the router reaches the models, or --allow-unauthenticated to serve them open"
+        )
 
     parallel = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in PARALLEL_FLAGS}
     if any(size is not None and size < 1 for size in parallel.values()):
