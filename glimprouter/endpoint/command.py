@@ -15,7 +15,7 @@ from glimprouter.endpoint.limits import (
     limit_flag,
     server_flags,
 )
-from glimprouter.endpoint.server import serve_router
+from glimprouter.extras import require
 from glimprouter.graph.threads import CHECKPOINT_DB_ENV, checkpoint_db_from_env
 from glimprouter.prompts import TEMPLATES
 from glimprouter.threads_command import add_max_checkpoints_flag, duration
@@ -141,6 +141,7 @@ def _serve_router_command(args: argparse.Namespace) -> int:
         **{limit.name: getattr(args, limit.name) for limit in COST_LIMITS},
         **{field.name: getattr(args, field.name) for field in server_flags()},
     )
+    serve_router = require("glimprouter.endpoint.server").serve_router
     try:
         serve_router(
             context_from_args(args),

@@ -25,6 +25,7 @@ from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.settings import request_knobs
 from glimprouter.prompts import TEMPLATES
+from glimprouter.strategies import STRATEGIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +87,16 @@ def parse_chat_request(
             code="unsupported_parameter",
         )
     question = question_of(request.messages)
+    # UTF-8 bytes bound the tokens from above (a byte-level BPE token is at least one byte),
+    # with no tokenizer at hand; surrogates, which JSON may carry, count as what they escape.
+    if len(question.encode("utf-8", "surrogatepass")) > limits.question_tokens:
+        raise RequestError(
+            400,
+            f"the question is longer than this server's limit of {limits.question_tokens} "
+            "tokens, counted as its UTF-8 bytes (--max-question-tokens)",
+            param="messages",
+            code="question_too_long",
+        )
     task = request.task or default_task
     if task not in TEMPLATES:
         raise RequestError(
@@ -205,6 +216,20 @@ def _run_context(
     if budgets:
         knobs["token_budget"] = given[budgets[0]]
         origin["token_budget"] = budgets[0]
+    if knobs.get("method") not in (None, *STRATEGIES):
+        # Refused before RouterContext reads it: a request names a method the server has
+        # registered, never an import path for it to import.
+        allowed, flag = limits.choices["method"]
+        raise RequestError(
+            400,
+            f"method={knobs['method']!r} is not a method this server runs: it allows "
+            f"{list(allowed)} ({flag})",
+            param="method",
+            code="value_not_allowed",
+        )
+    if knobs.get("method", base.method) != base.method and "knobs" not in knobs:
+        knobs["knobs"] = ""  # the server's own knobs are its method's: another starts at defaults
+        origin["knobs"] = "method"
     try:
         context = dataclasses.replace(base, **knobs)
     except ConfigError as error:

@@ -15,6 +15,7 @@ from rich.text import Text
 from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.errors import ConfigError
 from glimprouter.evals.calibrate import calibrate_threshold, recorded_entropies
+from glimprouter.evals.config_file import CONFIG_FLAG
 from glimprouter.evals.datasets import (
     DATASETS,
     DEFAULT_DEV_FRACTION,
@@ -29,19 +30,14 @@ from glimprouter.evals.regrade_command import (
     add_regrade_command,
     grading_limits,
 )
-from glimprouter.evals.report import (
-    load_rows,
-    markdown,
-    matched_markdown,
-    paired_markdown,
-    pareto_plot,
-)
 from glimprouter.evals.results import realised_large_share, results_dirs
 from glimprouter.evals.runner import Tally, run_eval
+from glimprouter.extras import require
 from glimprouter.graph.context import RouterContext
 from glimprouter.stopping import run
 
 MATCH = "match:"
+RUN_COMMANDS = ("eval", "sweep")  # the commands that take --config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +126,12 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        CONFIG_FLAG,
+        metavar="FILE",
+        help="JSON or TOML file of flags and settings by name (threshold, small_base_url, ...) "
+        "or the reference code's config.json keys; flags on the command line win",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help=f"one of {sorted(DATASETS)}")
     source.add_argument(
@@ -360,17 +362,18 @@ def _calibrated_sweep(args: argparse.Namespace) -> int:
 
 
 def _report_command(args) -> int:
+    report = require("glimprouter.evals.report")  # scipy and matplotlib: the [evals] extra
     directories = results_dirs(args.dirs)
-    rows = load_rows(directories)
-    print(markdown(rows))
+    rows = report.load_rows(directories)
+    print(report.markdown(rows))
     if args.against:
-        print(paired_markdown(rows, args.against))
-    if matched := matched_markdown(rows):
+        print(report.paired_markdown(rows, args.against))
+    if matched := report.matched_markdown(rows):
         print(matched)
     default_home = (
         Path(*Path(directories[0]).parts[:-1]) if len(directories) > 1 else directories[0]
     )
-    plot = pareto_plot(rows, args.plot or default_home / "pareto.png")
+    plot = report.pareto_plot(rows, args.plot or default_home / "pareto.png")
     print(f"Pareto plot: {plot}")
     return 0
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired
 
 from typing_extensions import TypedDict  # pydantic (Studio schemas) needs it before 3.12
 
@@ -18,6 +18,8 @@ StopReason = Literal[
     "token_budget",  # the reasoning tokens reached token_budget
     "max_steps",  # the chain reached max_steps
     "max_chain_tokens",  # the tokens generated over every request reached max_chain_tokens
+    # another step's prompts (and the answer's) could pass max_chain_prompt_tokens
+    "max_chain_prompt_tokens",
     "context_length",  # the server refused the prompt: the model's context is full
     "endpoint_error",  # a model server failed mid-chain after its retries (see `error`)
 ]
@@ -100,6 +102,8 @@ class RouterState(InputState, OutputState):
     """The loop's full state: the output so far plus the pending routing decision."""
 
     glimpse_entropy: float | None  # entropy of the glimpse for the step about to be written
+    # The probe's top-k candidates, for `decide` to show the strategy (None once it has).
+    glimpse_top_logprobs: NotRequired[list[dict[str, Any]] | None]
     writer: ModelRole | None  # who writes that step (chosen by the streamed glimpse or decide)
     # The small model's draft of that step (reviewing methods): awaiting review, or rejected and
     # awaiting the large model's rewrite, which records it in its `draft`.

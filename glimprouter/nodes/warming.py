@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 # block's worth of new tokens leaves the idle model at most that much to prefill at takeover.
 WARM_EVERY_TOKENS = 32
 
-# The method under which a model writes nothing but, maybe, the answer.
-_WRITES_ONLY_THE_ANSWER: dict[ModelRole, str] = {"small": "large-only", "large": "small-only"}
-
 
 @dataclass
 class _Warming:
@@ -83,8 +80,7 @@ def warming_pays(context: RouterContext, role: ModelRole) -> bool:
     """
     if not context.warm_prefix_cache:
         return False
-    method = get_strategy(context.method).name
-    if method == _WRITES_ONLY_THE_ANSWER[role] and context.answer_model != role:
+    if role not in get_strategy(context.method).step_writers and context.answer_model != role:
         return False
     small, large = ([url.rstrip("/") for url in context.replica_urls(r)] for r in MODEL_ROLES)
     return large != small
@@ -97,7 +93,9 @@ def warm_large_model(state: RouterState, context: RouterContext) -> dict[str, An
     steps = state.get("steps") or []
     if not needs_warming(steps, state.get("warmed_steps"), warming_pays(context, "large")):
         return {}
-    messages = next_step_messages(step_texts=[s["text"] for s in steps], **prompt_args(state))
+    messages = next_step_messages(
+        step_texts=[s["text"] for s in steps], **prompt_args(state, context)
+    )
     _send(chain_id_of(state), "large", context, messages)
     return {"warmed_steps": len(steps)}
 
@@ -119,7 +117,9 @@ def warm_as_step_grows(
         nonlocal next_at
         if tokens >= next_at:
             next_at = tokens + WARM_EVERY_TOKENS
-            begun = next_step_messages(step_texts=texts, step_begun=text, **prompt_args(state))
+            begun = next_step_messages(
+                step_texts=texts, step_begun=text, **prompt_args(state, context)
+            )
             _send(chain, idle, context, begun)
 
     return grown

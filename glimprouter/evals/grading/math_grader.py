@@ -24,12 +24,11 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from glimprouter.errors import GlimpRouterError
 from glimprouter.evals.datasets import Problem
 from glimprouter.evals.grading.base import Grade, shorten
 from glimprouter.evals.grading.sandbox import SandboxLimits
+from glimprouter.extras import require
 
 VERIFY_TIMEOUT_S = 10.0
 WALL_TIMEOUT_FACTOR = 10
@@ -135,6 +134,7 @@ class _Worker:
                 continue  # the check may have waited for a core: its CPU time tells
 
     def cpu_time_s(self) -> float:
+        psutil = require("psutil")
         try:
             times = psutil.Process(self.process.pid).cpu_times()
         except psutil.Error:  # it died: the end of its output tells the caller
