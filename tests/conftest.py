@@ -37,6 +37,7 @@ from glimprouter.vllm_launcher.local_models import cache_dir
 from tests.fakes import fake_model_server
 from tests.processes import Lines, start, stop
 from tests.proxy import KillableProxy
+from tests.serving import pair  # noqa: F401 (two model folders, for the tests that plan `serve`)
 
 SERVE_TIMEOUT_S = 900
 PR_SET_CHILD_SUBREAPER = 36
@@ -47,9 +48,12 @@ USER_SETTINGS = [ENV_PREFIX + f.name.upper() for f in fields(RouterContext)] + [
     "GLIMPROUTER_RESULTS",
 ]
 
-# Failing examples are kept for the next run, outside the repository.
+# Failing examples are kept for the next run, outside the repository. No deadline: how long an
+# example takes says how busy the machine is, not whether the code is right.
 settings.register_profile(
-    "glimprouter", database=DirectoryBasedExampleDatabase(cache_dir() / "hypothesis")
+    "glimprouter",
+    database=DirectoryBasedExampleDatabase(cache_dir() / "hypothesis"),
+    deadline=None,
 )
 settings.load_profile("glimprouter")
 
@@ -61,6 +65,34 @@ def pytest_configure(config: pytest.Config) -> None:
     # process's children, so the session's end finds them.
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+# The tiers, one directory each: `pytest tests/unit` (pure: no subprocess, no server, under a
+# minute), `-m integration` (PostgreSQL, Ray, the sandbox, router processes, fake servers over
+# sockets) and `-m vllm` (a real vLLM server). The directory gives unit and integration tests
+# their marker; a vLLM test must carry its own (deselecting it by default depends on it).
+TIERS = ("unit", "integration", "vllm")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    misplaced = []
+    for item in items:
+        tier = _tier_of(item.path)
+        if tier is None:
+            misplaced.append(f"{item.nodeid}: move it to tests/unit, integration or vllm")
+        elif tier == "vllm":
+            if item.get_closest_marker("vllm") is None:
+                misplaced.append(f"{item.nodeid}: a test in tests/vllm/ needs the vllm marker")
+        else:
+            item.add_marker(tier)
+    if misplaced:
+        raise pytest.UsageError("tests outside their tier:\n  " + "\n  ".join(misplaced))
+
+
+def _tier_of(path: Path) -> str | None:
+    parts = path.relative_to(Path(__file__).parent).parts
+    return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from glimprouter import RouterContext
+from glimprouter.evals.datasets import Problem
 from glimprouter.model_servers.client import CANARY_QUESTION
 
 # What a fault hook may answer for a request: None (answer normally), "500" (an error status),
@@ -24,9 +25,9 @@ from glimprouter.model_servers.client import CANARY_QUESTION
 # client closes the connection), "drop" (start the stream, then cut the connection), "stall"
 # (start the stream, then send nothing more) or a dict
 # of overrides for a well-formed reply ({"content": ..., "finish_reason": ..., "top_logprob":
-# ..., "candidates": ..., "finish_on_last_token": True, which streams the finish reason with
-# the last token, as vLLM does, rather than in a chunk of its own, "after_first_token": a
-# function called between a stream's first chunk and the rest}).
+# ..., "candidates": ..., "top_tokens": their texts, "finish_on_last_token": True, which streams
+# the finish reason with the last token, as vLLM does, rather than in a chunk of its own,
+# "after_first_token": a function called between a stream's first chunk and the rest}).
 Fault = Callable[[int, dict[str, Any]], Any]
 
 
@@ -95,9 +96,10 @@ class FakeModelServer(BaseHTTPRequestHandler):
         def logprobs(token):
             if not request.get("logprobs"):
                 return None
+            names = overrides.get("top_tokens") or [f"t{i}" for i in range(candidates)]
             top = [
-                {"token": f"t{i}", "logprob": logprob, "bytes": [116, 48 + i]}
-                for i in range(candidates)
+                {"token": name, "logprob": logprob, "bytes": list(name.encode())}
+                for name in names[:candidates]
             ]
             entry = {"token": token, "logprob": logprob, "bytes": list(token.encode())}
             return {"content": [{**entry, "top_logprobs": top}]}
@@ -219,3 +221,7 @@ def tiny_steps(index: int, request: dict[str, Any]) -> Any:
     if request["messages"][-1]["content"].endswith("</think>\n\n"):
         return None
     return {"content": f"Tiny step {index}.\n\n"}
+
+
+def problem(name: str) -> Problem:
+    return Problem("faults", name, f"What is {name}?", "math", "4")

@@ -20,11 +20,22 @@ import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any, TypeVar
 
+import psutil
+
 from glimprouter.stopping import die_with_parent
 
 T = TypeVar("T")
 
 STOP_GRACE_S = 60.0
+# An upper bound for a command the tests run to its end (venv creation, pip, a setup script).
+COMMAND_GUARD_S = 600.0
+# What .ci/run marks every process of the session with, so .ci/leftovers.py finds what outlived it.
+SESSION_MARKER = "GLIMPROUTER_TEST_SESSION"
+
+
+def session_env(env: dict[str, str]) -> dict[str, str]:
+    """`env`, an environment a test builds from scratch, keeping the session's marker."""
+    return env | {name: os.environ[name] for name in (SESSION_MARKER,) if name in os.environ}
 
 
 def _preexec(ignore_sigint: bool) -> Callable[[], None]:
@@ -139,3 +150,16 @@ async def wait_until_async(
             raise AssertionError(f"{what}: not within {timeout_s:g} s")
         await asyncio.sleep(poll_s)
     return result
+
+
+def processes_marked(marker: str) -> list[psutil.Process]:
+    """Live processes whose environment carries `marker` (what a subprocess and its children
+    inherit)."""
+    marked = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("GLIMPROUTER_RAY_TEST") == marker:
+                marked.append(process)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return marked

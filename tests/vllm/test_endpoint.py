@@ -1,6 +1,7 @@
 """`glimprouter serve-router` against real vLLM: the command runs as a subprocess, in front of
 the test session's vLLM server (through a proxy that can hold its requests), and is driven through
-the official SDK. The in-process tests, against the fake model server, are tests/test_endpoint.py.
+the official SDK. The in-process tests, against the fake model server, are
+tests/integration/test_endpoint.py.
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ import pytest
 
 from glimprouter.endpoint.keys import KEYS_ENV
 from glimprouter.endpoint.responses import finish_reason
+from tests.fakes import chat
 from tests.processes import Lines, running, stop
 from tests.proxy import KillableProxy
-from tests.test_endpoint import chat
-from tests.test_endpoint_threads import kill_a_router_mid_chain_and_resume, start_router
-from tests.test_endpoint_workers import metrics_env, scrape, total
+from tests.routers import (
+    kill_a_router_mid_chain_and_resume,
+    metrics_env,
+    scrape,
+    start_router,
+    total,
+)
 
 # Real vLLM behind a `glimprouter serve-router` subprocess. The model writes ~4 tokens/s on a
 # shared CPU, so every chain is a few short steps.

@@ -12,12 +12,13 @@ from urllib.parse import urlparse
 import pytest
 
 from glimprouter.evals.datasets import load_problems, split_problems
+from tests.paths import SHARED_DATA
 from tests.processes import running, signal_group, wait_until
 from tests.proxy import KillableProxy
 
 pytestmark = pytest.mark.vllm
 
-DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA_DIR = SHARED_DATA
 TINY_BUDGET = ["--token-budget", "48", "--step-max-tokens", "24", "--answer-max-tokens", "40"]
 
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.test_evals_ray import by_key, processes_marked, records
+from tests.paths import SHARED_DATA
+from tests.processes import processes_marked
+from tests.runs import by_key, records
 
 pytestmark = pytest.mark.vllm
 pytest.importorskip("ray")
 
 
-DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA_DIR = SHARED_DATA
 
 
 def test_math500_on_a_ray_cluster_matches_the_local_run(vllm_base_url, tmp_path):

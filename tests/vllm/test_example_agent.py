@@ -1,11 +1,11 @@
 """examples/solve_then_verify.py against the real vLLM server: the agent solves, verifies and
-keeps GlimpRouter's results. Its fast tests are tests/test_example_agent.py."""
+keeps GlimpRouter's results. Its fast tests are tests/unit/test_example_agent.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.test_example_agent import load_example
+from tests.examples import load_example
 
 stv = load_example()
 

@@ -1,8 +1,8 @@
 """The notebooks run top to bottom against the real vLLM server and show what they promise.
 
 The kernels (fixture `kernels`, through tests/vllm/conftest.py), the way a notebook is run and
-the readers of its outputs are tests/test_notebooks.py's, whose fast tests check the notebooks as
-stored and the first cell's error without a server.
+the readers of its outputs are tests/notebooks.py's; tests/integration/test_notebooks.py checks
+the notebooks as stored and the first cell's error without a server.
 """
 
 from __future__ import annotations
@@ -12,24 +12,16 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from glimprouter.evals.report import load_rows, markdown, paired_markdown
 from glimprouter.evals.results import results_dirs
+from tests.notebooks import cell, kernel_env, run_notebook, server_env, shown, stdout, table
+from tests.paths import SHARED_DATA
 from tests.processes import running
-from tests.test_notebooks import (
-    cell,
-    kernel_env,
-    run_notebook,
-    server_env,
-    shown,
-    stdout,
-    table,
-)
 
-DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA_DIR = SHARED_DATA
 STEP_LINE = re.compile(r"^step +(\d+) +(small|large) +H=(\d+\.\d+)", re.MULTILINE)
 
 

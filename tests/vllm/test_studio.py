@@ -28,11 +28,12 @@ from langgraph_sdk import get_client
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import InputState, OutputState, StopReason
 from glimprouter.vllm_launcher.command import free_port
+from tests.paths import REPO
 from tests.processes import start, wait_until
 
 pytestmark = pytest.mark.vllm
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 LANGGRAPH = Path(sys.executable).with_name("langgraph")
 STARTUP_TIMEOUT_S = 180
 # What `langgraph dev` needs in the shell to stay offline; langgraph.json adds the rest.

@@ -30,10 +30,10 @@ from glimprouter.vllm_launcher.chat_templates import VERBATIM_TEMPLATES
 from glimprouter.vllm_launcher.command import ServerSpec
 from glimprouter.vllm_launcher.launcher import VLLMServer
 from glimprouter.vllm_launcher.local_models import prepare
+from tests.paths import TEMPLATES
 
 pytestmark = pytest.mark.vllm
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 QUESTION = "What is 12 + 7 * 3?"
 
 

@@ -1,6 +1,6 @@
 """The vLLM server the session's launcher started (`glimprouter serve --model`): it serves both
 aliases, logprobs, and continues an assistant prefix. The launcher's fast tests are
-tests/test_vllm_launcher.py."""
+tests/integration/test_vllm_launcher.py."""
 
 from __future__ import annotations
 

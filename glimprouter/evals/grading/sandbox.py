@@ -52,8 +52,8 @@ would not widen where code can be graded; it sets no resource limits, so the rli
 tmpfs and the cgroup would stay ours all the same; and it is a system package that `pip install`
 cannot bring, where this code needs only the standard library. What it would replace is the
 mounts and the privilege drop (sandbox_child.py), which the hostile-program suite
-(tests/test_sandbox_hostile.py, tests/test_sandbox_isolation.py) checks from the solution's side
-on every run of the tests. Should that code grow (seccomp filters, Landlock), bwrap becomes the
+(tests/integration/test_sandbox_hostile.py, test_sandbox_isolation.py) checks from the solution's
+side on every run of the tests. Should that code grow (seccomp filters, Landlock), bwrap becomes the
 better trade.
 """
 
