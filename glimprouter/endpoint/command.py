@@ -120,6 +120,7 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
         metadata = field.metadata
         bounds.add_argument(
             metadata["flag"],
+            *metadata["aliases"],
             dest=field.name,
             type=metadata["type"],
             metavar=metadata["metavar"],

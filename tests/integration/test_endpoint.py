@@ -358,11 +358,11 @@ def together(count: int):
     return fault
 
 
-@pytest.mark.parametrize(("max_concurrency", "peak"), [(None, 4), (1, 1)])
+@pytest.mark.parametrize(("max_concurrency", "peak"), [(64, 4), (1, 1)])
 async def test_concurrent_requests_keep_their_own_question_and_knobs(max_concurrency, peak):
     questions = [f"What is {n} + {n}?" for n in range(4)]
     thresholds = [0, 1e9, 0, 1e9]
-    with fake_model_server(fault=together(4) if max_concurrency is None else None) as slow:
+    with fake_model_server(fault=together(4) if max_concurrency > 1 else None) as slow:
         limits = RouterLimits(max_concurrency=max_concurrency, min_threshold=0)
         app = create_app(context_at(slow.url), limits)
         transport = httpx.ASGITransport(app=app)
