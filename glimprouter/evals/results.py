@@ -4,6 +4,7 @@ what is read across directories (a sweep's, a matched large-model rate)."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -22,6 +23,13 @@ CONFIG_FILE = "config.json"
 # What must match for results to belong together (endpoint URLs and keys may change: a restarted
 # server on another port serves the same model): the settings declared with identity=True.
 CONFIG_FIELDS = identity_fields(RouterContext)
+# A setting added to the identity after a run was pinned is absent from its config.json; the run
+# was made as that setting's default behaves, so only a value other than the default differs.
+_IDENTITY_DEFAULTS = {
+    field.name: field.default
+    for field in dataclasses.fields(RouterContext)
+    if field.name in CONFIG_FIELDS and field.default is not dataclasses.MISSING
+}
 
 
 def run_identity(
@@ -45,7 +53,7 @@ def pin_configuration(output_dir: Path, identity: dict[str, Any]) -> None:
     """Write DIR/config.json, or refuse when DIR already holds results of another configuration."""
     path = output_dir / CONFIG_FILE
     if path.exists():
-        recorded = json.loads(path.read_text())
+        recorded = {**_IDENTITY_DEFAULTS, **json.loads(path.read_text())}
         differences = [
             f"{key}: {recorded.get(key)!r} there, {identity.get(key)!r} now"
             for key in sorted(set(recorded) | set(identity))

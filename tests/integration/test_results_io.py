@@ -112,6 +112,20 @@ def test_config_is_replaced_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert (tmp_path / CONFIG_FILE).read_text() == original
 
 
+def test_a_run_pinned_before_a_setting_joined_the_identity_resumes_at_its_default(
+    tmp_path: Path,
+) -> None:
+    pin_configuration(tmp_path, run_identity("d", RouterContext(), 1))
+    pinned = json.loads((tmp_path / CONFIG_FILE).read_text())
+    del pinned["max_chain_prompt_tokens"]  # as a release before that setting wrote it
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(pinned))
+    pin_configuration(tmp_path, run_identity("d", RouterContext(), 1))
+    with pytest.raises(ConfigError, match="max_chain_prompt_tokens: 1000000 there, 5000 now"):
+        pin_configuration(
+            tmp_path, run_identity("d", RouterContext(max_chain_prompt_tokens=5000), 1)
+        )
+
+
 class _ServerOf(FakeModelServer):
     """The fake, reporting the model behind each served name as vLLM does (`root`)."""
 
