@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from glimprouter.endpoint import RouterLimits, create_app
 from tests.fakes import context_at, fake_model_server
 from tests.routers import chat, kill_a_router_mid_chain_and_resume
-from tests.threads import saved_steps
+from tests.threads import saved_steps, thread_held
 
 LIMITS = RouterLimits(max_token_budget=160)
 
@@ -66,6 +66,18 @@ def test_a_cut_chain_resumes_through_another_router_sharing_the_database(databas
     assert after[: len(before)] == before and len(after) > len(before)
     reasoning = reply.json()["choices"][0]["message"]["reasoning_content"]
     assert reasoning.startswith(before[0]["text"])
+
+
+def test_a_thread_another_process_runs_gets_a_409_thread_busy(database, request):
+    thread = f"busy-{request.node.name}"
+    with fake_model_server() as server, app_at(server.url, database) as client:
+        with thread_held(database, thread):
+            busy = client.post("/v1/chat/completions", json=chat(thread))
+            assert server.requests == []
+        assert busy.status_code == 409, busy.text
+        error = busy.json()["error"]
+        assert (error["code"], error["param"]) == ("thread_busy", "thread_id")
+        assert client.post("/v1/chat/completions", json=chat(thread)).status_code == 200
 
 
 def test_thread_ids_are_checked(tmp_path):
