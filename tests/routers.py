@@ -16,14 +16,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from glimprouter.prompts import STEP_SEPARATOR, THINK_CLOSE
+from tests.fakes import chat
 from tests.processes import Lines, start, stop, wait_until
 from tests.proxy import KillableProxy
 from tests.threads import saved_steps
-
-
-def chat(thread_id: str | None = None, **fields) -> dict:
-    body = {"model": "glimprouter", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
-    return body | ({"thread_id": thread_id} if thread_id else {}) | fields
 
 
 def start_router(
@@ -61,7 +57,7 @@ def kill_a_router_mid_chain_and_resume(
     A is killed with SIGKILL with that request in flight and two steps saved, the chain
     unfinished by construction. Router B, sharing the database, finishes it: the final chain
     keeps A's steps, and B wrote the ones that follow."""
-    body = chat(thread, max_tokens=token_budget)
+    body = chat(thread_id=thread, max_tokens=token_budget)
     proxy = KillableProxy(urlparse(url).port)
     proxy.hold(lambda _, request: (steps_continued(request) or 0) >= 2)
     answered = threading.Event()
