@@ -32,18 +32,22 @@ from langgraph.types import Checkpointer
 from typing_extensions import TypedDict  # pydantic (Studio schemas) needs it before 3.12
 
 from glimprouter import (
+    MODEL_ROLES,
     ConfigError,
     GlimpRouterError,
     InputState,
+    ModelRole,
+    ModelUsage,
     OutputState,
     RouterContext,
+    StopReason,
+    add_usage,
+    complete,
+    continuation_messages,
+    new_chain_id,
     run_config,
 )
 from glimprouter import graph as router_graph
-from glimprouter.graph.context import MODEL_ROLES, ModelRole
-from glimprouter.graph.state import ModelUsage, StopReason, add_usage
-from glimprouter.model_servers.client import complete, new_chain_id
-from glimprouter.prompts import continuation_messages
 
 MAX_ATTEMPTS_LIMIT = 10
 Verdict = Literal["correct", "incorrect", "unsure"]

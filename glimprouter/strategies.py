@@ -1,9 +1,10 @@
 """Routing strategies: who writes each step. GlimpRouter and the baselines it is compared with.
 
-One interface and a registry by name, as RouteLLM does it. A strategy either picks the writer
-before the step (`choose`, possibly from the small model's glimpse), or lets the small model draft
-every step and reviews the draft (`review` is "logprobs" or "judge"), after which `rewrite`
-decides whether the large model writes the step instead.
+A strategy is one class (`Strategy`): whether the small model glimpses before each step, the
+writer it `decide`s from what the step's `StepView` shows, and, for strategies that let the small
+model draft every step, a `review` of the draft that keeps it or hands the step to the large
+model. The registry holds the built-ins by name; `--method package.module:ClassName` (or
+`register_strategy`) adds one written elsewhere.
 
 What a strategy costs is for a server to bound (glimprouter.endpoint.limits): each strategy
 names the knobs it reads and which way of moving each sends more steps to the large model
@@ -13,8 +14,12 @@ model cost no more than a given one.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import os
 import random
-from collections.abc import Sequence
+import sys
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 from glimprouter.errors import ConfigError
@@ -27,7 +32,7 @@ GlimpseMode = Literal["stream", "probe"]
 # Cheapest first: probe sends a one-token request before every step, stream none.
 GLIMPSE_MODES: tuple[GlimpseMode, ...] = ("stream", "probe")
 
-Review = Literal["none", "logprobs", "judge"]
+Verdict = Literal["keep", "large"]  # what a review does with a small draft
 Direction = Literal["lower", "higher"]
 
 
@@ -36,54 +41,122 @@ def choose_writer(entropy: float, threshold: float) -> ModelRole:
     return "large" if entropy >= threshold else "small"
 
 
+def knob(default: float, description: str, *, costlier: Direction) -> Any:
+    """A field of a strategy's `Knobs` dataclass: its default, what it does (the --knob help and
+    Studio's description) and the way of moving it that sends more steps to the large model."""
+    return dataclasses.field(
+        default=default, metadata={"description": description, "costlier": costlier}
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class NoKnobs:
+    """The knobs of a strategy that has none of its own."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepView:
+    """What a strategy sees of the step about to be written."""
+
+    index: int  # the step's index in the chain (0: the first)
+    entropy: float | None  # the glimpse's top-k entropy (nats); None when it does not glimpse
+    top_logprobs: Sequence[dict[str, Any]] | None  # the glimpsed token's top-k candidates
+    steps: Sequence[dict[str, Any]]  # the steps written so far (glimprouter.Step)
+    context: Any  # the run's RouterContext
+    knobs: Any  # the strategy's own knobs (its `Knobs` dataclass), as the run set them
+    key: str  # a seed for the step's random choices: per run, question and step
+    # Ask the large model to score a draft 0-9 (SpecReason's judge): one request, counted in
+    # the chain's usage; only reviews are given it.
+    judge: Callable[[dict[str, Any]], Awaitable[float]] | None = None
+
+
 class Strategy:
-    """How the writer of each step is chosen. Subclasses override what they use."""
+    """How the writer of each step is chosen. Subclass it and override what you use."""
 
-    name: ClassVar[str]
-    description: ClassVar[str]
-    glimpses: ClassVar[bool] = False
+    name: ClassVar[str] = ""
+    """The registry name (`--method`); a class registered by import path goes by that path."""
+    description: ClassVar[str] = ""
+    glimpse: ClassVar[bool] = False
     """The small model glimpses (one token, top-k logprobs) before each step."""
-    review: ClassVar[Review] = "none"
-    """How a small draft is scored: not at all, from its own logprobs, or by the large model."""
+    draft_logprobs: ClassVar[bool] = False
+    """A draft is written with per-token logprobs and scored by `score_draft` (its `score`)."""
+    step_writers: ClassVar[tuple[ModelRole, ...]] = MODEL_ROLES
+    """The models that may write a step (warming skips a server that only writes the answer)."""
+    Knobs: ClassVar[type] = NoKnobs
+    """The strategy's own settings, a frozen dataclass of `knob` fields (set with --knob)."""
     costlier: ClassVar[dict[str, Direction]] = {}
-    """The knobs the strategy reads, each with the way of moving it that sends more steps to the
-    large model."""
+    """The shared RouterContext knobs the strategy reads (threshold, large_rate), each with the
+    way of moving it that sends more steps to the large model; its own are in `Knobs`."""
 
-    def choose(
-        self, entropy: float | None, threshold: float, large_rate: float, key: str
-    ) -> ModelRole:
-        """The writer of the next step; reviewing strategies always let the small model draft."""
+    def decide(self, view: StepView) -> ModelRole:
+        """The writer of the next step; a reviewing strategy lets the small model draft."""
         return "small"
 
+    async def review(self, view: StepView, draft: dict[str, Any]) -> Verdict:
+        """Keep the small model's draft of the step, or have the large model write it."""
+        return "keep"
+
     def score_draft(self, token_logprobs: Sequence[dict[str, Any]]) -> float:
-        """A draft's score from its own per-token logprobs (review == "logprobs")."""
+        """A draft's score from its own per-token logprobs (when `draft_logprobs`)."""
         raise NotImplementedError(f"{self.name} does not score drafts from logprobs")
 
-    def rewrite(self, score: float, threshold: float) -> bool:
-        """Whether the large model rewrites a draft with this score."""
-        return False
+    def label(self, config: dict[str, Any]) -> str:
+        """How reports name a run of this strategy with `config` (an eval's settings)."""
+        return f"{self.name} t={config['threshold']:.4g}"
+
+    @classmethod
+    def drafts(cls) -> bool:
+        """Whether the small model drafts every step for `review` to judge."""
+        return cls.review is not Strategy.review
+
+    @classmethod
+    def own_costlier(cls) -> dict[str, Direction]:
+        """The strategy's own knobs, each with the way that costs more."""
+        return {f.name: f.metadata["costlier"] for f in dataclasses.fields(cls.Knobs)}
+
+    def knobs_of(self, given: str) -> Any:
+        """The strategy's knobs from `name=value,...` (a run's `knobs` setting)."""
+        names = {f.name for f in dataclasses.fields(self.Knobs)}
+        values: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in given.split(","))):
+            name, _, value = item.partition("=")
+            if name.strip() not in names:
+                raise ConfigError(
+                    f"--knob {item!r}: {self.name} has no knob {name.strip()!r}; its knobs: "
+                    f"{sorted(names)}"
+                )
+            try:
+                values[name.strip()] = float(value)
+            except ValueError:
+                raise ConfigError(f"--knob {item!r}: give a number, as in {name}=0.5") from None
+        return self.Knobs(**values)
 
 
 class GlimpRouter(Strategy):
     name = "glimprouter"
     description = "the small model glimpses one token; entropy >= threshold: large writes"
-    glimpses = True
+    glimpse = True
     costlier = {"threshold": "lower"}
 
-    def choose(self, entropy, threshold, large_rate, key):
-        return choose_writer(entropy, threshold)
+    def decide(self, view):
+        return choose_writer(view.entropy, view.context.threshold)
 
 
 class SmallOnly(Strategy):
     name = "small-only"
     description = "the small model writes every step"
+    step_writers = ("small",)
+
+    def label(self, config):
+        return self.name
 
 
-class LargeOnly(Strategy):
+class LargeOnly(SmallOnly):
     name = "large-only"
     description = "the large model writes every step"
+    step_writers = ("large",)
 
-    def choose(self, entropy, threshold, large_rate, key):
+    def decide(self, view):
         return "large"
 
 
@@ -92,21 +165,25 @@ class RandomRouting(Strategy):
     description = "each step goes to the large model with probability large_rate (seeded)"
     costlier = {"large_rate": "higher"}
 
-    def choose(self, entropy, threshold, large_rate, key):
-        return "large" if random.Random(key).random() < large_rate else "small"
+    def decide(self, view):
+        return "large" if random.Random(view.key).random() < view.context.large_rate else "small"
+
+    def label(self, config):
+        return f"random p={config['large_rate']:.3g}"
 
 
 class StepEntropy(Strategy):
     name = "step-entropy"
     description = "H_step: small drafts; mean token entropy >= threshold: large rewrites"
-    review = "logprobs"
+    draft_logprobs = True
     costlier = {"threshold": "lower"}
 
     def score_draft(self, token_logprobs):
         return mean_token_entropy([token["top_logprobs"] for token in token_logprobs])
 
-    def rewrite(self, score, threshold):
-        return score >= threshold
+    async def review(self, view, draft):
+        score = draft["score"]  # None: its logprobs held nothing to score, so it is kept
+        return "large" if score is not None and score >= view.context.threshold else "keep"
 
 
 class StepPerplexity(StepEntropy):
@@ -120,25 +197,56 @@ class StepPerplexity(StepEntropy):
 class SpecReason(Strategy):
     name = "specreason"
     description = "SpecReason: small drafts; large scores it 0-9; below threshold: large rewrites"
-    review = "judge"
     costlier = {"threshold": "higher"}
 
-    def rewrite(self, score, threshold):
-        return score < threshold
+    async def review(self, view, draft):
+        return "large" if await view.judge(draft) < view.context.threshold else "keep"
 
 
-STRATEGIES: dict[str, Strategy] = {
-    strategy.name: strategy
-    for strategy in (
-        GlimpRouter(),
-        SmallOnly(),
-        LargeOnly(),
-        RandomRouting(),
-        StepEntropy(),
-        StepPerplexity(),
-        SpecReason(),
-    )
-}
+BUILT_INS: tuple[type[Strategy], ...] = (
+    GlimpRouter,
+    SmallOnly,
+    LargeOnly,
+    RandomRouting,
+    StepEntropy,
+    StepPerplexity,
+    SpecReason,
+)
+STRATEGIES: dict[str, Strategy] = {cls.name: cls() for cls in BUILT_INS}
+"""The registry: every strategy by the name `--method` gives it."""
+
+
+def register_strategy(cls: type[Strategy], name: str | None = None) -> type[Strategy]:
+    """Register a Strategy subclass under `name` (default: its `name`), e.g. from a notebook;
+    usable as a class decorator. Returns the class."""
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ConfigError(f"{cls!r} is not a glimprouter.Strategy subclass")
+    name = name or cls.name
+    if not name:
+        raise ConfigError(f"{cls.__name__} has no name: set its `name` or pass one")
+    known = STRATEGIES.get(name)
+    if known is not None and type(known) is not cls:
+        raise ConfigError(f"method {name!r} is already {type(known).__name__}'s")
+    STRATEGIES[name] = cls()
+    return cls
+
+
+def import_strategy(path: str) -> Strategy:
+    """The strategy at import path `package.module:ClassName`, registered under that path.
+    Only settings the operator gives (a flag, a run context) are imported: a request's method
+    must already be registered (glimprouter.endpoint.requests)."""
+    module_name, _, class_name = path.partition(":")
+    if os.getcwd() not in sys.path:  # as `python -m` and uvicorn do: the project's own modules
+        sys.path.insert(0, os.getcwd())
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(
+            f"method {path!r}: cannot import {class_name!r} from {module_name!r} ({error}); "
+            "give --method as package.module:ClassName on the Python path"
+        ) from None
+    register_strategy(cls, path)
+    return STRATEGIES[path]
 
 
 CHEAPEST_METHOD = "small-only"
@@ -146,29 +254,32 @@ CHEAPEST_METHOD = "small-only"
 The others have no order among them: what each costs depends on its threshold or large_rate and
 on the question (specreason rewriting every draft costs more than large-only)."""
 
-# The values of each choice knob; the glimpse modes and answer models cheapest first.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "method": tuple(STRATEGIES),
-    "glimpse_mode": GLIMPSE_MODES,
-    "answer_model": MODEL_ROLES,
-}
+
+def choices(knob: str) -> tuple[str, ...]:
+    """The values of a choice knob: the methods registered so far, the glimpse modes and answer
+    models cheapest first."""
+    if knob == "method":
+        return tuple(STRATEGIES)
+    return {"glimpse_mode": GLIMPSE_MODES, "answer_model": MODEL_ROLES}[knob]
 
 
 def costing_no_more(knob: str, value: str) -> tuple[str, ...]:
-    """The values of `knob` (a key of CHOICES) that cost no more than `value` on any question:
-    for a method itself and the cheapest method, else `value` and those before it."""
+    """The values of choice `knob` that cost no more than `value` on any
+    question: for a method itself and the cheapest method, else `value` and those before it."""
     if knob == "method":
         return tuple(dict.fromkeys((value, CHEAPEST_METHOD)))
-    order = CHOICES[knob]
+    order = choices(knob)
     return order[: order.index(value) + 1]
 
 
 def get_strategy(name: str) -> Strategy:
-    """The strategy registered as `name`, or an error listing the valid ones."""
-    try:
+    """The strategy registered as `name`, one imported from `package.module:ClassName`, or an
+    error listing the valid ones."""
+    if name in STRATEGIES:
         return STRATEGIES[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown method {name!r}; valid methods: {sorted(STRATEGIES)} (set --method or "
-            "GLIMPROUTER_METHOD)"
-        ) from None
+    if ":" in name:
+        return import_strategy(name)
+    raise ConfigError(
+        f"unknown method {name!r}; valid methods: {sorted(STRATEGIES)} or package.module:ClassName "
+        "(set --method or GLIMPROUTER_METHOD)"
+    )

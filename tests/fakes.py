@@ -25,9 +25,9 @@ from glimprouter.model_servers.client import CANARY_QUESTION
 # client closes the connection), "drop" (start the stream, then cut the connection), "stall"
 # (start the stream, then send nothing more) or a dict
 # of overrides for a well-formed reply ({"content": ..., "finish_reason": ..., "top_logprob":
-# ..., "candidates": ..., "finish_on_last_token": True, which streams the finish reason with
-# the last token, as vLLM does, rather than in a chunk of its own, "after_first_token": a
-# function called between a stream's first chunk and the rest}).
+# ..., "candidates": ..., "top_tokens": their texts, "finish_on_last_token": True, which streams
+# the finish reason with the last token, as vLLM does, rather than in a chunk of its own,
+# "after_first_token": a function called between a stream's first chunk and the rest}).
 Fault = Callable[[int, dict[str, Any]], Any]
 
 
@@ -99,9 +99,10 @@ class FakeModelServer(BaseHTTPRequestHandler):
         def logprobs(token):
             if not request.get("logprobs"):
                 return None
+            names = overrides.get("top_tokens") or [f"t{i}" for i in range(candidates)]
             top = [
-                {"token": f"t{i}", "logprob": logprob, "bytes": [116, 48 + i]}
-                for i in range(candidates)
+                {"token": name, "logprob": logprob, "bytes": list(name.encode())}
+                for name in names[:candidates]
             ]
             entry = {"token": token, "logprob": logprob, "bytes": list(token.encode())}
             return {"content": [{**entry, "top_logprobs": top}]}

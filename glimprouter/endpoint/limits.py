@@ -18,7 +18,14 @@ from typing import Any
 from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.settings import request_limits
-from glimprouter.strategies import CHOICES, STRATEGIES, Direction, costing_no_more, get_strategy
+from glimprouter.strategies import (
+    STRATEGIES,
+    Direction,
+    Strategy,
+    choices,
+    costing_no_more,
+    get_strategy,
+)
 
 DEFAULT_MODEL_NAME = "glimprouter"
 # Chains that may wait for a place among --max-concurrency when --max-waiting is not given.
@@ -143,6 +150,9 @@ class Bounds:
     numbers: tuple[Bound, ...]
     choices: dict[str, tuple[tuple[str, ...], str]]
     """Choice knob -> (the values a request may pick, the flag that widens them)."""
+    own: tuple[str, str] = ("", "")
+    """The server's (method, knobs): a request moves a strategy's own knobs only the cheaper
+    way from the server's values (from the knob's default under another method)."""
 
 
 def default_chain_tokens(limits: RouterLimits, base: RouterContext) -> int:
@@ -200,7 +210,7 @@ def bounds(limits: RouterLimits, base: RouterContext) -> Bounds:
             raise ConfigError(f"{flag} {value} must be above {least}")
     if limits.max_waiting is not None and limits.max_concurrency is None:
         raise ConfigError("--max-waiting needs --max-concurrency: without it no chain waits")
-    return Bounds(tuple(numbers), choices)
+    return Bounds(tuple(numbers), choices, (base.method, base.knobs))
 
 
 def server_flags() -> list[dataclasses.Field]:
@@ -215,9 +225,13 @@ def _choices(limit: dataclasses.Field, given: Any, base: RouterContext) -> tuple
     own = getattr(base, knob)
     if given is None:
         return costing_no_more(knob, own)
-    unknown = sorted(set(given) - set(CHOICES[knob]))
+    if knob == "method":  # the operator's: an import path among them is imported
+        for method in given:
+            if ":" in method:
+                get_strategy(method)
+    unknown = sorted(set(given) - set(choices(knob)))
     if unknown:
-        raise ConfigError(f"{flag}: unknown {knob} {unknown}; valid: {list(CHOICES[knob])}")
+        raise ConfigError(f"{flag}: unknown {knob} {unknown}; valid: {list(choices(knob))}")
     if own not in given:
         raise ConfigError(
             f"{knob}={own!r} is not in {flag} {list(given)}: add it there or change "
@@ -270,6 +284,8 @@ def refusal(context: RouterContext, allowed: Bounds, names: Mapping[str, str]) -
                 "value_not_allowed",
             )
     strategy = get_strategy(context.method)
+    if refused := _own_knob_refusal(context, strategy, allowed, names):
+        return refused
     for bound in allowed.numbers:
         if bound.knob in STRATEGY_KNOBS and strategy.costlier.get(bound.knob) != bound.refused:
             continue  # not read by this method, or moved the cheaper way
@@ -280,6 +296,27 @@ def refusal(context: RouterContext, allowed: Bounds, names: Mapping[str, str]) -
                 bound.knob,
                 f"{names.get(bound.knob, bound.knob)}={value} is {_side(bound)} this server's "
                 f"limit of {bound.limit}{reason} ({bound.flag})",
+                f"value_{_side(bound)}_limit",
+            )
+    return None
+
+
+def _own_knob_refusal(
+    context: RouterContext, strategy: Strategy, allowed: Bounds, names: Mapping[str, str]
+) -> Refusal | None:
+    """The first of the strategy's own knobs (`Knobs`) that the run moves past the server's
+    value the way that costs more."""
+    method, knobs = allowed.own
+    run, server = (
+        strategy.knobs_of(k) for k in (context.knobs, knobs if method == context.method else "")
+    )
+    for name, way in strategy.own_costlier().items():
+        bound = Bound(name, getattr(server, name), way, "--knob")
+        if _past(getattr(run, name), bound):
+            return Refusal(
+                "knobs",
+                f"{names.get('knobs', 'knobs')} {name}={getattr(run, name)} is {_side(bound)} "
+                f"this server's {bound.limit} for {context.method} (--knob)",
                 f"value_{_side(bound)}_limit",
             )
     return None

@@ -25,6 +25,7 @@ from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.settings import request_knobs
 from glimprouter.prompts import TEMPLATES
+from glimprouter.strategies import STRATEGIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +206,20 @@ def _run_context(
     if budgets:
         knobs["token_budget"] = given[budgets[0]]
         origin["token_budget"] = budgets[0]
+    if knobs.get("method") not in (None, *STRATEGIES):
+        # Refused before RouterContext reads it: a request names a method the server has
+        # registered, never an import path for it to import.
+        allowed, flag = limits.choices["method"]
+        raise RequestError(
+            400,
+            f"method={knobs['method']!r} is not a method this server runs: it allows "
+            f"{list(allowed)} ({flag})",
+            param="method",
+            code="value_not_allowed",
+        )
+    if knobs.get("method", base.method) != base.method and "knobs" not in knobs:
+        knobs["knobs"] = ""  # the server's own knobs are its method's: another starts at defaults
+        origin["knobs"] = "method"
     try:
         context = dataclasses.replace(base, **knobs)
     except ConfigError as error:

@@ -14,7 +14,7 @@ import numpy as np
 from glimprouter.errors import ConfigError
 from glimprouter.evals import stats
 from glimprouter.evals.results import CONFIG_FILE, read_results
-from glimprouter.strategies import MODEL_ROLES
+from glimprouter.strategies import MODEL_ROLES, get_strategy
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,7 @@ class Row:
 
 
 def method_label(config: dict[str, Any]) -> str:
-    method = config["method"]
-    if method == "random":
-        return f"random p={config['large_rate']:.3g}"
-    if method in ("small-only", "large-only"):
-        return method
-    return f"{method} t={config['threshold']:.4g}"
+    return get_strategy(config["method"]).label(config)
 
 
 def summarise(

@@ -91,7 +91,8 @@ class RouterContext:
     method: str = field(
         default="glimprouter",
         metadata=setting(
-            f"Routing strategy: {', '.join(STRATEGIES)}.",
+            f"Routing strategy: {', '.join(STRATEGIES)}, or a Strategy subclass's import path "
+            "package.module:ClassName.",
             flag_help="routing strategy (default glimprouter; see the README)",
             request=True,
             identity=True,
@@ -105,6 +106,17 @@ class RouterContext:
             "above which the large model rewrites. specreason: judge score (0-9) below which it "
             "rewrites.",
             flag_help="glimpse entropy at or above which the large model writes",
+            request=True,
+            identity=True,
+        ),
+    )
+    knobs: str = field(
+        default="",
+        metadata=setting(
+            "The method's own knobs (its Strategy's Knobs), as name=value separated by commas; "
+            "unset knobs keep their defaults.",
+            flag="--knob",
+            flag_help="the method's own knobs, e.g. --knob lower=0.6 (name=value,...)",
             request=True,
             identity=True,
         ),

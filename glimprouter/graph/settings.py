@@ -42,10 +42,10 @@ def setting(
 ) -> dict[str, Any]:
     """The one declaration of a RouterContext field's surfaces, as its dataclass metadata.
 
-    `description` is what Studio and the README show; `flag_help` the command-line flag's help,
-    and `flag` its name when not --field-name. `request`: a request to serve-router may set it;
-    `limit` (RouterLimits attribute, serve-router flag): the server-side bound of what a request
-    sets. `identity`: part of what an eval's results directory is pinned to.
+    `description` is what Studio and docs/settings.md show; `flag_help` the command-line flag's
+    help, and `flag` its name when not --field-name. `request`: a request to serve-router may set
+    it; `limit` (RouterLimits attribute, serve-router flag): the server-side bound of what a
+    request sets. `identity`: part of what an eval's results directory is pinned to.
     """
     return {
         "description": description,
@@ -198,7 +198,7 @@ def check_values(context: Any) -> None:
             "threshold",
             "is negative: entropies are >= 0, use 0 to route every step to the large model",
         )
-    get_strategy(context.method)
+    get_strategy(context.method).knobs_of(context.knobs)
     if not 0 <= context.large_rate <= 1:
         raise bad("large_rate", "must be a probability in [0, 1]")
     if context.glimpse_mode not in GLIMPSE_MODES:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired
 
 from typing_extensions import TypedDict  # pydantic (Studio schemas) needs it before 3.12
 
@@ -100,6 +100,8 @@ class RouterState(InputState, OutputState):
     """The loop's full state: the output so far plus the pending routing decision."""
 
     glimpse_entropy: float | None  # entropy of the glimpse for the step about to be written
+    # The probe's top-k candidates, for `decide` to show the strategy (None once it has).
+    glimpse_top_logprobs: NotRequired[list[dict[str, Any]] | None]
     writer: ModelRole | None  # who writes that step (chosen by the streamed glimpse or decide)
     # The small model's draft of that step (reviewing methods): awaiting review, or rejected and
     # awaiting the large model's rewrite, which records it in its `draft`.

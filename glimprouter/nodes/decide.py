@@ -18,7 +18,9 @@ async def decide(state: RouterState, runtime: Runtime[RouterContext]) -> dict[st
     if state.get("stop_reason") or state.get("writer"):
         return {}
     context, strategy = run_strategy(runtime)
-    return {"writer": next_writer(state, context, strategy, state.get("glimpse_entropy"))}
+    glimpsed = state.get("glimpse_entropy"), state.get("glimpse_top_logprobs")
+    writer = next_writer(state, context, strategy, *glimpsed)
+    return {"writer": writer, "glimpse_top_logprobs": None}
 
 
 def route_to_writer(state: RouterState) -> Literal["small_step", "large_step", "answer"]:

@@ -45,7 +45,7 @@ async def glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[s
 
 async def _glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
     context, strategy = run_strategy(runtime)
-    if not strategy.glimpses:
+    if not strategy.glimpse:
         return {"glimpse_entropy": None, "writer": None}
     # At the chain's start the large model's server gets the prompt while the small model
     # glimpses: the large model may take the first step.
@@ -68,6 +68,7 @@ async def _glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[
         return {"stop_reason": "context_length", **warmed}
     return {
         "glimpse_entropy": top_k_entropy(probe.first_token_top_logprobs),
+        "glimpse_top_logprobs": probe.first_token_top_logprobs,
         "writer": None,
         "usage": probe.usage("small"),
         **warmed,
@@ -80,7 +81,8 @@ async def _streamed(
     warmed: list[dict[str, Any]] = []
 
     def small_keeps_it(top_logprobs: list[TopLogprob]) -> bool:
-        keeps = next_writer(state, context, strategy, top_k_entropy(top_logprobs)) == "small"
+        entropy = top_k_entropy(top_logprobs)
+        keeps = next_writer(state, context, strategy, entropy, top_logprobs) == "small"
         if keeps and not warmed:  # once, though a stream cut off and retried asks again
             warmed.append(warm_large_model(state, context))
         return keeps

@@ -37,8 +37,8 @@ def make_step_node(role: ModelRole) -> StepNode:
             return {**commit_step(streamed), "streamed_step": None}
         if chain_spent(state, context):  # a glimpse, probe or judge call took the last tokens
             return CHAIN_SPENT
-        drafting = role == "small" and strategy.review != "none"
-        scored_by_logprobs = drafting and strategy.review == "logprobs"
+        drafting = role == "small" and strategy.drafts()
+        scored_by_logprobs = drafting and strategy.draft_logprobs
         warmed = warm_large_model(state, context) if role == "small" else {}
         grows = None if drafting else warm_as_step_grows(state, context, role)
         top_logprobs = context.top_k if scored_by_logprobs else None

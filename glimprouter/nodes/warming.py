@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 # block's worth of new tokens leaves the idle model at most that much to prefill at takeover.
 WARM_EVERY_TOKENS = 32
 
-# The method under which a model writes nothing but, maybe, the answer.
-_WRITES_ONLY_THE_ANSWER: dict[ModelRole, str] = {"small": "large-only", "large": "small-only"}
-
 
 @dataclass
 class _Warming:
@@ -83,8 +80,7 @@ def warming_pays(context: RouterContext, role: ModelRole) -> bool:
     """
     if not context.warm_prefix_cache:
         return False
-    method = get_strategy(context.method).name
-    if method == _WRITES_ONLY_THE_ANSWER[role] and context.answer_model != role:
+    if role not in get_strategy(context.method).step_writers and context.answer_model != role:
         return False
     small, large = ([url.rstrip("/") for url in context.replica_urls(r)] for r in MODEL_ROLES)
     return large != small

@@ -236,7 +236,7 @@ def test_last_user_message_is_the_question(client):
         ({"messages": chat()["messages"]}, 400, "model", "model is required"),
         (chat(n=2), 400, "n", "one chain of thought per request"),
         (chat(threshold=-1), 400, "threshold", "threshold=-1 is negative"),
-        (chat(method="magic"), 400, "method", "valid methods"),
+        (chat(method="magic"), 400, "method", "not a method this server runs"),
         (chat(glimpse_mode="peek"), 400, "glimpse_mode", "['stream', 'probe']"),
         (chat(answer_model="medium"), 400, "answer_model", "['small', 'large']"),
         (chat(top_p=0), 400, "top_p", "(0, 1]"),

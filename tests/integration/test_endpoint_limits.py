@@ -25,7 +25,7 @@ from glimprouter.endpoint.limits import (
 )
 from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
-from glimprouter.strategies import CHOICES, STRATEGIES, costing_no_more
+from glimprouter.strategies import STRATEGIES, choices, costing_no_more
 from tests.fakes import chat, context_at
 
 WIDE = RouterLimits(
@@ -197,7 +197,7 @@ class TestCostCheck:
         assert costing_no_more("glimpse_mode", "stream") == ("stream",)
         assert costing_no_more("glimpse_mode", "probe") == ("stream", "probe")
         assert costing_no_more("answer_model", "large") == ("small", "large")
-        assert set(CHOICES["method"]) == set(STRATEGIES)
+        assert set(choices("method")) == set(STRATEGIES)
 
     def test_each_knob_only_the_way_that_costs_more(self):
         assert self.refused(threshold=0.99) == "threshold"
@@ -222,5 +222,6 @@ class TestCostCheck:
         declared = {(f.metadata["knob"], f.metadata.get("refused")) for f in COST_LIMITS}
         read = {(k, way) for s in STRATEGIES.values() for k, way in s.costlier.items()}
         assert read <= declared
-        assert {knob for knob, way in declared if way is None} == set(CHOICES)
+        choice_knobs = {"method", "glimpse_mode", "answer_model"}
+        assert {knob for knob, way in declared if way is None} == choice_knobs
         assert limit_flag("allow_methods") == "--allow-methods"

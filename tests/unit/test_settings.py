@@ -1,12 +1,11 @@
 """Each RouterContext setting is declared once, in its field: the command line's flags, the
-endpoint's per-request knobs and their limits, an eval's identity, Studio's schema and the
-README's table all come from that declaration."""
+endpoint's per-request knobs and their limits, an eval's identity, Studio's schema and
+docs/settings.md (tests/test_docs.py) all come from that declaration."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 
 from glimprouter.cli import build_parser
 from glimprouter.context_flags import add_context_flags
@@ -21,10 +20,7 @@ from glimprouter.graph.settings import (
     request_limits,
     setting,
 )
-from glimprouter.strategies import STRATEGIES
-from tests.paths import REPO
-
-README = REPO / "README.md"
+from glimprouter.strategies import BUILT_INS
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -78,12 +74,4 @@ def test_secrets_and_endpoints_stay_off_requests_and_out_of_the_identity():
 
 def test_the_method_setting_names_the_registered_strategies():
     (method,) = [f for f in dataclasses.fields(RouterContext) if f.name == "method"]
-    assert all(name in method.metadata["description"] for name in STRATEGIES)
-
-
-def test_the_readme_settings_table_lists_every_setting():
-    text = README.read_text()
-    table = text[text.index("## Settings") :].split("\n## ", 1)[0]
-    rows = [line for line in table.splitlines() if line.startswith("| `")]
-    listed = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
-    assert listed == {f.name for f in dataclasses.fields(RouterContext)}
+    assert all(cls.name in method.metadata["description"] for cls in BUILT_INS)

@@ -1,5 +1,6 @@
 """Routing strategies and the scores they use, as pure functions."""
 
+import asyncio
 import math
 
 import pytest
@@ -8,7 +9,7 @@ from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
 from glimprouter.prompts import judge_messages
 from glimprouter.scoring import judge_score, mean_token_entropy, perplexity
-from glimprouter.strategies import STRATEGIES, get_strategy
+from glimprouter.strategies import BUILT_INS, STRATEGIES, StepView, get_strategy
 
 
 def top(*probabilities):
@@ -18,8 +19,25 @@ def top(*probabilities):
     ]
 
 
+def view(entropy=None, key="k", judged=None, **context):
+    async def judge(draft):
+        return judged
+
+    return StepView(0, entropy, None, [], RouterContext(**context), None, key, judge)
+
+
+def decide(name, entropy=None, key="k", **context):
+    return get_strategy(name).decide(view(entropy, key, **context))
+
+
+def review(name, score, judged=None, **context):
+    draft = {"text": "a draft", "score": score}
+    return asyncio.run(get_strategy(name).review(view(judged=judged, **context), draft))
+
+
 def test_registry_holds_the_method_and_its_baselines():
-    assert set(STRATEGIES) == {
+    assert {cls.name for cls in BUILT_INS} <= set(STRATEGIES)
+    assert {cls.name for cls in BUILT_INS} == {
         "glimprouter",
         "small-only",
         "large-only",
@@ -38,19 +56,18 @@ def test_unknown_method_lists_the_valid_ones():
 
 
 def test_fixed_strategies():
-    assert get_strategy("small-only").choose(3.0, 0.0, 1.0, "k") == "small"
-    assert get_strategy("large-only").choose(0.0, 9.0, 0.0, "k") == "large"
-    assert get_strategy("glimprouter").choose(1.0, 1.0, 0.0, "k") == "large"
-    assert get_strategy("glimprouter").choose(0.99, 1.0, 0.0, "k") == "small"
+    assert decide("small-only", 3.0, threshold=0.0, large_rate=1.0) == "small"
+    assert decide("large-only", 0.0, threshold=9.0, large_rate=0.0) == "large"
+    assert decide("glimprouter", 1.0, threshold=1.0) == "large"
+    assert decide("glimprouter", 0.99, threshold=1.0) == "small"
 
 
 def test_random_is_seeded_per_key_and_matches_its_rate():
-    random_routing = get_strategy("random")
-    picks = [random_routing.choose(None, 0.0, 0.3, f"0|q|{i}") for i in range(4000)]
-    assert picks == [random_routing.choose(None, 0.0, 0.3, f"0|q|{i}") for i in range(4000)]
+    picks = [decide("random", key=f"0|q|{i}", large_rate=0.3) for i in range(4000)]
+    assert picks == [decide("random", key=f"0|q|{i}", large_rate=0.3) for i in range(4000)]
     assert picks.count("large") / len(picks) == pytest.approx(0.3, abs=0.03)
-    assert {random_routing.choose(None, 0.0, 0.0, str(i)) for i in range(50)} == {"small"}
-    assert {random_routing.choose(None, 0.0, 1.0, str(i)) for i in range(50)} == {"large"}
+    assert {decide("random", key=str(i), large_rate=0.0) for i in range(50)} == {"small"}
+    assert {decide("random", key=str(i), large_rate=1.0) for i in range(50)} == {"large"}
 
 
 def test_large_rate_must_be_a_probability():
@@ -60,7 +77,8 @@ def test_large_rate_must_be_a_probability():
 
 def test_reviewing_strategies_draft_with_the_small_model():
     for name in ("step-entropy", "step-ppl", "specreason"):
-        assert get_strategy(name).choose(None, 1.0, 1.0, "k") == "small"
+        assert decide(name, threshold=1.0, large_rate=1.0) == "small"
+        assert get_strategy(name).drafts()
 
 
 def test_step_entropy_is_the_mean_token_entropy():
@@ -71,7 +89,9 @@ def test_step_entropy_is_the_mean_token_entropy():
     assert mean_token_entropy([t["top_logprobs"] for t in tokens]) == pytest.approx(math.log(2) / 2)
     strategy = get_strategy("step-entropy")
     assert strategy.score_draft(tokens) == pytest.approx(math.log(2) / 2)
-    assert strategy.rewrite(0.5, 0.5) and not strategy.rewrite(0.49, 0.5)
+    assert review("step-entropy", 0.5, threshold=0.5) == "large"
+    assert review("step-entropy", 0.49, threshold=0.5) == "keep"
+    assert review("step-entropy", None, threshold=0.0) == "keep"  # nothing to score: kept
 
 
 def test_step_perplexity():
@@ -88,8 +108,8 @@ def test_specreason_judge_score_is_the_expected_digit():
     ]
     assert judge_score(candidates) == pytest.approx((9 * 0.6 + 7 * 0.2) / 0.8)
     assert judge_score([{"token": "x", "logprob": 0.0, "bytes": None}]) == 0.0
-    specreason = get_strategy("specreason")
-    assert specreason.rewrite(6.9, 7.0) and not specreason.rewrite(7.0, 7.0)
+    assert review("specreason", None, judged=6.9, threshold=7.0) == "large"
+    assert review("specreason", None, judged=7.0, threshold=7.0) == "keep"
 
 
 def test_judge_request_scores_the_last_step_in_specreasons_words():
