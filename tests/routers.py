@@ -100,7 +100,13 @@ FRESH_CONNECTION = {"Connection": "close"}  # each request is accepted anew, by 
 
 
 def scrape(base_url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of a router's /metrics, by (name, sorted labels)."""
     reply = httpx.get(base_url.removesuffix("/v1") + "/metrics", headers=FRESH_CONNECTION)
+    return samples(reply)
+
+
+def samples(reply: httpx.Response) -> dict[tuple[str, tuple], float]:
+    """Every sample of a /metrics reply, by (name, sorted labels)."""
     assert reply.status_code == 200, reply.text
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value

@@ -16,15 +16,13 @@ from glimprouter.evals import stats
 from glimprouter.evals.datasets import Problem, load_problems, split_problems
 from glimprouter.evals.report import load_rows, markdown, paired_markdown, verdict
 from glimprouter.evals.results import (
-    ResultsWriter,
-    pin_configuration,
     realised_large_share,
     results_dirs,
-    run_identity,
 )
 from glimprouter.graph.context import RouterContext
 from tests.fakes import fake_model_server
 from tests.paths import SHARED_DATA
+from tests.runs import write_run
 
 DATA_DIR = SHARED_DATA
 
@@ -138,14 +136,6 @@ def record(problem_id, correct, *, steps=4, large_steps=1, latency=10.0, dataset
         "large_requests": large_steps + 1,
         "trace": [],
     }
-
-
-def write_run(directory, context, records, selection=None):
-    pin_configuration(directory, run_identity("math500", context, 1, selection=selection))
-    writer = ResultsWriter(directory)
-    for r in records:
-        writer.write(r)
-    writer.close()
 
 
 def test_the_matched_rate_is_the_recorded_large_step_share(tmp_path):
