@@ -38,7 +38,7 @@ from glimprouter.evals.datasets import load_problems
 from glimprouter.evals.results import read_results
 from glimprouter.evals.runner import run_eval
 from glimprouter.model_servers.client import complete, new_chain_id, prefill, stream_step
-from glimprouter.prompts import STEP_SEPARATOR, next_step_messages
+from glimprouter.prompts import next_step_messages
 from glimprouter.vllm_launcher.command import CPU_BLOCK_SIZE
 from glimprouter.vllm_launcher.pair import local_pair_specs, serve
 
@@ -152,7 +152,7 @@ async def time_small_step(context: RouterContext, messages: list[dict[str, str]]
         "max_tokens": context.step_max_tokens,
         "temperature": context.temperature,
         "top_p": context.top_p,
-        "stop": [STEP_SEPARATOR],
+        "stop": [context.step_separator],
     }
     await prefill(context, "small", messages, chain_id=chain_id)
     started = time.perf_counter()

@@ -17,7 +17,9 @@ from glimprouter.ask import ask
 from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.endpoint.command import add_router_command
 from glimprouter.errors import ConfigError, GlimpRouterError
-from glimprouter.evals.cli import add_eval_commands
+from glimprouter.evals.cli import RUN_COMMANDS, add_eval_commands
+from glimprouter.evals.config_file import expand_config
+from glimprouter.extras import missing_extra
 from glimprouter.prompts import TEMPLATES
 from glimprouter.stopping import exit_status, run, sigterm_stops
 from glimprouter.threads_command import add_threads_command
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_commands(commands)
     add_router_command(commands)
     add_threads_command(commands)
+    parser.commands = commands.choices  # each command's parser, which --config expands against
     return parser
 
 
@@ -70,12 +73,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed problems, 2 an error, 130 / 143 a job stopped by Ctrl-C / SIGTERM (rerun it to
     resume: finished work is kept).
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] in RUN_COMMANDS:
+            argv = expand_config(parser.commands[argv[0]], argv)
+        args = parser.parse_args(argv)
         with sigterm_stops():
             return args.handler(args)
     except GlimpRouterError as error:
         print(f"glimprouter: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:  # a package of an extra, imported by a library between
+        if (missing := missing_extra(error)) is None:
+            raise
+        print(f"glimprouter: error: {missing}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         print(f"glimprouter: stopped ({interrupt or 'Ctrl-C'})", file=sys.stderr)

@@ -8,7 +8,9 @@ from glimprouter.prompts import STEP_SEPARATOR
 BOXED_COMMANDS = ("\\boxed", "\\fbox")
 
 
-def split_step(text: str, finish_reason: str | None) -> tuple[str, StepFinish]:
+def split_step(
+    text: str, finish_reason: str | None, separator: str = STEP_SEPARATOR
+) -> tuple[str, StepFinish]:
     """The step text without its separator, and whether it ended at the separator, EOS or length.
 
     Steps are requested with the separator kept in the output (vLLM's
@@ -18,8 +20,8 @@ def split_step(text: str, finish_reason: str | None) -> tuple[str, StepFinish]:
     """
     if finish_reason == "length":
         return text, "length"
-    if text.endswith(STEP_SEPARATOR):
-        return text[: -len(STEP_SEPARATOR)], "separator"
+    if text.endswith(separator):
+        return text[: -len(separator)], "separator"
     return text, "end_of_sequence"
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from glimprouter.errors import ConfigError
 
+# The paper's step boundary, a blank line: the default of the step_separator setting.
 STEP_SEPARATOR = "\n\n"
 THINK_OPEN = "<think>\n"
 THINK_CLOSE = "</think>"
@@ -70,18 +71,18 @@ def render_question(question: str, task: str = "math", template: str | None = No
     return template.replace("{question}", question)
 
 
-def thinking_prefix(step_texts: Sequence[str]) -> str:
+def thinking_prefix(step_texts: Sequence[str], separator: str = STEP_SEPARATOR) -> str:
     """Assistant text the next step continues: '<think>\\n' then each step and its separator."""
-    return THINK_OPEN + "".join(text + STEP_SEPARATOR for text in step_texts)
+    return THINK_OPEN + "".join(text + separator for text in step_texts)
 
 
-def answer_prefix(step_texts: Sequence[str]) -> str:
+def answer_prefix(step_texts: Sequence[str], separator: str = STEP_SEPARATOR) -> str:
     """Assistant text the answer continues: the thinking, closed by exactly one </think>.
 
     When a step already closed the thinking, whatever followed </think> in it is dropped, so the
     answer model writes the whole answer.
     """
-    thinking = STEP_SEPARATOR.join(step_texts)
+    thinking = separator.join(step_texts)
     if THINK_CLOSE in thinking:
         thinking = thinking.split(THINK_CLOSE, 1)[0].rstrip("\n")
     return f"{THINK_OPEN}{thinking}\n{THINK_CLOSE}\n\n"
@@ -101,20 +102,26 @@ def next_step_messages(
     task: str = "math",
     template: str | None = None,
     step_begun: str = "",
+    separator: str = STEP_SEPARATOR,
 ) -> list[dict[str, str]]:
     """The request that continues the chain of thought with its next step (after `step_begun`,
     the part of that step a model has written so far)."""
     return continuation_messages(
-        render_question(question, task, template), thinking_prefix(step_texts) + step_begun
+        render_question(question, task, template),
+        thinking_prefix(step_texts, separator) + step_begun,
     )
 
 
 def answer_messages(
-    question: str, step_texts: Sequence[str], task: str = "math", template: str | None = None
+    question: str,
+    step_texts: Sequence[str],
+    task: str = "math",
+    template: str | None = None,
+    separator: str = STEP_SEPARATOR,
 ) -> list[dict[str, str]]:
     """The request that writes the final answer after the closed thinking."""
     return continuation_messages(
-        render_question(question, task, template), answer_prefix(step_texts)
+        render_question(question, task, template), answer_prefix(step_texts, separator)
     )
 
 
@@ -128,12 +135,16 @@ JUDGE_ANSWER_PREFIX = "<think>I think the quality score is: "
 
 
 def judge_messages(
-    question: str, step_texts: Sequence[str], task: str = "math", template: str | None = None
+    question: str,
+    step_texts: Sequence[str],
+    task: str = "math",
+    template: str | None = None,
+    separator: str = STEP_SEPARATOR,
 ) -> list[dict[str, str]]:
     """The request in which the large model scores the last of `step_texts` from 0 to 9."""
     return [
         {"role": "user", "content": render_question(question, task, template)},
-        {"role": "assistant", "content": thinking_prefix(step_texts)},
+        {"role": "assistant", "content": thinking_prefix(step_texts, separator)},
         {"role": "user", "content": JUDGE_INSTRUCTION},
         {"role": "assistant", "content": JUDGE_ANSWER_PREFIX},
     ]

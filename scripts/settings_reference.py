@@ -50,7 +50,8 @@ def _default(setting_field: dataclasses.Field) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, str):
-        return f"`{value}`" if value else "empty"
+        # Escaped as the flag and the variable take it (step_separator's "\\n\\n").
+        return f"`{value.encode('unicode_escape').decode()}`" if value else "empty"
     return f"`{value}`"
 
 

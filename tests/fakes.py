@@ -10,6 +10,7 @@ import math
 import re
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +49,9 @@ class FakeModelServer(BaseHTTPRequestHandler):
 
     def do_POST(self):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.server.dies is not None:
+            self._die(self.server.dies)
+            return
         if not self.path.endswith("/chat/completions"):  # no vLLM /tokenize: like other servers
             self._json(404, {"error": {"message": f"no route {self.path}"}})
             return
@@ -156,6 +160,22 @@ class FakeModelServer(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the glimpse closed the stream after the first token: the large model writes
 
+    def _die(self, how: str) -> None:
+        """As a SIGKILLed server: the port closed and this connection reset, before any answer
+        ("at_first_post") or after half of one ("mid_reply")."""
+        if how == "mid_reply":
+            body = json.dumps({"id": "fake", "object": "chat.completion", "choices": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+        self.server.shutdown()  # no connection is accepted once this one is reset
+        self.server.server_close()
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+
     def _wait_for_the_client_to_close(self, index: int) -> None:
         while not self.server.released.is_set():
             readable, _, _ = select.select([self.connection], [], [], 0.05)
@@ -182,16 +202,20 @@ def fake_model_server(
     fail_model: str | None = None,
     fault: Fault | None = None,
     root: str | None = None,
+    dies: str | None = None,
 ) -> Iterator[Any]:
     """Serve the fake on a free loopback port; `server.url` is its base URL, `server.requests`
     every request body it received, `server.headers` their headers (names in lower case), and
     `server.closed` the requests whose client closed the connection while an "until_closed"
     fault held them. `server.fault` may be changed live. `root`: the model the served names
-    stand for in /v1/models (unlisted by default, as on servers other than vLLM)."""
+    stand for in /v1/models (unlisted by default, as on servers other than vLLM). With `dies` the
+    server dies at its first POST (the start-up canary, after answering /models), as a replica
+    killed mid-check: "at_first_post" resets the connection unanswered, "mid_reply" after half a
+    reply."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeModelServer)
     server.daemon_threads = True
     server.requests, server.delay_s, server.fail_model = [], delay_s, fail_model
-    server.headers, server.closed, server.root = [], [], root
+    server.headers, server.closed, server.root, server.dies = [], [], root, dies
     server.fault, server.lock, server.released = fault, threading.Lock(), threading.Event()
     server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -31,6 +31,19 @@ def start_router(
                "--small-url", url, "--large-url", url, "--token-budget", str(token_budget),
                "--step-max-tokens", "16", "--answer-max-tokens", "16", "--max-retries", "0",
                *(["--checkpoint-db", database] if database else []), *flags]  # fmt: skip
+    return started_router(command, **popen)
+
+
+def start_router_at_defaults(url: str, *flags: str, **popen) -> tuple[subprocess.Popen, str]:
+    """A serve-router process at the default settings but `flags` and no retries, both models on
+    `url`; its base URL once it is ready."""
+    command = [sys.executable, "-m", "glimprouter.cli", "serve-router", "--port", "0",
+               "--small-url", url, "--large-url", url, "--max-retries", "0", *flags]  # fmt: skip
+    return started_router(command, **popen)
+
+
+def started_router(command: list[str], **popen) -> tuple[subprocess.Popen, str]:
+    """The serve-router `command` started; its base URL once it is ready."""
     popen = {"stderr": subprocess.DEVNULL, **popen}
     process = start(command, stdout=subprocess.PIPE, text=True, **popen)
     try:

@@ -22,8 +22,20 @@ validation (422, its own error format) would have to be overridden to give; the 
 the validation and the OpenAPI document all the same.
 """
 
-from glimprouter.endpoint.app import create_app
-from glimprouter.endpoint.limits import RouterLimits
-from glimprouter.endpoint.server import serve_router
+import importlib
+from typing import Any
 
-__all__ = ["RouterLimits", "create_app", "serve_router"]
+# Loaded on first use: the CLI imports `command` (its flags) for `glimprouter --help`, which must
+# not need the [serve] extra (Starlette, uvicorn) that `app` and `server` import.
+_EXPORTS = {
+    "RouterLimits": "glimprouter.endpoint.limits",
+    "create_app": "glimprouter.endpoint.app",
+    "serve_router": "glimprouter.endpoint.server",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

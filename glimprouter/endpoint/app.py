@@ -4,7 +4,6 @@ request body's JSON and the server-sent event stream."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import time
@@ -21,18 +20,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from glimprouter.endpoint.admission import RemoteGate
 from glimprouter.endpoint.chains import Chains
 from glimprouter.endpoint.errors import RequestError, as_request_error
 from glimprouter.endpoint.hosts import RequireHost
 from glimprouter.endpoint.keys import OPEN_PATHS, ApiKeys, RequireKey
 from glimprouter.endpoint.limits import (
-    DEFAULT_MAX_WAITING,
     DEFAULT_MODEL_NAME,
     RouterLimits,
     bounds,
     default_chain_tokens,
 )
-from glimprouter.endpoint.load import Load, OpenStreams
+from glimprouter.endpoint.load import Gate, Load, LocalGate, Scheduler
 from glimprouter.endpoint.metrics import CountRequests, RouterMetrics
 from glimprouter.endpoint.openapi import openapi_document
 from glimprouter.endpoint.protocol import Health, ModelCard, ModelList, request_model
@@ -103,16 +102,18 @@ def create_app(
     thread_ttl: float | None = None,
     max_thread_checkpoints: int | None = DEFAULT_MAX_THREAD_CHECKPOINTS,
     hosts: Collection[str] | None = None,
+    scheduler_socket: str | None = None,
 ) -> Starlette:
     """The ASGI app: GET /v1/models, POST /v1/chat/completions, GET /health (load) and GET
     /openapi.json (the wire format, from the protocol's models). With `api_keys`, /v1 needs one
-    of them, and so does /metrics unless `open_metrics`; each key holds at most
-    max_streams_per_key open streams. With `checkpoint_db`, a request may carry a thread_id
-    whose chain is kept there, as its API key's (at most `max_thread_checkpoints` checkpoints
-    each; deleted once not touched for `thread_ttl` seconds, if set). With `hosts`, a request
-    naming another Host is refused. `limits` bound what a request may ask (by default no more
-    than `base_context` costs), and every chain its max_chain_tokens (`default_chain_tokens`
-    when `base_context` sets none)."""
+    of them, and so does /metrics unless `open_metrics`. Chains run when `limits` give them a
+    place: from a Scheduler of this app's own, or with `scheduler_socket` from the serve-router
+    process that owns the one all its workers share (endpoint/admission.py). With
+    `checkpoint_db`, a request may carry a thread_id whose chain is kept there, as its API key's
+    (at most `max_thread_checkpoints` checkpoints each; deleted once not touched for
+    `thread_ttl` seconds, if set). With `hosts`, a request naming another Host is refused.
+    `limits` bound what a request may ask (by default no more than `base_context` costs), and
+    every chain its max_chain_tokens (`default_chain_tokens` when `base_context` sets none)."""
     limits = limits or RouterLimits()
     if base_context.max_chain_tokens is None:  # a server bounds what every chain may cost
         chain_tokens = default_chain_tokens(limits, base_context)
@@ -121,11 +122,9 @@ def create_app(
     if task not in TEMPLATES:
         raise ConfigError(f"unknown task {task!r}; valid tasks: {sorted(TEMPLATES)}")
     api_keys = api_keys or ApiKeys()
-    max_waiting = DEFAULT_MAX_WAITING if limits.max_waiting is None else limits.max_waiting
     metrics = RouterMetrics()
-    load = Load(limits.max_concurrency, max_waiting, on_change=metrics.record_load)
-    # Without keys every client is the same one (on loopback, its one user): no bound per key.
-    streams = OpenStreams(limits.max_streams_per_key) if api_keys else None
+    gate: Gate = RemoteGate(scheduler_socket) if scheduler_socket else LocalGate(scheduler(limits))
+    load = Load(gate, on_change=metrics.record_load)
     chains = Chains(
         checkpoint_db, thread_ttl=thread_ttl, max_thread_checkpoints=max_thread_checkpoints
     )
@@ -148,7 +147,6 @@ def create_app(
         return JSONResponse(document)
 
     async def chat_completions(request: Request) -> Response:
-        held = contextlib.ExitStack()  # a stream's place among its key's, until the stream ends
         try:
             chat = parse_chat_request(
                 await read_json(request, limits.body_timeout),
@@ -158,16 +156,10 @@ def create_app(
                 default_task=task,
             )
             chat = dataclasses.replace(chat, api_key=getattr(request.state, "api_key", None))
-            if chat.stream and streams is not None:
-                held.enter_context(streams.held(request.state.api_key))
         except RequestError as error:
             return error.response()
         reply = Reply(served_model_name, include_usage=chat.include_usage)
         run = GraphRun(chat, chains, load, metrics)
-
-        def end() -> None:
-            run.cancel()
-            held.close()
 
         streaming = False
         try:
@@ -176,7 +168,7 @@ def create_app(
                 # error status rather than an error inside a 200 stream.
                 first = await unless_disconnected(request, run.next_event())
                 streaming = True
-                return _Stream(_sse(reply, run, first), end)
+                return _Stream(_sse(reply, run, first), run.cancel)
             return JSONResponse(reply.completion(await unless_disconnected(request, run.output())))
         except ClientGone:
             return Response(status_code=499)  # nginx's "client closed request": nobody reads it
@@ -184,7 +176,7 @@ def create_app(
             return as_request_error(error).response()
         finally:
             if not streaming:
-                end()
+                run.cancel()
 
     async def http_error(request: Request, error: HTTPException) -> Response:
         body = RequestError(error.status_code, str(error.detail)).body()
@@ -211,6 +203,11 @@ def create_app(
             ),
         ],
     )
+
+
+def scheduler(limits: RouterLimits) -> Scheduler:
+    """The Scheduler of `limits`' bounds on load."""
+    return Scheduler(limits.max_concurrency, limits.max_waiting, limits.max_requests_per_key)
 
 
 class _Stream(StreamingResponse):

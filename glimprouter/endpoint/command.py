@@ -15,7 +15,7 @@ from glimprouter.endpoint.limits import (
     limit_flag,
     server_flags,
 )
-from glimprouter.endpoint.server import serve_router
+from glimprouter.extras import require
 from glimprouter.graph.threads import CHECKPOINT_DB_ENV, checkpoint_db_from_env
 from glimprouter.prompts import TEMPLATES
 from glimprouter.threads_command import add_max_checkpoints_flag, duration
@@ -120,6 +120,7 @@ def add_router_command(commands: argparse._SubParsersAction) -> None:
         metadata = field.metadata
         bounds.add_argument(
             metadata["flag"],
+            *metadata["aliases"],
             dest=field.name,
             type=metadata["type"],
             metavar=metadata["metavar"],
@@ -141,6 +142,7 @@ def _serve_router_command(args: argparse.Namespace) -> int:
         **{limit.name: getattr(args, limit.name) for limit in COST_LIMITS},
         **{field.name: getattr(args, field.name) for field in server_flags()},
     )
+    serve_router = require("glimprouter.endpoint.server").serve_router
     try:
         serve_router(
             context_from_args(args),

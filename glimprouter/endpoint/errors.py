@@ -4,14 +4,16 @@ run (400 bad input, 502 failing model server, 500 anything else)."""
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-from starlette.responses import JSONResponse
+from typing import TYPE_CHECKING, Any
 
 from glimprouter.endpoint.protocol import ErrorObject, ErrorResponse, WrittenSoFar
 from glimprouter.errors import ConfigError, EndpointError
 from glimprouter.graph.thread_locks import ThreadBusy
 from glimprouter.prompts import STEP_SEPARATOR
+from glimprouter.strategies import MODEL_ROLES
+
+if TYPE_CHECKING:  # imported where a response is made: serve-router's flags need no [serve]
+    from starlette.responses import JSONResponse
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ class RequestError(Exception):
 
     def response(self) -> JSONResponse:
         """The error as an HTTP response."""
+        from starlette.responses import JSONResponse
+
         # A failed model server was already retried (max_retries): the OpenAI SDKs honour this
         # header instead of retrying the whole chain of thought.
         retry = {"x-should-retry": "false"} if self.status == 502 else {}
@@ -65,6 +69,18 @@ class ChainCut(EndpointError):
     def __init__(self, output: dict[str, Any]) -> None:
         super().__init__(output["error"])
         self.output = output
+
+
+def failed_role(message: str) -> str:
+    """The model role an endpoint error names ("the large model server at ...")."""
+    return next((role for role in MODEL_ROLES if f"{role} model" in message), "unknown")
+
+
+def model_server_failed(message: str) -> str:
+    """What a client is told of a model server's failure (`message`, for the log)."""
+    role = failed_role(message)
+    which = "a model server" if role == "unknown" else f"the {role} model's server"
+    return f"{which} failed (after the router's retries); the router's log has the details"
 
 
 def as_request_error(error: Exception) -> RequestError:
@@ -82,16 +98,22 @@ def as_request_error(error: Exception) -> RequestError:
         )
     if isinstance(error, ConfigError):
         return RequestError(400, str(error), code="invalid_value")
+    if isinstance(error, EndpointError):
+        # The message names the backend's URL (and may quote its reply): the log keeps it, the
+        # client learns which model failed.
+        log.warning("model server error: %s", error)
     if isinstance(error, ChainCut):
         return RequestError(
             502,
-            str(error),
+            model_server_failed(str(error)),
             code="model_server_error",
             kind="server_error",
             written=[step["text"] for step in error.output.get("steps") or []],
         )
     if isinstance(error, EndpointError):
-        return RequestError(502, str(error), code="model_server_error", kind="server_error")
+        return RequestError(
+            502, model_server_failed(str(error)), code="model_server_error", kind="server_error"
+        )
     log.error("unexpected error in a routed run", exc_info=error)
     return RequestError(
         500, "internal error in the router; its log has the details", kind="server_error"

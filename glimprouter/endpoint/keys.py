@@ -12,11 +12,13 @@ import ipaddress
 import os
 from collections.abc import Iterable
 from pathlib import Path
-
-from starlette.types import ASGIApp, Receive, Scope, Send
+from typing import TYPE_CHECKING
 
 from glimprouter.endpoint.errors import RequestError
 from glimprouter.errors import ConfigError
+
+if TYPE_CHECKING:  # serve-router's flags (KEYS_ENV) are read without the [serve] extra
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 KEYS_ENV = "GLIMPROUTER_ROUTER_API_KEYS"  # comma-separated
 OPEN_PATHS = frozenset({"/health", "/openapi.json"})

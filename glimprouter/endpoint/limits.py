@@ -28,17 +28,20 @@ from glimprouter.strategies import (
 )
 
 DEFAULT_MODEL_NAME = "glimprouter"
-# Chains that may wait for a place among --max-concurrency when --max-waiting is not given.
-DEFAULT_MAX_WAITING = 64
+# The longest question by default: a 50 KB one is served, bounded by max_chain_prompt_tokens.
+DEFAULT_QUESTION_TOKENS = 65536
 
 
-def _server_flag(default: Any, flag: str, least: float, flag_help: str) -> Any:
-    """A RouterLimits field with its serve-router flag (its argparse dest is the field's name):
-    a count (int, at least `least`) or seconds (float, above `least`). A default other than None
-    is added to the help."""
+def _server_flag(
+    default: Any, flag: str, least: float, flag_help: str, aliases: tuple[str, ...] = ()
+) -> Any:
+    """A RouterLimits field with its serve-router flag (its argparse dest is the field's name)
+    and any older names of it: a count (int, at least `least`) or seconds (float, above
+    `least`). A default other than None is added to the help."""
     kind = float if isinstance(default, float) else int
     metadata = {
         "flag": flag,
+        "aliases": aliases,
         "type": kind,
         "metavar": "SECONDS" if kind is float else "N",
         "least": least,
@@ -75,6 +78,7 @@ class RouterLimits:
     max_top_k: int | None = None
     max_answer_tokens: int | None = None
     max_chain_tokens_limit: int | None = None
+    max_chain_prompt_tokens_limit: int | None = None
     allow_methods: tuple[str, ...] | None = _allow(
         "method", "methods a request may pick (default: the server's own and small-only)"
     )
@@ -87,18 +91,31 @@ class RouterLimits:
     min_threshold: float | None = _bound("threshold", "lower")
     max_threshold: float | None = _bound("threshold", "higher")
     max_large_rate: float | None = _bound("large_rate", "higher")
-    max_concurrency: int | None = _server_flag(
-        None, "--max-concurrency", 1,
-        "chains of thought run at once; more requests wait (default: no bound)",
+    max_question_tokens: int = _server_flag(
+        DEFAULT_QUESTION_TOKENS, "--max-question-tokens", 1,
+        "longest question a request may ask, in tokens counted as its UTF-8 bytes (never fewer "
+        "than a byte-level tokenizer's); longer: a 400",
     )  # fmt: skip
-    max_waiting: int | None = _server_flag(
-        None, "--max-waiting", 0,
-        "chains that may wait for --max-concurrency; beyond, a 429 with Retry-After "
-        f"(default {DEFAULT_MAX_WAITING})",
+    # One router in front of many users. vLLM batches up to 256 sequences per server (its
+    # max_num_seqs) and a chain keeps one or two model requests open at a time, so 64 chains keep
+    # both servers' batches full with room to spare; more only queue inside vLLM, where no one
+    # is turned away and every chain slows down. 64 more wait here rather than get a 429, and
+    # one key runs at most 8 so that a burst of one leaves room for 7 others at once.
+    max_concurrency: int = _server_flag(
+        64, "--max-concurrency", 1,
+        "chains of thought run at once by the whole server (every --workers process together); "
+        "more requests wait",
     )  # fmt: skip
-    max_streams_per_key: int = _server_flag(
-        16, "--max-streams-per-key", 1,
-        "streams one API key may hold open, another gets a 429; no bound with no key set",
+    max_waiting: int = _server_flag(
+        64, "--max-waiting", 0,
+        "requests that may wait for --max-concurrency, served round-robin across API keys; "
+        "beyond, a 429 with Retry-After to the newest request of the key waiting most",
+    )  # fmt: skip
+    max_requests_per_key: int = _server_flag(
+        8, "--max-requests-per-key", 1,
+        "chains one API key runs at once, streaming or not; its others wait their turn; no "
+        "bound with no key set",
+        aliases=("--max-streams-per-key",),
     )  # fmt: skip
     header_timeout: float = _server_flag(
         10.0, "--header-timeout", 0,
@@ -153,6 +170,8 @@ class Bounds:
     own: tuple[str, str] = ("", "")
     """The server's (method, knobs): a request moves a strategy's own knobs only the cheaper
     way from the server's values (from the knob's default under another method)."""
+    question_tokens: int = DEFAULT_QUESTION_TOKENS
+    """The longest question, in tokens counted as UTF-8 bytes (--max-question-tokens)."""
 
 
 def default_chain_tokens(limits: RouterLimits, base: RouterContext) -> int:
@@ -208,9 +227,7 @@ def bounds(limits: RouterLimits, base: RouterContext) -> Bounds:
             raise ConfigError(f"{flag} {value} must be at least {least}")
         if field.metadata["type"] is float and value <= least:
             raise ConfigError(f"{flag} {value} must be above {least}")
-    if limits.max_waiting is not None and limits.max_concurrency is None:
-        raise ConfigError("--max-waiting needs --max-concurrency: without it no chain waits")
-    return Bounds(tuple(numbers), choices, (base.method, base.knobs))
+    return Bounds(tuple(numbers), choices, (base.method, base.knobs), limits.max_question_tokens)
 
 
 def server_flags() -> list[dataclasses.Field]:

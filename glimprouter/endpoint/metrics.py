@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from glimprouter.strategies import MODEL_ROLES
+from glimprouter.endpoint.errors import failed_role
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -87,7 +87,7 @@ class RouterMetrics:
             self.tokens.labels(role, "completion").inc(usage.get("completion_tokens", 0))
             self.model_requests.labels(role).inc(usage.get("requests", 0))
         if error := output.get("error"):
-            self.model_errors.labels(_role_in(error)).inc()
+            self.model_errors.labels(failed_role(error)).inc()
 
     def record_load(self, running: int, waiting: int) -> None:
         """This process's chains running and waiting (a Load's `on_change`)."""
@@ -102,11 +102,6 @@ class RouterMetrics:
             MultiProcessCollector(everyone, path=directory)
             return generate_latest(everyone)
         return generate_latest(self.registry)
-
-
-def _role_in(message: str) -> str:
-    """The model role an endpoint error names ("the large model server at ...")."""
-    return next((role for role in MODEL_ROLES if f"{role} model" in message), "unknown")
 
 
 class CountRequests:

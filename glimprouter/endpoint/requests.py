@@ -87,6 +87,16 @@ def parse_chat_request(
             code="unsupported_parameter",
         )
     question = question_of(request.messages)
+    # UTF-8 bytes bound the tokens from above (a byte-level BPE token is at least one byte),
+    # with no tokenizer at hand; surrogates, which JSON may carry, count as what they escape.
+    if len(question.encode("utf-8", "surrogatepass")) > limits.question_tokens:
+        raise RequestError(
+            400,
+            f"the question is longer than this server's limit of {limits.question_tokens} "
+            "tokens, counted as its UTF-8 bytes (--max-question-tokens)",
+            param="messages",
+            code="question_too_long",
+        )
     task = request.task or default_task
     if task not in TEMPLATES:
         raise RequestError(

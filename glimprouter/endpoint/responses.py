@@ -26,7 +26,9 @@ from glimprouter.nodes.common import reasoning_tokens
 from glimprouter.prompts import STEP_SEPARATOR
 
 # The chain of thought was cut before it concluded (the answer was then forced): OpenAI's "length".
-CUT_SHORT = frozenset({"token_budget", "max_steps", "max_chain_tokens", "context_length"})
+CUT_SHORT = frozenset(
+    {"token_budget", "max_steps", "max_chain_tokens", "max_chain_prompt_tokens", "context_length"}
+)
 
 
 def finish_reason(stop_reason: str | None, answer_cut: bool | None = False) -> FinishReason:

@@ -36,7 +36,7 @@ class GraphRun:
         self, chat: ChatRequest, chains: Chains, load: Load, metrics: RouterMetrics
     ) -> None:
         try:
-            async with load.slot():
+            async with load.slot(chat.api_key):
                 started = time.perf_counter()
                 output = await chains.run(chat, self._events.put_nowait)
                 metrics.record_chain(output, time.perf_counter() - started)

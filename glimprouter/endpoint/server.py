@@ -22,7 +22,8 @@ from starlette.applications import Starlette
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
-from glimprouter.endpoint.app import create_app
+from glimprouter.endpoint.admission import shared_scheduler
+from glimprouter.endpoint.app import create_app, scheduler
 from glimprouter.endpoint.connections import bounded_protocol
 from glimprouter.endpoint.hosts import answered_hosts
 from glimprouter.endpoint.keys import ApiKeys, check_exposure
@@ -150,16 +151,18 @@ def _serve_workers(
     for stale in glob.glob(os.path.join(directory, "*.db")):
         os.remove(stale)
     os.environ[MULTIPROCESS_DIR_ENV] = directory  # the workers, spawned, import with it set
-    config = uvicorn_config(
-        functools.partial(_worker_app, os.getpid(), app_factory),
-        limits,
-        factory=True,
-        workers=workers,
-        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
-    )
-    supervisor = _Workers(config, [sock], on_ready)
     try:
-        supervisor.run()
+        with shared_scheduler(scheduler(limits)) as scheduler_socket:
+            worker_factory = functools.partial(app_factory, scheduler_socket=scheduler_socket)
+            config = uvicorn_config(
+                functools.partial(_worker_app, os.getpid(), worker_factory),
+                limits,
+                factory=True,
+                workers=workers,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+            )
+            supervisor = _Workers(config, [sock], on_ready)
+            supervisor.run()
     finally:
         if not given:
             os.environ.pop(MULTIPROCESS_DIR_ENV)

@@ -1,4 +1,5 @@
-"""`glimprouter eval | sweep | report | calibrate`: benchmarks from the command line."""
+"""`glimprouter eval | sweep | regrade | report | calibrate`: benchmarks from the command
+line."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.text import Text
 from glimprouter.context_flags import add_context_flags, context_from_args
 from glimprouter.errors import ConfigError
 from glimprouter.evals.calibrate import calibrate_threshold, recorded_entropies
+from glimprouter.evals.config_file import CONFIG_FLAG
 from glimprouter.evals.datasets import (
     DATASETS,
     DEFAULT_DEV_FRACTION,
@@ -22,21 +24,20 @@ from glimprouter.evals.datasets import (
     load_problems,
     split_problems,
 )
-from glimprouter.evals.grading import SandboxLimits
 from glimprouter.evals.ray_cluster import INSTALL, LOCAL, RayCluster, connected
-from glimprouter.evals.report import (
-    load_rows,
-    markdown,
-    matched_markdown,
-    paired_markdown,
-    pareto_plot,
+from glimprouter.evals.regrade_command import (
+    add_grading_flags,
+    add_regrade_command,
+    grading_limits,
 )
 from glimprouter.evals.results import realised_large_share, results_dirs
 from glimprouter.evals.runner import Tally, run_eval
+from glimprouter.extras import require
 from glimprouter.graph.context import RouterContext
 from glimprouter.stopping import run
 
 MATCH = "match:"
+RUN_COMMANDS = ("eval", "sweep")  # the commands that take --config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,7 @@ def large_rate(text: str) -> float | MatchedRate:
 
 
 def add_eval_commands(commands: argparse._SubParsersAction) -> None:
-    """Register eval, sweep, report and calibrate on the top-level parser."""
+    """Register eval, sweep, regrade, report and calibrate on the top-level parser."""
     evaluate = commands.add_parser("eval", help="run one method over a benchmark")
     _add_run_flags(evaluate)
     evaluate.set_defaults(handler=_eval_command)
@@ -86,6 +87,8 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         help="with --calibrate-on-dev: shares of steps the large model should write, e.g. 0.2,0.3",
     )
     sweep.set_defaults(handler=_sweep_command)
+
+    add_regrade_command(commands)
 
     report = commands.add_parser("report", help="tables and Pareto plots of recorded results")
     report.add_argument(
@@ -123,6 +126,12 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        CONFIG_FLAG,
+        metavar="FILE",
+        help="JSON or TOML file of flags and settings by name (threshold, small_base_url, ...) "
+        "or the reference code's config.json keys; flags on the command line win",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help=f"one of {sorted(DATASETS)}")
     source.add_argument(
@@ -171,13 +180,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="Ray workers (one CPU each) with --ray (default: one per CPU of the cluster)",
     )
-    parser.add_argument(
-        "--allow-unconfined-code",
-        action="store_true",
-        help="run code problems' solutions even where the sandbox cannot isolate them (no "
-        "namespaces: they can then read your files and reach the network); also "
-        "GLIMPROUTER_ALLOW_UNCONFINED_CODE=1",
-    )
+    add_grading_flags(parser)
     add_context_flags(parser, parsers={"large_rate": large_rate})
 
 
@@ -266,14 +269,20 @@ def _run(
                 concurrency=args.concurrency,
                 selection=selection,
                 on_record=on_record,
-                limits=SandboxLimits(allow_unconfined=args.allow_unconfined_code),
+                limits=grading_limits(args),
                 cluster=_cluster(args),
             )
         )
     console.print(
         f"{output}: {tally.done} new records, accuracy {100 * tally.accuracy:.1f}%, "
         f"{tally.failed} failed"
-        + (" (the same command run again retries them)" if tally.failed else ""),
+        + (" (the same command run again retries them)" if tally.failed else "")
+        + (
+            f", {tally.ungraded} ungraded, counted wrong (glimprouter regrade {output} grades "
+            "them again)"
+            if tally.ungraded
+            else ""
+        ),
         highlight=False,
     )
     return tally
@@ -353,17 +362,18 @@ def _calibrated_sweep(args: argparse.Namespace) -> int:
 
 
 def _report_command(args) -> int:
+    report = require("glimprouter.evals.report")  # scipy and matplotlib: the [evals] extra
     directories = results_dirs(args.dirs)
-    rows = load_rows(directories)
-    print(markdown(rows))
+    rows = report.load_rows(directories)
+    print(report.markdown(rows))
     if args.against:
-        print(paired_markdown(rows, args.against))
-    if matched := matched_markdown(rows):
+        print(report.paired_markdown(rows, args.against))
+    if matched := report.matched_markdown(rows):
         print(matched)
     default_home = (
         Path(*Path(directories[0]).parts[:-1]) if len(directories) > 1 else directories[0]
     )
-    plot = pareto_plot(rows, args.plot or default_home / "pareto.png")
+    plot = report.pareto_plot(rows, args.plot or default_home / "pareto.png")
     print(f"Pareto plot: {plot}")
     return 0
 

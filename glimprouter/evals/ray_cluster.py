@@ -25,9 +25,10 @@ from glimprouter.evals.datasets import Problem
 from glimprouter.evals.grading import SandboxLimits
 from glimprouter.evals.grading.math_grader import stop_workers
 from glimprouter.evals.solve import record_base, solve
+from glimprouter.extras import install_hint, require
 from glimprouter.graph.context import RouterContext
 
-INSTALL = 'pip install "glimprouter[ray]"'
+INSTALL = install_hint("ray")
 LOCAL = "local"
 TASK_RETRIES = 3
 
@@ -44,11 +45,7 @@ class RayCluster:
 
 
 def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(f"--ray needs Ray: {INSTALL}") from None
-    return ray
+    return require("ray")
 
 
 class EvalWorker:

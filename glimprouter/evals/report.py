@@ -29,6 +29,7 @@ class Row:
     matched_from: str | None  # random at the large share realised in these runs
     records: int
     failed: int
+    ungraded: int  # answers the grader could not finish: counted wrong (`grading`)
     accuracy: stats.Estimate
     latency_p50: stats.Estimate
     latency_p90: float
@@ -70,6 +71,7 @@ def summarise(
         matched_from=config.get("large_rate_matched_from"),
         records=len(records),
         failed=len(records) - len(ok),
+        ungraded=sum("grading" in r for r in ok),
         accuracy=stats.accuracy({p: [c for c, _ in o] for p, o in outcomes.items()}),
         latency_p50=stats.median({p: [t for _, t in o] for p, o in outcomes.items()}),
         latency_p90=float(np.percentile(latencies, 90)),
@@ -136,7 +138,9 @@ def markdown(rows: Sequence[Row]) -> str:
         split = subset[0].split
         out += [f"### {dataset}" + ("" if split == "all" else f" ({split} split)"), "", header]
         for row in sorted(subset, key=lambda r: (r.large_token_share.value, r.label)):
-            failed = f" ({row.failed} failed)" if row.failed else ""
+            notes = [f"{row.failed} failed"] * bool(row.failed)
+            notes += [f"{row.ungraded} ungraded"] * bool(row.ungraded)
+            failed = f" ({', '.join(notes)})" if notes else ""
             p50 = row.latency_p50
             out.append(
                 f"| {row.label} | {row.records}{failed} | {_percent(row.accuracy)} | "

@@ -62,12 +62,13 @@ def pin_configuration(output_dir: Path, identity: dict[str, Any]) -> None:
     _write_atomically(path, json.dumps(identity, indent=2) + "\n")
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace `path` by `text` whole: a kill leaves the old file or the new, never half."""
+def _write_atomically(path: Path, content: str | bytes) -> None:
+    """Replace `path` by `content` whole: a kill leaves the old file or the new, never half."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
     with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+        "wb", dir=path.parent, prefix=f".{path.name}.", delete=False
     ) as file:
-        file.write(text)
+        file.write(data)
         file.flush()
         os.fsync(file.fileno())
     os.replace(file.name, path)
@@ -123,7 +124,8 @@ class ResultsWriter:
 
     def __init__(self, output_dir: Path) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        self._file = (output_dir / RESULTS_FILE).open("a+b")
+        self._file_path = output_dir / RESULTS_FILE
+        self._file = self._file_path.open("a+b")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -147,6 +149,16 @@ class ResultsWriter:
         self._file.write(line)
         self._file.flush()
         os.fsync(self._file.fileno())
+
+    def lines(self) -> list[bytes]:
+        """Every line of the file as it stands, torn or damaged ones included."""
+        self._file.seek(0)
+        return self._file.read().splitlines(keepends=True)
+
+    def replace(self, lines: Sequence[bytes]) -> None:
+        """Replace the whole file by `lines` at once (a kill leaves the old file or the new);
+        the lock holds until `close`, so no eval writes in between."""
+        _write_atomically(self._file_path, b"".join(lines))
 
     def close(self) -> None:
         self._file.close()

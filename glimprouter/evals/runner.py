@@ -42,6 +42,7 @@ class Tally:
     done: int = 0
     correct: int = 0
     failed: int = 0
+    ungraded: int = 0  # counted as wrong: answers the grader could not finish (`grading`)
     steps: int = 0
     large_steps: int = 0
 
@@ -51,6 +52,7 @@ class Tally:
             self.failed += 1
             return
         self.correct += bool(record["correct"])
+        self.ungraded += "grading" in record
         self.steps += record["steps"]
         self.large_steps += record["large_steps"]
 

@@ -1,5 +1,6 @@
 """One problem, one record: run the graph on it through the compiled graph a user runs, and
-grade the result. The local runner and the Ray workers both call `solve`."""
+grade the result. The local runner and the Ray workers both call `solve`; `glimprouter regrade`
+calls `graded_record` on the records kept."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from glimprouter.errors import GlimpRouterError
 from glimprouter.evals.datasets import Problem
 from glimprouter.evals.grading import SandboxLimits, grade
 from glimprouter.evals.grading.base import shorten
-from glimprouter.evals.grading.sandbox import DEFAULT_LIMITS
+from glimprouter.evals.grading.math_grader import GradingTimeout
+from glimprouter.evals.grading.sandbox import DEFAULT_LIMITS, SandboxUnavailable
 from glimprouter.graph.builder import graph, run_config
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.invoke import run_question
+from glimprouter.parsing import last_boxed
 from glimprouter.prompts import STEP_SEPARATOR
 from glimprouter.strategies import MODEL_ROLES
 
@@ -26,8 +29,9 @@ async def solve(
     dataset: str,
     limits: SandboxLimits = DEFAULT_LIMITS,
 ) -> dict[str, Any]:
-    """Run the graph on one problem and grade it: one results record (with `error` on failure,
-    which a rerun retries)."""
+    """Run the graph on one problem and grade it: one results record (with `error` when the run
+    failed, which a rerun retries; an answer the grader could not finish is graded false, see
+    `graded_record`)."""
     # Each repeat samples differently but repeatably.
     run_context = dataclasses.replace(context, seed=(context.seed or 0) + repeat)
     base = record_base(problem, repeat, context, dataset)
@@ -51,28 +55,10 @@ async def solve(
             }
     except GlimpRouterError as error:
         return {**base, "error": str(error), "latency_s": time.perf_counter() - started}
-    try:
-        graded = await grade(
-            problem, gradable_text(problem, result), result["final_answer"], limits=limits
-        )
-    # Whatever the model's output makes the grader raise (RecursionError, MemoryError, a sympy
-    # failure, a sandbox that could not confine the run) fails this problem's grading only: the
-    # run goes on, and it is not a wrong answer.
-    except Exception as error:  # noqa: BLE001
-        return {
-            **base,
-            "error": f"grading failed: {type(error).__name__}: {shorten(str(error), 300)}",
-            "latency_s": round(latency, 3),
-            "stop_reason": result["stop_reason"],
-            "answer": result["answer"],
-        }
     steps = result["steps"]
     usage = result["usage"]
-    return {
+    record = {
         **base,
-        "correct": graded.correct,
-        "extracted_answer": graded.extracted,
-        "grade_detail": graded.detail,
         "latency_s": round(latency, 3),
         "steps": len(steps),
         "large_steps": sum(step["model"] == "large" for step in steps),
@@ -93,6 +79,59 @@ async def solve(
         "answer": result["answer"],
         "trace": steps,
     }
+    try:
+        return await graded_record(problem, record, limits)
+    except SandboxUnavailable as error:
+        # The run could not be graded here at all: a failure a rerun retries, chain and all.
+        return {
+            **{key: record[key] for key in (*base, "latency_s", "stop_reason", "answer")},
+            "error": f"grading failed: {type(error).__name__}: {shorten(str(error), 300)}",
+        }
+
+
+# What grading writes into a record; everything else in it is the run's.
+GRADE_FIELDS = ("correct", "extracted_answer", "grade_detail", "grading")
+
+
+async def graded_record(
+    problem: Problem, record: dict[str, Any], limits: SandboxLimits = DEFAULT_LIMITS
+) -> dict[str, Any]:
+    """`record` with its grade (re)computed from its answer and chain, nothing else changed.
+
+    A model's answer is data to grade, whatever it is: one the grader cannot finish within its
+    bound, or that makes it raise (RecursionError, MemoryError, a sympy failure), is not equal
+    to the gold answer, recorded with `grading` ("timeout", or the grader's error) beside
+    `correct: false`, so `glimprouter regrade` can grade it again without asking a model.
+    SandboxUnavailable (the machine, not the answer) propagates."""
+    text = gradable_text(problem, record["answer"] or "", record.get("trace") or [])
+    try:
+        graded = await grade(problem, text, final_answer_of(record), limits=limits)
+    except SandboxUnavailable:
+        raise
+    except GradingTimeout as error:
+        grade_fields = {"correct": False, "extracted_answer": None, "grade_detail": str(error),
+                        "grading": "timeout"}  # fmt: skip
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        why = f"{type(error).__name__}: {shorten(str(error), 300)}"
+        grade_fields = {"correct": False, "extracted_answer": None, "grade_detail": why,
+                        "grading": why}  # fmt: skip
+    else:
+        grade_fields = {
+            "correct": graded.correct,
+            "extracted_answer": graded.extracted,
+            "grade_detail": graded.detail,
+        }
+    regraded = {**record, **grade_fields}
+    if "grading" not in grade_fields:
+        regraded.pop("grading", None)
+    return regraded
+
+
+def final_answer_of(record: dict[str, Any]) -> str | None:
+    """The run's final answer as the answer node took it: the last \\boxed{} of the answer,
+    else of the thinking (derived, not stored: a record holds each text once)."""
+    thinking = STEP_SEPARATOR.join(step["text"] for step in record.get("trace") or [])
+    return last_boxed(record["answer"] or "") or last_boxed(thinking)
 
 
 def record_base(
@@ -103,6 +142,7 @@ def record_base(
         "dataset": dataset,
         "problem_id": problem.id,
         "repeat": repeat,
+        "task": problem.task,
         "method": context.method,
         "threshold": context.threshold,
         "large_rate": context.large_rate,
@@ -110,11 +150,10 @@ def record_base(
     }
 
 
-def gradable_text(problem: Problem, result: dict[str, Any]) -> str:
+def gradable_text(problem: Problem, answer: str, steps: list[dict[str, Any]]) -> str:
     """What the grader reads: the answer, or for code without a block there the whole chain
     (instruct models often write the program while thinking)."""
-    answer = result["answer"] or ""
     if problem.task == "code" and "```" not in answer:
-        thinking = STEP_SEPARATOR.join(step["text"] for step in result["steps"])
+        thinking = STEP_SEPARATOR.join(step["text"] for step in steps)
         return f"{thinking}{STEP_SEPARATOR}{answer}"
     return answer

@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 
 from glimprouter.errors import ConfigError
 from glimprouter.graph.settings import (
+    DEFAULT_CHAIN_PROMPT_TOKENS,
     ENV_PREFIX,
     ReplicaAffinity,
     check_values,
@@ -22,7 +23,9 @@ from glimprouter.graph.settings import (
     redact_url,
     setting,
     split_urls,
+    unescaped,
 )
+from glimprouter.prompts import STEP_SEPARATOR
 from glimprouter.strategies import MODEL_ROLES, STRATEGIES, GlimpseMode, ModelRole
 
 
@@ -162,6 +165,16 @@ class RouterContext:
             identity=True,
         ),
     )
+    step_separator: str = field(
+        default=STEP_SEPARATOR,
+        metadata=setting(
+            "What ends a reasoning step: the paper's blank line (\\n\\n), or a single line "
+            "break (\\n) for instruct models that write one idea a line and rarely a blank "
+            "line (the local default pair's Qwen2.5-Coder). Backslash escapes are read.",
+            flag_help="what ends a step: '\\n\\n' (default, a blank line) or '\\n'",
+            identity=True,
+        ),
+    )
     token_budget: int = field(
         default=8192,
         metadata=setting(
@@ -229,6 +242,20 @@ class RouterContext:
             "bound; serve-router's: twice the token budget plus a token per step and the answer)",
             request=True,
             limit=("max_chain_tokens_limit", "--max-chain-tokens-limit"),
+            identity=True,
+        ),
+    )
+    max_chain_prompt_tokens: int = field(
+        default=DEFAULT_CHAIN_PROMPT_TOKENS,
+        metadata=setting(
+            "Most prompt tokens one chain may send, over every request: every glimpse, probe, "
+            "step, draft and judge call re-sends the question and the chain so far. The chain "
+            "stops (stop_reason max_chain_prompt_tokens) before its next step could pass it, "
+            "room kept for the answer. Warming prefills (warm_prefix_cache) are not counted.",
+            flag_help="most prompt tokens sent for one chain, over every request (default "
+            f"{DEFAULT_CHAIN_PROMPT_TOKENS:,})",
+            request=True,
+            limit=("max_chain_prompt_tokens_limit", "--max-chain-prompt-tokens-limit"),
             identity=True,
         ),
     )
@@ -314,6 +341,8 @@ class RouterContext:
         for role in MODEL_ROLES:
             name = f"{role}_base_url"
             setattr(self, name, join_urls(getattr(self, name)))
+        # A flag or a variable carries the separator written with escapes: --step-separator '\n'
+        self.step_separator = unescaped(self.step_separator)
         check_values(self)
 
     def _url_is_callers(self, role: ModelRole, given: frozenset[str]) -> bool:

@@ -23,6 +23,13 @@ from glimprouter.strategies import GLIMPSE_MODES, MODEL_ROLES, get_strategy
 
 ENV_PREFIX = "GLIMPROUTER_"
 MAX_STEPS_LIMIT = 8192
+# The default max_chain_prompt_tokens: a 50 KB question (some 13K tokens) re-sent with every
+# request of a long chain made 27M prompt tokens; this stops such a chain after a few dozen steps
+# while an ordinary chain (a short question, token_budget 8192 in steps of ~100 tokens, some
+# 0.7M) runs to its end.
+DEFAULT_CHAIN_PROMPT_TOKENS = 1_000_000
+# OpenAI's range of temperature; beyond it sampling is noise (and 1e308 overflows a server).
+MAX_TEMPERATURE = 2.0
 
 # An HTTP header name: RFC 9110's token characters.
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]*")
@@ -179,6 +186,14 @@ def is_optional(annotation: Any) -> bool:
     return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
 
 
+STEP_SEPARATORS = ("\n\n", "\n")
+
+
+def unescaped(text: str) -> str:
+    """`text` with backslash escapes (\\n) read, as a shell passes them on."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+
+
 def check_values(context: Any) -> None:
     """Refuse a context (RouterContext or a subclass) whose settings are out of bounds, naming
     the setting and where to set it."""
@@ -199,13 +214,21 @@ def check_values(context: Any) -> None:
             "is negative: entropies are >= 0, use 0 to route every step to the large model",
         )
     get_strategy(context.method).knobs_of(context.knobs)
+    if context.step_separator not in STEP_SEPARATORS:
+        raise bad("step_separator", "must be '\\n\\n' (a blank line ends a step) or '\\n'")
     if not 0 <= context.large_rate <= 1:
         raise bad("large_rate", "must be a probability in [0, 1]")
     if context.glimpse_mode not in GLIMPSE_MODES:
         raise bad("glimpse_mode", f"must be one of {list(GLIMPSE_MODES)}")
     if context.top_k < 1:
         raise bad("top_k", "must be at least 1")
-    for name in ("step_max_tokens", "token_budget", "max_steps", "answer_max_tokens"):
+    for name in (
+        "step_max_tokens",
+        "token_budget",
+        "max_steps",
+        "answer_max_tokens",
+        "max_chain_prompt_tokens",
+    ):
         if getattr(context, name) < 1:
             raise bad(name, "must be at least 1")
     chain_limit = context.max_chain_tokens
@@ -217,8 +240,8 @@ def check_values(context: Any) -> None:
         )
     if context.max_steps > MAX_STEPS_LIMIT:
         raise bad("max_steps", f"is above the graph's limit of {MAX_STEPS_LIMIT}")
-    if context.temperature < 0:
-        raise bad("temperature", "must be >= 0")
+    if not 0 <= context.temperature <= MAX_TEMPERATURE:
+        raise bad("temperature", f"must be in [0, {MAX_TEMPERATURE:g}]")
     if not 0 < context.top_p <= 1:
         raise bad("top_p", "must be in (0, 1]")
     if context.answer_model not in MODEL_ROLES:

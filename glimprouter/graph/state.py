@@ -18,6 +18,8 @@ StopReason = Literal[
     "token_budget",  # the reasoning tokens reached token_budget
     "max_steps",  # the chain reached max_steps
     "max_chain_tokens",  # the tokens generated over every request reached max_chain_tokens
+    # another step's prompts (and the answer's) could pass max_chain_prompt_tokens
+    "max_chain_prompt_tokens",
     "context_length",  # the server refused the prompt: the model's context is full
     "endpoint_error",  # a model server failed mid-chain after its retries (see `error`)
 ]

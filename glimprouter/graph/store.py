@@ -18,6 +18,8 @@ from typing import Any
 
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+from glimprouter.extras import require
+
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
@@ -151,7 +153,7 @@ class SqliteSaver(ThreadsSaver, AsyncSqliteSaver):
 def postgres_saver_class() -> type:
     """ThreadsSaver over AsyncPostgresSaver (imported only when a PostgreSQL URI is used: the
     driver is an extra)."""
-    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    AsyncPostgresSaver = require("langgraph.checkpoint.postgres.aio").AsyncPostgresSaver
 
     class PostgresSaver(ThreadsSaver, AsyncPostgresSaver):
         """AsyncPostgresSaver with a cap on each thread's checkpoints."""

@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from glimprouter.errors import ConfigError
+from glimprouter.extras import require
 from glimprouter.graph.settings import redact_url
 from glimprouter.graph.store import is_postgres
 
@@ -57,7 +58,7 @@ async def thread_lock(
         "wait for it to end, or pick another --thread-id"
     )
     if is_postgres(location):
-        import psycopg
+        psycopg = require("psycopg")
 
         async with await psycopg.AsyncConnection.connect(str(location), autocommit=True) as conn:
             query = "SELECT pg_try_advisory_lock(%s)"

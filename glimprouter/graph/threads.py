@@ -24,6 +24,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph.state import CompiledStateGraph
 
 from glimprouter.errors import ConfigError
+from glimprouter.extras import require
 from glimprouter.graph.builder import build_graph, run_config
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.settings import redact_url
@@ -162,14 +163,8 @@ async def _postgres_saver(uri: str) -> AsyncIterator[Any]:
     """LangGraph's own PostgreSQL saver (langgraph-checkpoint-postgres), its tables (and ours)
     created on first use by one process at a time: router processes starting together on a
     fresh database would otherwise race to create them, and all but one fail."""
-    try:
-        import psycopg
-
-        saver_class = postgres_saver_class()
-    except ImportError:
-        raise ConfigError(
-            'a PostgreSQL --checkpoint-db needs pip install "glimprouter[postgres]"'
-        ) from None
+    psycopg = require("psycopg")
+    saver_class = postgres_saver_class()
     try:
         async with saver_class.from_conn_string(uri, serde=STRICT_SERDE) as saver:
             await _take_setup_lock(saver.conn)

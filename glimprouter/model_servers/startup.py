@@ -22,6 +22,7 @@ from glimprouter.model_servers.errors import (
     ReplicaDown,
     bad_key,
     every_replica_down,
+    timed_out,
     unknown_model,
     unreachable,
     url_setting,
@@ -46,10 +47,11 @@ async def _served_entries(context: RouterContext, role: ModelRole) -> list[dict[
             response = await http.get(
                 base_url.rstrip("/") + "/models", headers={"Authorization": f"Bearer {api_key}"}
             )
-    except httpx.HTTPError:
-        raise unreachable(context, role) from None
+    except httpx.HTTPError as error:
+        raise replica_lost(context, role, error) from None
     if response.status_code in (401, 403):
         raise bad_key(context, role)
+    _refuse_server_error(response, context, role, "/models")
     if response.status_code != 200:
         raise EndpointError(
             f"{context.shown_url(role)}/models answered HTTP {response.status_code}: is "
@@ -81,9 +83,10 @@ class EndpointReport:
 
 async def check_endpoints(base: RouterContext) -> EndpointReport:
     """Fail fast, before any work, when an endpoint (every replica of a role) is down, or any
-    replica does not serve its model or fails the start-up canary (`canary`); else say which
-    model each role's replicas serve, and warn of what will hurt, a replica down among others
-    included (logged, one line each, on stderr when logging is not configured)."""
+    replica that answers does not serve its model or shows a misconfigured server (`canary`);
+    else say which model each role's replicas serve, and warn of what will hurt, a replica that
+    failed anywhere in the check among others included (logged, one line each, on stderr when
+    logging is not configured)."""
     served: dict[ModelRole, str] = {}
     warnings = []
     down: dict[ModelRole, list[ReplicaDown]] = {role: [] for role in MODEL_ROLES}
@@ -91,22 +94,17 @@ async def check_endpoints(base: RouterContext) -> EndpointReport:
     for role, url in replicas:
         context = base.on_replica(role, url)
         try:
-            entries = await _served_entries(context, role)
+            entry = await _checked_replica(context, role)
         except ReplicaDown as failure:
             down[role].append(failure)
             continue
-        model = context.endpoint(role)[1]
-        entry = next((e for e in entries if e.get("id") == model), None)
-        if entry is None:
-            raise unknown_model(context, role, [e.get("id") for e in entries])
-        root = str(entry.get("root") or model)
+        root = str(entry.get("root") or entry["id"])
         if served.setdefault(role, root) != root:
             raise EndpointError(
                 f"the {role} model server at {context.shown_url(role)} serves {root}, another "
                 f"{role} replica serves {served[role]}: give {url_setting(role)} replicas of one "
                 "model"
             )
-        await canary(context, role)
         needed = required_context_length(context.token_budget, context.answer_max_tokens)
         length = entry.get("max_model_len")  # vLLM lists it; other servers may not
         if isinstance(length, int) and length < needed:
@@ -129,6 +127,45 @@ async def check_endpoints(base: RouterContext) -> EndpointReport:
     return EndpointReport(served, warnings)
 
 
+async def _checked_replica(context: RouterContext, role: ModelRole) -> dict[str, Any]:
+    """The /models entry of the replica's model, once it passed the canary. A replica that
+    fails on the way (no connection, a reset, a timeout, a 5xx: a rolling restart or a node lost
+    mid-check) raises ReplicaDown, as at a run's first request; one that answers and shows a
+    misconfigured server raises EndpointError."""
+    entries = await _served_entries(context, role)
+    model = context.endpoint(role)[1]
+    entry = next((e for e in entries if e.get("id") == model), None)
+    if entry is None:
+        raise unknown_model(context, role, [e.get("id") for e in entries])
+    await canary(context, role)
+    return entry
+
+
+def replica_lost(context: RouterContext, role: ModelRole, error: httpx.HTTPError) -> ReplicaDown:
+    """The replica's failure the start-up check met: it timed out, refused the connection, or
+    broke it off mid-request."""
+    if isinstance(error, httpx.TimeoutException):
+        return timed_out(context, role)
+    if isinstance(error, httpx.ConnectError):
+        return unreachable(context, role)
+    return ReplicaDown(
+        f"the {role} model server at {context.shown_url(role)} broke off the start-up check "
+        f"({type(error).__name__}: {error}): check it is up and its log"
+    )
+
+
+def _refuse_server_error(
+    response: httpx.Response, context: RouterContext, role: ModelRole, what: str
+) -> None:
+    """A 5xx is this replica failing (another of the role may not), not a misconfiguration."""
+    if response.status_code >= 500:
+        detail = " ".join(response.text.split())[:200]
+        raise ReplicaDown(
+            f"the {role} model server at {context.shown_url(role)} failed the start-up check's "
+            f"{what} (HTTP {response.status_code}: {detail}): check its log"
+        )
+
+
 # A question no eval asks: a fake or a proxy can tell the canary's requests from a run's.
 CANARY_QUESTION = "GlimpRouter start-up check: what is 2 + 2?"
 _CANARY_TOP_K = 2
@@ -149,7 +186,6 @@ async def canary(context: RouterContext, role: ModelRole) -> None:
     """
     base_url, model, api_key = context.endpoint(role)
     headers = {"Authorization": f"Bearer {api_key}"}
-    root = base_url.rstrip("/").removesuffix("/v1")
     probe = {
         "model": model,
         "messages": continuation_messages(CANARY_QUESTION, PROBE_PREFIXES[0]),
@@ -166,10 +202,11 @@ async def canary(context: RouterContext, role: ModelRole) -> None:
             reply = await http.post(base_url.rstrip("/") + "/chat/completions", json=probe)
             renderings = []
             for prefix in PROBE_PREFIXES:
-                rendered = await _rendered_prompt(http, root, model, prefix)
+                rendered = await _rendered_prompt(http, context, role, prefix)
                 renderings.append((prefix, rendered))
-    except httpx.HTTPError:
-        raise unreachable(context, role) from None
+    except httpx.HTTPError as error:
+        raise replica_lost(context, role, error) from None
+    _refuse_server_error(reply, context, role, "one-token request")
     choices = _json_field(reply, "choices")
     if not isinstance(choices, list) or not choices:
         detail = " ".join(reply.text.split())[:300]
@@ -222,10 +259,12 @@ async def canary(context: RouterContext, role: ModelRole) -> None:
 
 
 async def _rendered_prompt(
-    http: httpx.AsyncClient, root: str, model: str, prefix: str
+    http: httpx.AsyncClient, context: RouterContext, role: ModelRole, prefix: str
 ) -> str | None | bool:
     """The prompt vLLM renders to continue `prefix` (its /tokenize and /detokenize); None when
     the template made it refuse, False when the server has no such endpoint."""
+    base_url, model, _ = context.endpoint(role)
+    root = base_url.rstrip("/").removesuffix("/v1")
     request = {
         "model": model,
         "messages": continuation_messages(CANARY_QUESTION, prefix),
@@ -233,12 +272,14 @@ async def _rendered_prompt(
         "continue_final_message": True,
     }
     tokenized = await http.post(root + "/tokenize", json=request)
+    _refuse_server_error(tokenized, context, role, "/tokenize")
     if tokenized.status_code == 400 and "final message" in tokenized.text:
         return None  # transformers: the template deleted part of the final message
     tokens = _json_field(tokenized, "tokens")
     if not isinstance(tokens, list):
         return False
     detokenized = await http.post(root + "/detokenize", json={"model": model, "tokens": tokens})
+    _refuse_server_error(detokenized, context, role, "/detokenize")
     prompt = _json_field(detokenized, "prompt")
     return prompt if isinstance(prompt, str) else False
 

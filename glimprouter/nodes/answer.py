@@ -13,7 +13,7 @@ from glimprouter.model_servers.client import ContextOverflow, complete
 from glimprouter.nodes.common import chain_id_of, prompt_args, run_context, step_texts
 from glimprouter.nodes.warming import stop_warming
 from glimprouter.parsing import last_boxed
-from glimprouter.prompts import STEP_SEPARATOR, answer_messages
+from glimprouter.prompts import answer_messages
 
 
 async def answer(state: RouterState, runtime: Runtime[RouterContext]) -> dict[str, Any]:
@@ -22,13 +22,13 @@ async def answer(state: RouterState, runtime: Runtime[RouterContext]) -> dict[st
     context = run_context(runtime)
     stop_warming(state)  # the answer's own request prefills what a warming one had left
     texts = step_texts(state)
-    thinking_answer = last_boxed(STEP_SEPARATOR.join(texts))
+    thinking_answer = last_boxed(context.step_separator.join(texts))
     role = context.answer_model
     try:
         result = await complete(
             context,
             role,
-            answer_messages(step_texts=texts, **prompt_args(state)),
+            answer_messages(step_texts=texts, **prompt_args(state, context)),
             chain_id=chain_id_of(state),
             max_tokens=context.answer_max_tokens,
             temperature=context.temperature,

@@ -40,12 +40,14 @@ def steps_of(state: RouterState) -> list[Step]:
     return state.get("steps") or []
 
 
-def prompt_args(state: RouterState) -> dict[str, Any]:
-    """Question, task and template: what selects and fills the prompt."""
+def prompt_args(state: RouterState, context: RouterContext) -> dict[str, Any]:
+    """Question, task and template: what selects and fills the prompt; and the separator the
+    chain's steps are joined with."""
     return {
         "question": state["question"],
         "task": state.get("task") or "math",
         "template": state.get("prompt_template"),
+        "separator": context.step_separator,
     }
 
 
@@ -75,6 +77,36 @@ def chain_allowance(state: RouterState, context: RouterContext) -> int | None:
     """What max_chain_tokens leaves the reasoning of this run so far (`chain_tokens_left`)."""
     generated = generated_tokens(state.get("usage"))
     return chain_tokens_left(context.max_chain_tokens, context.answer_max_tokens, generated)
+
+
+def prompt_tokens_sent(usage: dict[str, ModelUsage] | None) -> int:
+    """Prompt tokens the chain's requests sent so far (what max_chain_prompt_tokens counts)."""
+    return sum(counts["prompt_tokens"] for counts in (usage or {}).values())
+
+
+# The most requests one step of any strategy sends, each with the chain so far as its prompt:
+# specreason's draft, its judge call and the large model's rewrite (a glimpse and a step, or a
+# draft and a rewrite, elsewhere).
+MAX_REQUESTS_PER_STEP = 3
+
+
+def next_prompt_tokens(steps: list[Step], step_max_tokens: int) -> int:
+    """What one request of the next step may send as its prompt: the last step's prompt and
+    text, with step_max_tokens more for a draft a judge call quotes, the separator and what a
+    tokenizer counts differently joined (0 before the first step: the endpoint bounds the
+    question by --max-question-tokens)."""
+    if not steps:
+        return 0
+    last = steps[-1]
+    return last["prompt_tokens"] + last["completion_tokens"] + step_max_tokens
+
+
+def prompt_room_spent(state: RouterState, context: RouterContext) -> bool:
+    """Whether another step could pass max_chain_prompt_tokens: its requests and then the
+    answer's, each sending about `next_prompt_tokens`, over what the chain has sent."""
+    ahead = next_prompt_tokens(steps_of(state), context.step_max_tokens)
+    needed = prompt_tokens_sent(state.get("usage")) + (MAX_REQUESTS_PER_STEP + 1) * ahead
+    return needed > context.max_chain_prompt_tokens
 
 
 # What a node returns instead of a request the chain can no longer afford.

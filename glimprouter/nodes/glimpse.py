@@ -57,7 +57,7 @@ async def _glimpse(state: RouterState, runtime: Runtime[RouterContext]) -> dict[
         probe = await complete(
             context,
             "small",
-            next_step_messages(step_texts=step_texts(state), **prompt_args(state)),
+            next_step_messages(step_texts=step_texts(state), **prompt_args(state, context)),
             chain_id=state["chain_id"],
             max_tokens=1,
             temperature=0.0,
@@ -104,6 +104,6 @@ async def _streamed(
     }
     if glimpsed.completion is not None:
         update["streamed_step"] = new_step(
-            {**state, **update}, "small", glimpsed.completion, started
+            {**state, **update}, context, "small", glimpsed.completion, started
         )
     return update

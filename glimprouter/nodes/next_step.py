@@ -18,7 +18,7 @@ from glimprouter.nodes.common import (
     steps_of,
 )
 from glimprouter.parsing import split_step
-from glimprouter.prompts import STEP_SEPARATOR, next_step_messages
+from glimprouter.prompts import next_step_messages
 
 
 def step_allowance(
@@ -36,7 +36,7 @@ def step_request(state: RouterState, context: RouterContext) -> dict[str, Any]:
     """The messages and sampling of the next step's request, whichever model writes it."""
     steps = steps_of(state)
     return {
-        "messages": next_step_messages(step_texts=step_texts(state), **prompt_args(state)),
+        "messages": next_step_messages(step_texts=step_texts(state), **prompt_args(state, context)),
         "chain_id": chain_id_of(state),
         "max_tokens": step_allowance(
             context.step_max_tokens,
@@ -46,13 +46,15 @@ def step_request(state: RouterState, context: RouterContext) -> dict[str, Any]:
         ),
         "temperature": context.temperature,
         "top_p": context.top_p,
-        "stop": [STEP_SEPARATOR],
+        "stop": [context.step_separator],
     }
 
 
-def new_step(state: RouterState, role: ModelRole, result: Completion, started: float) -> Step:
+def new_step(
+    state: RouterState, context: RouterContext, role: ModelRole, result: Completion, started: float
+) -> Step:
     """The trace record of a step `role` just wrote."""
-    text, finish = split_step(result.text, result.finish_reason)
+    text, finish = split_step(result.text, result.finish_reason, context.step_separator)
     return {
         "index": len(steps_of(state)),
         "model": role,

@@ -46,7 +46,8 @@ class _Judge:
             self.context,
             "large",
             judge_messages(
-                step_texts=[*step_texts(self.state), draft["text"]], **prompt_args(self.state)
+                step_texts=[*step_texts(self.state), draft["text"]],
+                **prompt_args(self.state, self.context),
             ),
             chain_id=chain_id_of(self.state),
             max_tokens=1,

@@ -49,7 +49,7 @@ def make_step_node(role: ModelRole) -> StepNode:
             )
         except ContextOverflow:
             return {"stop_reason": "context_length", "draft_step": None, **warmed}
-        step = new_step(state, role, result, started)
+        step = new_step(state, context, role, result, started)
         if drafting:
             if scored_by_logprobs and result.token_logprobs:
                 # A draft whose logprobs hold nothing to score is kept, as an unscored one is.

@@ -10,6 +10,7 @@ from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState, Step, StopReason
 from glimprouter.nodes.common import (
     chain_allowance,
+    prompt_room_spent,
     reasoning_tokens,
     run_context,
     steps_of,
@@ -51,6 +52,8 @@ async def check_termination(state: RouterState, runtime: Runtime[RouterContext])
         context.max_steps,
         chain_allowance(state, context),
     )
+    if reason is None and prompt_room_spent(state, context):
+        reason = "max_chain_prompt_tokens"
     return {"stop_reason": reason}
 
 

@@ -93,7 +93,9 @@ def warm_large_model(state: RouterState, context: RouterContext) -> dict[str, An
     steps = state.get("steps") or []
     if not needs_warming(steps, state.get("warmed_steps"), warming_pays(context, "large")):
         return {}
-    messages = next_step_messages(step_texts=[s["text"] for s in steps], **prompt_args(state))
+    messages = next_step_messages(
+        step_texts=[s["text"] for s in steps], **prompt_args(state, context)
+    )
     _send(chain_id_of(state), "large", context, messages)
     return {"warmed_steps": len(steps)}
 
@@ -115,7 +117,9 @@ def warm_as_step_grows(
         nonlocal next_at
         if tokens >= next_at:
             next_at = tokens + WARM_EVERY_TOKENS
-            begun = next_step_messages(step_texts=texts, step_begun=text, **prompt_args(state))
+            begun = next_step_messages(
+                step_texts=texts, step_begun=text, **prompt_args(state, context)
+            )
             _send(chain, idle, context, begun)
 
     return grown

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import shlex
 import sys
 import threading
@@ -14,16 +15,19 @@ from rich.console import Console
 
 from glimprouter.ask import SAMPLE_QUESTION, ask
 from glimprouter.context_flags import add_context_flags, context_from_args
+from glimprouter.endpoint.keys import is_loopback
 from glimprouter.errors import ConfigError
 from glimprouter.graph.settings import read_key_file
 from glimprouter.stopping import run
 from glimprouter.vllm_launcher.command import (
     CHAT_TEMPLATE_CHOICES,
+    VLLM_KEY_ENV,
     ServerSpec,
     default_max_model_len,
     is_cpu_only,
 )
 from glimprouter.vllm_launcher.launcher import VLLMServer
+from glimprouter.vllm_launcher.local_models import LOCAL_PAIR_STEP_SEPARATOR
 from glimprouter.vllm_launcher.pair import local_pair_specs, place_pair, place_replicas, serve
 from glimprouter.vllm_launcher.placement import parse_gpus
 
@@ -87,6 +91,12 @@ def add_serving_commands(commands: argparse._SubParsersAction) -> None:
         "VLLM_API_KEY in the environment works too",
     )
     serve_parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host with no API key (anyone who reaches it skips the "
+        "router's keys and limits)",
+    )
+    serve_parser.add_argument(
         "--replicas",
         type=int,
         default=1,
@@ -129,7 +139,8 @@ def add_serving_commands(commands: argparse._SubParsersAction) -> None:
         "demo",
         help="serve the local pair and answer a sample question, step by step",
         description="Serve the local model pair and answer one question with the routed steps "
-        f"shown live (token budget {DEMO_TOKEN_BUDGET} unless --token-budget is given).",
+        f"shown live (token budget {DEMO_TOKEN_BUDGET} unless --token-budget is given; steps "
+        "end at a line break, as the local pair writes, unless --step-separator is given).",
     )
     demo.add_argument("--question", help="the question (default: a sample math word problem)")
     add_context_flags(demo)
@@ -150,6 +161,11 @@ def specs_from_args(args: argparse.Namespace) -> list[ServerSpec]:
     }
     if args.api_key_file is not None:
         common["api_key"] = read_key_file(args.api_key_file, "--api-key-file")
+    elif not (is_loopback(args.host) or os.environ.get(VLLM_KEY_ENV) or args.allow_unauthenticated):
+        raise ConfigError(
+            f"--host {args.host} is not loopback: give --api-key-file (or {VLLM_KEY_ENV}) so that "
+            "only the router reaches the models, or --allow-unauthenticated to serve them open"
+        )
 
     parallel = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in PARALLEL_FLAGS}
     if any(size is not None and size < 1 for size in parallel.values()):
@@ -203,7 +219,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     specs = specs_from_args(args)
     _log("starting vLLM (a CPU-only machine takes about a minute per server)")
     with serve(specs) as servers:
-        print_endpoints(servers)
+        print_endpoints(servers, LOCAL_PAIR_STEP_SEPARATOR if args.local else None)
         _log("serving; press Ctrl-C (or send SIGTERM) to stop")
         try:
             threading.Event().wait()
@@ -212,9 +228,9 @@ def _serve_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_endpoints(servers: list[VLLMServer]) -> None:
+def print_endpoints(servers: list[VLLMServer], step_separator: str | None = None) -> None:
     """Where each role is served (its replicas' URLs separated by commas), as settings a client
-    can paste."""
+    can paste; with the step separator its models want, if it is not the default."""
     for role in ("small", "large"):
         role_servers = [s for s in servers if role in s.spec.served_names]
         urls = ",".join(server.base_url for server in role_servers)
@@ -222,12 +238,18 @@ def print_endpoints(servers: list[VLLMServer]) -> None:
         print(f"{role}: {urls}  (model {role!r}, log {logs})")
         name = f"GLIMPROUTER_{role.upper()}"
         print(f"  export {name}_BASE_URL={urls} {name}_MODEL={role}")
+    if step_separator is not None:
+        written = step_separator.encode("unicode_escape").decode()
+        print(f"steps end at '{written}' (what these models write)")
+        print(f"  export GLIMPROUTER_STEP_SEPARATOR='{written}'")
     sys.stdout.flush()
 
 
 def _demo_command(args: argparse.Namespace) -> int:
     if args.token_budget is None:
         args.token_budget = DEMO_TOKEN_BUDGET
+    if args.step_separator is None:
+        args.step_separator = LOCAL_PAIR_STEP_SEPARATOR
     context = context_from_args(args)  # validate the flags before minutes of model start-up
     question = args.question or SAMPLE_QUESTION
     _log("preparing the local model pair and starting vLLM (first run: downloads and converts)")

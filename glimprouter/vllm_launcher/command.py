@@ -42,6 +42,10 @@ sent twice reuses nothing, at 32 it reuses 64 tokens. GPU builds keep their own 
 CHAT_TEMPLATE_CHOICES = ("auto", "stock", "verbatim")
 
 
+# The variable vLLM reads its API key from (passed down to the servers when set).
+VLLM_KEY_ENV = "VLLM_API_KEY"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on `host` right now."""
     with socket.socket() as sock:
@@ -235,7 +239,7 @@ def build_env(
     }
     env |= {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     if spec.api_key is not None:
-        env["VLLM_API_KEY"] = spec.api_key
+        env[VLLM_KEY_ENV] = spec.api_key
     if spec.is_local:
         env["HF_HUB_OFFLINE"] = "1"
     if cpu_only:

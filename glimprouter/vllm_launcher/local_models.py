@@ -22,6 +22,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from glimprouter.errors import ConfigError, GlimpRouterError
+from glimprouter.extras import require
 
 _CHUNK = 1 << 20
 # `-c` rather than `-m`: the package imports this module first, which `-m` warns about.
@@ -75,6 +76,9 @@ LOCAL_MODELS: dict[str, LocalModel] = {
 
 LOCAL_PAIR: tuple[str, str] = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 """The (small, large) pair served by default on a machine without a configured endpoint."""
+LOCAL_PAIR_STEP_SEPARATOR = "\n"
+"""The step_separator of the local pair: Qwen2.5-Coder writes its reasoning one idea a line and
+hardly ever a blank line, so at the paper's "\\n\\n" its whole chain was one step."""
 
 
 def cache_dir() -> Path:
@@ -213,13 +217,14 @@ def _remove_stale_partials(target: Path) -> None:
 
 def convert(gguf: Path, out: Path) -> None:
     """Dequantize `gguf` into a bf16 safetensors folder with tokenizer and chat template."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # vLLM's own dependency
 
-    model = AutoModelForCausalLM.from_pretrained(
+    transformers = require("transformers")
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
     )
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # Saved with the GGUF quantizer attached, the folder would claim a quantization vLLM cannot
     # load; the weights are already plain bf16 tensors.
     model.hf_quantizer = None

@@ -299,10 +299,8 @@ def test_unreachable_model_server_is_a_502_without_retries(stream):
     assert reply.status_code == 502
     assert reply.headers["x-should-retry"] == "false"
     error = reply.json()["error"]
-    assert (
-        error["type"] == "server_error"
-        and "cannot reach the small model server" in (error["message"])
-    )
+    assert error["type"] == "server_error"
+    assert "the small model's server failed" in error["message"]
     assert "Traceback" not in reply.text
 
 
@@ -313,12 +311,12 @@ def test_model_server_failing_mid_stream_ends_the_stream_with_an_error():
     ):
         sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="-", http_client=test_client)
         seen = []
-        with pytest.raises(openai.APIError, match="the large model server at .* failed"):
+        with pytest.raises(openai.APIError, match="the large model's server failed"):
             for chunk in sdk.chat.completions.create(**chat(), stream=True):
                 seen.append(chunk.choices[0].delta.model_extra.get("reasoning_content"))
         # The first step (small) was streamed before the large model failed on the second.
         assert seen[1].startswith("Step 0")
-        with pytest.raises(openai.InternalServerError, match="the large model server"):
+        with pytest.raises(openai.InternalServerError, match="the large model's server"):
             sdk.with_options(max_retries=0).chat.completions.create(**chat())
 
 
@@ -360,11 +358,11 @@ def together(count: int):
     return fault
 
 
-@pytest.mark.parametrize(("max_concurrency", "peak"), [(None, 4), (1, 1)])
+@pytest.mark.parametrize(("max_concurrency", "peak"), [(64, 4), (1, 1)])
 async def test_concurrent_requests_keep_their_own_question_and_knobs(max_concurrency, peak):
     questions = [f"What is {n} + {n}?" for n in range(4)]
     thresholds = [0, 1e9, 0, 1e9]
-    with fake_model_server(fault=together(4) if max_concurrency is None else None) as slow:
+    with fake_model_server(fault=together(4) if max_concurrency > 1 else None) as slow:
         limits = RouterLimits(max_concurrency=max_concurrency, min_threshold=0)
         app = create_app(context_at(slow.url), limits)
         transport = httpx.ASGITransport(app=app)

@@ -196,8 +196,8 @@ def hold_second_steps(index: int, request: dict[str, Any]) -> Any:
     return "until_closed" if held and "\n\n" in request["messages"][-1]["content"] else None
 
 
-def test_a_key_holding_its_most_streams_gets_a_429_for_another():
-    limits = RouterLimits(max_streams_per_key=1)
+def test_a_key_at_its_bound_waits_while_another_key_streams():
+    limits = RouterLimits(max_requests_per_key=1)
     with fake_model_server(fault=hold_second_steps) as server:
         app = create_app(context_at(server.url, threshold=1e9), limits, api_keys=ApiKeys(KEYS))
         with serving(app, limits) as url, httpx.Client(base_url=url, timeout=GUARD_S) as http:
@@ -214,26 +214,27 @@ def test_a_key_holding_its_most_streams_gets_a_429_for_another():
             first = open_stream(KEYS[0])
             lines = first.iter_lines()  # kept: a discarded iterator closes the response
             assert first.status_code == 200 and next(lines).startswith("data: ")
-            refused = open_stream(KEYS[0])
-            assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
-            error = json.loads(refused.read())["error"]
-            assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
-            assert "--max-streams-per-key" in error["message"]
             other_key = open_stream(KEYS[1])
             assert other_key.status_code == 200
-            # Requests that do not stream are not counted.
-            whole = http.post(
-                "/v1/chat/completions",
-                json=chat(),
-                headers={"Authorization": f"Bearer {KEYS[0]}"},
+            # The first key's next request, streaming or not, waits for its place.
+            whole: list[httpx.Response] = []
+            waiter = threading.Thread(
+                target=lambda: whole.append(
+                    httpx.post(
+                        f"{url}/v1/chat/completions",
+                        json=chat(),
+                        headers={"Authorization": f"Bearer {KEYS[0]}"},
+                        timeout=GUARD_S,
+                    )
+                )
             )
-            assert whole.status_code == 200
+            waiter.start()
+            wait_until(lambda: http.get("/health").json()["waiting"] == 1, GUARD_S, "it waits")
+            assert not whole
             first.close()
-            # Its run stopped (its held model request closed), its place is free again.
-            wait_until(lambda: len(server.closed) == 1, GUARD_S, "the first stream's run stopped")
-            again = open_stream(KEYS[0])
-            assert again.status_code == 200
-            again.close()
+            # Its run stopped (its held model request closed), its place went to the waiter.
+            waiter.join(GUARD_S)
+            assert whole[0].status_code == 200
             other_key.close()
             wait_until(
                 lambda: http.get("/health").json()["running"] == 0,
@@ -352,13 +353,15 @@ def test_the_bounds_are_serve_router_flags_checked_at_startup(backend):
          "0.5", "--allowed-host", "a.example", "--allowed-host", "b.example"]
     )  # fmt: skip
     assert (args.max_concurrency, args.max_waiting, args.header_timeout) == (2, 3, 0.5)
-    assert (args.body_timeout, args.send_timeout, args.max_streams_per_key) == (30.0, 30.0, 16)
+    assert (args.body_timeout, args.send_timeout, args.max_requests_per_key) == (30.0, 30.0, 8)
+    # The flag's name before it counted every request, not only streams.
+    old_name = build_parser().parse_args(["serve-router", "--max-streams-per-key", "5"])
+    assert old_name.max_requests_per_key == 5
     assert args.allowed_host == ["a.example", "b.example"]
     for limits, needle in [
-        (RouterLimits(max_waiting=3), "--max-waiting needs --max-concurrency"),
         (RouterLimits(max_concurrency=1, max_waiting=-1), "--max-waiting -1 must be at least 0"),
         (RouterLimits(header_timeout=0), "--header-timeout 0 must be above 0"),
-        (RouterLimits(max_streams_per_key=0), "--max-streams-per-key 0 must be at least 1"),
+        (RouterLimits(max_requests_per_key=0), "--max-requests-per-key 0 must be at least 1"),
     ]:
         with pytest.raises(ConfigError, match=needle):
             create_app(context_at(backend.url), limits)

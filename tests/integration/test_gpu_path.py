@@ -241,6 +241,9 @@ class _VLLMLike(BaseHTTPRequestHandler):
         if self.path != "/detokenize":
             self.server.questions.append(messages[0]["content"])
         if self.path == "/tokenize":
+            if mode == "tokenize_500":
+                self._json(500, {"error": {"message": "the engine died"}})
+                return
             if mode == "strips" and "</think>" in prefix:
                 self._json(400, {"error": {"message": "the final message does not appear"}})
                 return
@@ -287,9 +290,8 @@ def vllm_like(mode: str, max_model_len: int = 32768) -> Iterator[Any]:
 
 def _context(server: Any, **settings: Any) -> RouterContext:
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    return RouterContext(
-        small_base_url=url, large_base_url=url, small_model="m", large_model="m", **settings
-    )
+    endpoints = {"small_base_url": url, "large_base_url": url, **settings}
+    return RouterContext(small_model="m", large_model="m", **endpoints)
 
 
 @pytest.mark.parametrize(
@@ -308,6 +310,21 @@ def test_canary_refuses_a_misconfigured_server_with_one_line(mode: str, line: st
             asyncio.run(check_endpoints(_context(server)))
     assert "\n" not in str(refused.value)
     assert set(server.questions) == {CANARY_QUESTION}
+
+
+def test_a_replica_failing_the_template_check_is_down_and_a_misconfigured_one_refused() -> None:
+    # A 5xx is that replica failing, as at a run's first request: the run goes on with the
+    # others. A replica that answers and shows a misconfigured server is refused, named.
+    with vllm_like("good") as good, vllm_like("tokenize_500") as failing:
+        urls = [_context(server).small_base_url for server in (failing, good)]
+        context = _context(good, small_base_url=urls)
+        (warning,) = asyncio.run(check_endpoints(context)).warnings
+    assert f"at {urls[0]} failed the start-up check's /tokenize (HTTP 500" in warning
+    with vllm_like("good") as good, vllm_like("reasoning") as misconfigured:
+        urls = [_context(server).small_base_url for server in (good, misconfigured)]
+        with pytest.raises(EndpointError, match="reasoning field") as refused:
+            asyncio.run(check_endpoints(_context(good, small_base_url=urls)))
+    assert f"the small model server at {urls[1]} moves" in str(refused.value)
 
 
 def test_canary_passes_a_good_server_and_warns_of_a_short_context(caplog) -> None:

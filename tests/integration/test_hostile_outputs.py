@@ -161,7 +161,7 @@ HOSTILE_CODE = {
 async def test_hostile_answers_run_through_an_eval_without_aborting_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Only the checks sympy chokes on reach it; they then fail their grading, not the run.
+    # Only the checks sympy chokes on reach it; they are then graded false and kept, ungraded.
     monkeypatch.setattr(math_grader, "VERIFY_TIMEOUT_S", 3.0)
     problems, answers = [], {}
     for name, text in HOSTILE_MATH.items():
@@ -184,9 +184,10 @@ async def test_hostile_answers_run_through_an_eval_without_aborting_it(
     records = {r["problem_id"]: r for r in read_results(tmp_path)}
     assert tally.done == len(problems) == len(records)
     huge_power = records["math huge power"]
-    assert huge_power["error"].startswith("grading failed: GradingError: math-verify took over")
+    assert huge_power["grading"] == "timeout"
+    assert "math-verify took over" in huge_power["grade_detail"]
     for problem_id, record in records.items():
-        assert record.get("error", "").startswith("grading failed") or not record["correct"]
+        assert "error" not in record and not record["correct"], problem_id
         assert len(json.dumps(record)) < 300_000, problem_id  # the answer, not 8 MiB of stderr
         if problem_id.startswith("code"):
             assert "error" not in record and len(record["grade_detail"]) <= MAX_DETAIL

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import glimprouter.evals.datasets as dataset_files
 from glimprouter.errors import ConfigError
 from glimprouter.evals.datasets import DATASETS, GPQA_ZIP_PASSWORD, load_problems
 from glimprouter.prompts import render_question
@@ -146,3 +147,26 @@ def test_bad_names_and_paths(tmp_path: Path) -> None:
         load_problems("aime25", data_dir=tmp_path)
     with pytest.raises(ConfigError, match="--levels"):
         load_problems("aime24", data_dir=DATA, levels={1})
+
+
+def test_a_zlib_bomb_in_a_dataset_field_is_refused(monkeypatch):
+    monkeypatch.setattr(dataset_files, "MAX_INFLATED_BYTES", 4096)
+    bomb = base64.b64encode(zlib.compress(b"[" + b" " * 10_000 + b"]")).decode()
+    with pytest.raises(ConfigError, match="inflates past"):
+        dataset_files._code_tests(bomb)
+    with pytest.raises(ConfigError, match="inflates past 4,096 bytes"):
+        dataset_files.inflate(zlib.compress(b"x" * 4097))
+    assert dataset_files.inflate(zlib.compress(b"x" * 4096)) == b"x" * 4096
+    with pytest.raises(zlib.error):
+        dataset_files.inflate(zlib.compress(b"x" * 100)[:-6])
+
+
+def test_a_zip_member_past_the_cap_is_refused(monkeypatch, tmp_path):
+    archive = tmp_path / "rows.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+        out.writestr("rows.jsonl", '{"q": 1}\n' * 1000)
+    monkeypatch.setattr(dataset_files, "MAX_INFLATED_BYTES", 4096)
+    with pytest.raises(ConfigError, match="inflates past"):
+        list(dataset_files._read_json_lines(archive))
+    monkeypatch.setattr(dataset_files, "MAX_INFLATED_BYTES", 1 << 20)
+    assert len(list(dataset_files._read_json_lines(archive))) == 1000

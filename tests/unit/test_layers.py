@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "settings, state and pure logic",
         (
             "glimprouter.errors",
+            "glimprouter.extras",  # which extra a lazily imported package comes with
             "glimprouter.graph.settings",  # setting(...), the tables derived from it, env parsing
             "glimprouter.graph.context",
             "glimprouter.graph.state",

@@ -165,3 +165,30 @@ def test_rerun_after_kill_9_loses_and_duplicates_nothing(vllm_base_url, tmp_path
     assert after[: len(before)] == before  # nothing recorded was lost or rewritten
     assert sorted(r["problem_id"] for r in after) == sorted({r["problem_id"] for r in after})
     assert len(after) == 6
+
+
+def test_regrade_of_a_real_run_changes_only_grades_and_asks_no_model(vllm_base_url, tmp_path):
+    proxy = KillableProxy(urlparse(vllm_base_url).port)
+    try:
+        done = glimprouter("eval", "--dataset", "math500", "--levels", "1", "--limit", "2",
+                           "--data-dir", str(DATA_DIR), "--method", "small-only", "--seed", "3",
+                           "--output", str(tmp_path), *endpoints(proxy.url),
+                           *TINY_BUDGET)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        asked = len(proxy.chat_requests())
+        before = records(tmp_path)
+        # A grader bug had it the other way round: regrade puts the first grade right.
+        flipped = [{**before[0], "correct": not before[0]["correct"]}, *before[1:]]
+        (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in flipped))
+        regraded = glimprouter("regrade", str(tmp_path), "--grade-timeout", "30")
+        assert regraded.returncode == 0, regraded.stderr
+        assert "2 records regraded, 1 grades changed" in regraded.stdout
+        assert len(proxy.chat_requests()) == asked  # no model request
+    finally:
+        proxy.close()
+    grade = ("correct", "extracted_answer", "grade_detail", "grading")
+    for old, new in zip(before, records(tmp_path), strict=True):
+        assert old == new or {k: v for k, v in old.items() if k not in grade} == {
+            k: v for k, v in new.items() if k not in grade
+        }
+        assert old["correct"] == new["correct"]

@@ -4,9 +4,11 @@ that a timeout can kill.
 An answer such as \\boxed{10^{10^9}} makes sympy compute for minutes inside one C call, which
 neither math-verify's SIGALRM timeouts nor a thread can interrupt. Each check therefore runs in a
 worker process of its own (at most MAX_WORKERS, reused while they answer in time); one that
-computes for longer than VERIFY_TIMEOUT_S, or dies, is killed and replaced, and the problem's
-grading fails with a GradingError (recorded as an error, which a rerun retries) instead of
-hanging the pool. The bound is on the worker's CPU time: on a machine busy with model servers a
+computes for longer than its bound (VERIFY_TIMEOUT_S, or `--grade-timeout`), or dies, is killed
+and replaced, and the check raises GradingTimeout (or GradingError) instead of hanging the pool:
+the eval records that answer as not equal to the gold one, ungraded (`grading: "timeout"`), as
+math-verify's own timeout and the common harnesses count it, with its chain kept for
+`glimprouter regrade`. The bound is on the worker's CPU time: on a machine busy with model servers a
 check waits for a core, and waiting is not what the timeout is for (wall time is bounded too, at
 WALL_TIMEOUT_FACTOR times as long, for a worker that gets no CPU at all).
 """
@@ -22,12 +24,11 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from glimprouter.errors import GlimpRouterError
 from glimprouter.evals.datasets import Problem
 from glimprouter.evals.grading.base import Grade, shorten
 from glimprouter.evals.grading.sandbox import SandboxLimits
+from glimprouter.extras import require
 
 VERIFY_TIMEOUT_S = 10.0
 WALL_TIMEOUT_FACTOR = 10
@@ -40,7 +41,11 @@ WORKER_SCRIPT = Path(__file__).with_name("math_worker.py")
 
 
 class GradingError(GlimpRouterError):
-    """Grading one answer failed (a check that hung or crashed): not a wrong answer."""
+    """Grading one answer failed (a check that crashed): the answer is ungraded."""
+
+
+class GradingTimeout(GradingError):
+    """A check did not finish within its bound: the answer is ungraded."""
 
 
 async def grade_math(
@@ -49,7 +54,9 @@ async def grade_math(
     """Equivalent answers count ("0.5" = "\\frac{1}{2}"); the answer is `final_answer` when
     given, else whatever math-verify finds in `answer_text` (its last \\boxed{} first)."""
     prediction_text = f"\\boxed{{{final_answer}}}" if final_answer is not None else answer_text
-    correct, extracted = await verify_in_worker(problem.gold, prediction_text)
+    correct, extracted = await verify_in_worker(
+        problem.gold, prediction_text, limits.grade_timeout_s
+    )
     return Grade(correct, extracted, f"gold {problem.gold!r}, answer {extracted!r}")
 
 
@@ -66,7 +73,7 @@ async def verify_in_worker(
             reply = await worker.call((gold, prediction_text), timeout_s)
         except TimeoutError:
             worker.kill()
-            raise GradingError(
+            raise GradingTimeout(
                 f"math-verify took over {timeout_s:g} s on answer {answer}"
             ) from None
         except BaseException:  # cancelled, or the worker died: never reuse it half-way
@@ -127,6 +134,7 @@ class _Worker:
                 continue  # the check may have waited for a core: its CPU time tells
 
     def cpu_time_s(self) -> float:
+        psutil = require("psutil")
         try:
             times = psutil.Process(self.process.pid).cpu_times()
         except psutil.Error:  # it died: the end of its output tells the caller

@@ -99,6 +99,9 @@ class SandboxLimits:
     files_mb: int = 64
     max_files: int = 1024
     allow_unconfined: bool = False
+    # Not the sandbox's, but every grader's limits travel together (to the Ray workers too):
+    # CPU seconds math-verify may spend on one answer (None: math_grader.VERIFY_TIMEOUT_S).
+    grade_timeout_s: float | None = None
 
     @property
     def unconfined_allowed(self) -> bool:

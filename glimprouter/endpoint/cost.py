@@ -1,0 +1,48 @@
+"""The most one request to serve-router can cost, computed from the server's settings and limits:
+what the README's endpoint section states for the defaults, and what the tests hold the fake
+model servers' counts to."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from glimprouter.endpoint.limits import LIMITED, RouterLimits, default_chain_tokens
+from glimprouter.graph.context import RouterContext
+from glimprouter.nodes.common import MAX_REQUESTS_PER_STEP
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestCost:
+    """Model requests answered, prompt tokens sent and completion tokens generated for one
+    chain, at most."""
+
+    model_requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.model_requests:,} model requests, {self.prompt_tokens:,} prompt tokens, "
+            f"{self.completion_tokens:,} completion tokens"
+        )
+
+
+def worst_case_cost(base: RouterContext, limits: RouterLimits | None = None) -> RequestCost:
+    """The most a request may make its chain cost on a server of `base` settings and `limits`,
+    at the most of every knob a request may raise: every step at most MAX_REQUESTS_PER_STEP
+    requests and the answer one; the prompts within max_chain_prompt_tokens; the completions
+    within max_chain_tokens (the server's default when `base` sets none). A failed request's
+    retries (max_retries) and the warming prefills come on top."""
+    limits = limits or RouterLimits()
+    if base.max_chain_tokens is None:  # as create_app gives it
+        base = dataclasses.replace(base, max_chain_tokens=default_chain_tokens(limits, base))
+
+    def most(knob: str) -> int:
+        limit = getattr(limits, LIMITED[knob][0])
+        return getattr(base, knob) if limit is None else limit
+
+    return RequestCost(
+        model_requests=MAX_REQUESTS_PER_STEP * most("max_steps") + 1,
+        prompt_tokens=most("max_chain_prompt_tokens"),
+        completion_tokens=most("max_chain_tokens"),
+    )
