@@ -33,6 +33,8 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from glimprouter.evals.grading import math_grader
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.settings import ENV_PREFIX
+from glimprouter.model_servers import client as model_client
+from glimprouter.model_servers.replicas import ReplicaPicker
 from glimprouter.vllm_launcher.local_models import cache_dir
 from tests.fakes import fake_model_server
 from tests.processes import Lines, start, stop
@@ -174,6 +176,13 @@ def _reap() -> None:
             pass
     except ChildProcessError:
         pass
+
+
+@pytest.fixture(autouse=True)
+def fresh_replica_picker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process keeps one ReplicaPicker, whose replicas set aside stay so for replica_cooldown
+    (30 s): each test starts with none set aside, whatever a test before it made fail."""
+    monkeypatch.setattr(model_client, "_replicas", ReplicaPicker())
 
 
 @pytest.fixture(scope="session")

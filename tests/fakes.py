@@ -42,7 +42,10 @@ class FakeModelServer(BaseHTTPRequestHandler):
     """
 
     def do_GET(self):
-        self._json(200, {"object": "list", "data": [{"id": "small"}, {"id": "large"}]})
+        # `root` is what vLLM lists as the model behind a served name (its folder or hub id).
+        root = {"root": self.server.root} if self.server.root else {}
+        names = [{"id": "small", **root}, {"id": "large", **root}]
+        self._json(200, {"object": "list", "data": names})
 
     def do_POST(self):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -198,18 +201,21 @@ def fake_model_server(
     delay_s: float = 0.0,
     fail_model: str | None = None,
     fault: Fault | None = None,
+    root: str | None = None,
     dies: str | None = None,
 ) -> Iterator[Any]:
     """Serve the fake on a free loopback port; `server.url` is its base URL, `server.requests`
     every request body it received, `server.headers` their headers (names in lower case), and
     `server.closed` the requests whose client closed the connection while an "until_closed"
-    fault held them. `server.fault` may be changed live. With `dies` the server dies at its
-    first POST (the start-up canary, after answering /models), as a replica killed mid-check:
-    "at_first_post" resets the connection unanswered, "mid_reply" after half a reply."""
+    fault held them. `server.fault` may be changed live. `root`: the model the served names
+    stand for in /v1/models (unlisted by default, as on servers other than vLLM). With `dies` the
+    server dies at its first POST (the start-up canary, after answering /models), as a replica
+    killed mid-check: "at_first_post" resets the connection unanswered, "mid_reply" after half a
+    reply."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeModelServer)
     server.daemon_threads = True
     server.requests, server.delay_s, server.fail_model = [], delay_s, fail_model
-    server.headers, server.closed, server.dies = [], [], dies
+    server.headers, server.closed, server.root, server.dies = [], [], root, dies
     server.fault, server.lock, server.released = fault, threading.Lock(), threading.Event()
     server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -9,18 +9,17 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from glimprouter.prompts import STEP_SEPARATOR
+from glimprouter.prompts import STEP_SEPARATOR, THINK_CLOSE
+from tests.fakes import chat
 from tests.processes import Lines, start, stop, wait_until
+from tests.proxy import KillableProxy
 from tests.threads import saved_steps
-
-
-def chat(thread_id: str | None = None, **fields) -> dict:
-    body = {"model": "glimprouter", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
-    return body | ({"thread_id": thread_id} if thread_id else {}) | fields
 
 
 def start_router(
@@ -57,26 +56,47 @@ def started_router(command: list[str], **popen) -> tuple[subprocess.Popen, str]:
     return process, ready.split()[3]
 
 
+def steps_continued(request: dict[str, Any]) -> int | None:
+    """How many steps the chain a model request continues holds; None for an answer request
+    (its thinking closed)."""
+    prefix = request["messages"][-1]["content"]
+    return None if THINK_CLOSE in prefix else prefix.count(STEP_SEPARATOR)
+
+
 def kill_a_router_mid_chain_and_resume(
     url: str, database: str, thread: str, token_budget: int
 ) -> None:
-    """Router A starts the thread and is killed with SIGKILL once two steps are saved; router B,
-    sharing the database, finishes it: the final chain keeps A's steps."""
-    body = chat(thread, max_tokens=token_budget)
-    router_a, url_a = start_router(url, database, token_budget)
+    """Router A starts the thread through a proxy that holds its first request for a third step;
+    A is killed with SIGKILL with that request in flight and two steps saved, the chain
+    unfinished by construction. Router B, sharing the database, finishes it: the final chain
+    keeps A's steps, and B wrote the ones that follow."""
+    body = chat(thread_id=thread, max_tokens=token_budget)
+    proxy = KillableProxy(urlparse(url).port)
+    proxy.hold(lambda _, request: (steps_continued(request) or 0) >= 2)
+    answered = threading.Event()
+
+    def send() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # its router is killed mid-chain
+            httpx.post(f"{url_a}/chat/completions", json=body, timeout=600)
+        answered.set()
+
+    def mid_chain() -> bool:
+        assert not answered.is_set(), "router A ended the chain before a third step: no resume"
+        return proxy.held() > 0 and len(saved_steps(database, thread)) >= 2
+
     try:
-
-        def send() -> None:
-            with contextlib.suppress(httpx.HTTPError):  # its router is killed mid-chain
-                httpx.post(f"{url_a}/chat/completions", json=body, timeout=600)
-
-        threading.Thread(target=send, daemon=True).start()
-        wait_until(lambda: len(saved_steps(database, thread)) >= 2, 600, "two saved steps")
-        router_a.kill()
-        router_a.wait()
+        router_a, url_a = start_router(proxy.url, database, token_budget)
+        try:
+            threading.Thread(target=send, daemon=True).start()
+            wait_until(mid_chain, 600, "router A asking for a third step, two steps saved")
+            router_a.kill()
+            router_a.wait()
+        finally:
+            stop(router_a)
     finally:
-        stop(router_a)
+        proxy.close()
     before = saved_steps(database, thread)
+    assert len(before) == 2, before
     router_b, url_b = start_router(url, database, token_budget)
     try:
         reply = httpx.post(f"{url_b}/chat/completions", json=body, timeout=600)
@@ -84,7 +104,7 @@ def kill_a_router_mid_chain_and_resume(
         assert stop(router_b) == 0
     assert reply.status_code == 200, reply.text
     after = saved_steps(database, thread)
-    assert len(before) >= 2 and after[: len(before)] == before
+    assert after[:2] == before and len(after) > 2, "router B wrote the steps A did not"
     reasoning = reply.json()["choices"][0]["message"]["reasoning_content"]
     assert reasoning.startswith(STEP_SEPARATOR.join(step["text"] for step in before))
 
@@ -93,7 +113,13 @@ FRESH_CONNECTION = {"Connection": "close"}  # each request is accepted anew, by 
 
 
 def scrape(base_url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of a router's /metrics, by (name, sorted labels)."""
     reply = httpx.get(base_url.removesuffix("/v1") + "/metrics", headers=FRESH_CONNECTION)
+    return samples(reply)
+
+
+def samples(reply: httpx.Response) -> dict[tuple[str, tuple], float]:
+    """Every sample of a /metrics reply, by (name, sorted labels)."""
     assert reply.status_code == 200, reply.text
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value

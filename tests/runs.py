@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+from glimprouter.evals.results import ResultsWriter, pin_configuration, run_identity
+from glimprouter.graph.context import RouterContext
 
 # What differs between two runs of the same chains: the clock.
 VOLATILE, VOLATILE_IN_STEPS = {"latency_s"}, {"wall_s"}
@@ -27,3 +31,18 @@ def by_key(rows: list[dict]) -> dict[tuple[str, int], dict]:
     keyed = {(row["problem_id"], row["repeat"]): comparable(row) for row in rows}
     assert len(keyed) == len(rows), "a (problem, repeat) was recorded twice"
     return keyed
+
+
+def write_run(
+    directory: Path,
+    context: RouterContext,
+    rows: list[dict[str, Any]],
+    repeats: int = 1,
+    selection: dict[str, Any] | None = None,
+) -> None:
+    """A MATH-500 results directory of `context` holding `rows`, as an eval writes it."""
+    pin_configuration(directory, run_identity("math500", context, repeats, selection=selection))
+    writer = ResultsWriter(directory)
+    for row in rows:
+        writer.write(row)
+    writer.close()

@@ -4,9 +4,40 @@ that keep a thread, and the steps a thread holds."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 
+from glimprouter.graph.tenants import SINGLE_TENANT
 from glimprouter.graph.threads import open_threads
+from tests.paths import REPO
+from tests.processes import Lines, running
+
+# Holds a thread of the database argv[1] (the single tenant's thread argv[2]) as a run of it
+# does, until its standard input ends.
+HOLDER = (
+    "import asyncio, sys\nfrom glimprouter.graph.threads import open_threads\n"
+    "async def hold():\n    async with open_threads(sys.argv[1]) as store:\n"
+    "        async with store.held(sys.argv[3], sys.argv[2]):\n"
+    "            print('held', flush=True)\n            sys.stdin.read()\n"
+    "asyncio.run(hold())\n"
+)
+
+
+@contextlib.contextmanager
+def thread_held(database: str, thread: str) -> Iterator[None]:
+    """Another process holding `thread` of `database` (no API keys) while the block runs."""
+    command = [sys.executable, "-c", HOLDER, database, thread, SINGLE_TENANT]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    with running(command, env=env, **pipes) as holder:
+        Lines(holder.stdout).wait_for(lambda line: line == "held\n", 120, "the holder's 'held'")
+        yield
+        holder.stdin.close()  # the holder's read ends: it lets go of the thread and exits
+        assert holder.wait(timeout=120) == 0
 
 
 def ask_args(url: str, database: str, thread: str) -> list[str]:

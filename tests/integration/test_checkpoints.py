@@ -7,8 +7,6 @@ import asyncio
 import os
 import sqlite3
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
@@ -18,8 +16,7 @@ from glimprouter.evals.datasets import CodeTest
 from glimprouter.graph.tenants import SINGLE_TENANT
 from glimprouter.graph.threads import durable_graph, open_threads
 from tests.fakes import fake_model_server
-from tests.paths import REPO
-from tests.processes import Lines, running
+from tests.threads import thread_held
 
 
 def _ask(url: str, db: Path, thread: str = "t") -> list[str]:
@@ -70,31 +67,16 @@ def test_a_locked_database_is_one_line(tmp_path: Path, capsys) -> None:
     assert "Traceback" not in err
 
 
-HOLDER = (
-    "import asyncio, sys\nfrom glimprouter.graph.threads import open_threads\n"
-    "async def hold():\n    async with open_threads(sys.argv[1]) as store:\n"
-    "        async with store.held('', 't'):\n"
-    "            print('held', flush=True)\n            sys.stdin.read()\n"
-    "asyncio.run(hold())\n"
-)
-
-
 def test_a_thread_another_process_runs_is_refused(tmp_path: Path, capsys) -> None:
     """Two processes resuming one thread would fork its chain: the second is told, in a line."""
     db = tmp_path / "threads.sqlite"
-    env = os.environ | {"PYTHONPATH": str(REPO)}
-    holder_command = [sys.executable, "-c", HOLDER, str(db)]
-    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
-    with running(holder_command, env=env, **pipes) as holder:
-        Lines(holder.stdout).wait_for(lambda line: line == "held\n", 120, "the holder's 'held'")
+    with thread_held(str(db), "t"):
         with fake_model_server() as server:
             assert main(_ask(server.url, db)) == 2
             err = capsys.readouterr().err
             assert "thread 't'" in err and "another process" in err and "--thread-id" in err
             assert server.requests == []
             assert main(_ask(server.url, db, thread="other")) == 0  # other threads run
-        holder.stdin.close()  # the holder's read ends: it lets go of the thread and exits
-        assert holder.wait(timeout=120) == 0
     with fake_model_server() as server:
         assert main(_ask(server.url, db)) == 0  # free once the other process ends
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from glimprouter.endpoint import RouterLimits, create_app
 from glimprouter.endpoint.keys import ApiKeys
 from tests.fakes import chat, context_at, fake_model_server
+from tests.routers import samples
 
 KEY = "sk-metrics-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -19,13 +19,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 def scrape(client, headers=AUTH) -> dict[tuple[str, tuple], float]:
     """Every sample of /metrics, by (name, sorted labels)."""
-    reply = client.get("/metrics", headers=headers)
-    assert reply.status_code == 200, reply.text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(reply.text)
-        for sample in family.samples
-    }
+    return samples(client.get("/metrics", headers=headers))
 
 
 def stream_usage(client, body: dict) -> dict:

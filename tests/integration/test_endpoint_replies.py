@@ -37,5 +37,7 @@ def test_a_chain_cut_mid_way_gets_a_502_with_its_steps():
     body = reply.json()
     assert body["error"]["code"] == "model_server_error"
     written = body["glimprouter"]
-    assert written["steps"] >= 1
+    # Requests 0-2 answered: step 1 by the small model (H 0.69 < 1), step 2's glimpse (H 1.10)
+    # and its large rewrite; step 3's glimpse is the first 500.
+    assert written["steps"] == 2 and len(server.requests) == 4
     assert len(written["reasoning_content"].split(STEP_SEPARATOR)) == written["steps"]

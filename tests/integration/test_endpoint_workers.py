@@ -16,9 +16,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from glimprouter.cli import main
 from glimprouter.prompts import STEP_SEPARATOR
-from tests.fakes import fake_model_server
+from tests.fakes import chat, fake_model_server
 from tests.processes import stop, wait_until
-from tests.routers import FRESH_CONNECTION, chat, metrics_env, scrape, start_router, total
+from tests.routers import FRESH_CONNECTION, metrics_env, scrape, start_router, total
 from tests.threads import saved_steps
 
 
@@ -79,7 +79,7 @@ def test_a_killed_worker_is_replaced_and_a_threaded_chain_it_ran_is_finished_by_
 ):
     directory, env = metrics_env(tmp_path)
     thread = "worker-killed"
-    body = chat(thread, max_tokens=160)
+    body = chat(thread_id=thread, max_tokens=160)
     with fake_model_server(delay_s=0.2) as server:
         router, base = start_router(server.url, postgres_uri, 160, "--workers", "2", env=env)
         try:

@@ -3,6 +3,7 @@ split, random routing at a recorded run's share, and the commands that use them.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -15,15 +16,13 @@ from glimprouter.evals import stats
 from glimprouter.evals.datasets import Problem, load_problems, split_problems
 from glimprouter.evals.report import load_rows, markdown, paired_markdown, verdict
 from glimprouter.evals.results import (
-    ResultsWriter,
-    pin_configuration,
     realised_large_share,
     results_dirs,
-    run_identity,
 )
 from glimprouter.graph.context import RouterContext
 from tests.fakes import fake_model_server
 from tests.paths import SHARED_DATA
+from tests.runs import write_run
 
 DATA_DIR = SHARED_DATA
 
@@ -37,14 +36,19 @@ def simulated(p: float, problems: int, repeats: int, rng) -> dict[str, list[bool
 @pytest.mark.parametrize(("repeats", "p"), [(1, 0.3), (1, 0.8), (3, 0.5)])
 def test_accuracy_intervals_cover_the_planted_accuracy_at_about_the_nominal_rate(repeats, p):
     rng = np.random.default_rng(repeats)
-    trials = 150
-    covered = 0
+    trials, problems = 150, 40
+    covered, widths = 0, []
     for seed in range(trials):
-        outcomes = simulated(p, 40, repeats, rng)
+        outcomes = simulated(p, problems, repeats, rng)
         # What the set's problems would score with endless repeats: the truth for this draw.
         estimate = stats.accuracy(outcomes, seed=seed)
         covered += estimate.low <= p <= estimate.high
-    assert 0.88 <= covered / trials <= 1.0, covered / trials
+        widths.append(estimate.high - estimate.low)
+    # Near 95% but not always: an interval wide enough to hold every p would cover 100%.
+    assert 0.88 <= covered / trials <= 0.99, covered / trials
+    # And no wider than a quarter above the normal approximation's for one repeat a problem.
+    normal_width = 2 * 1.96 * np.sqrt(p * (1 - p) / problems)
+    assert np.mean(widths) <= 1.25 * normal_width, (np.mean(widths), normal_width)
 
 
 def test_one_repeat_gives_wilsons_interval():
@@ -74,6 +78,22 @@ def test_a_real_difference_is_told_apart_and_an_equal_pair_is_not():
     same = stats.paired(worse, worse)
     assert not same.distinguishable and same.accuracy_p == 1.0
     assert verdict(same) == "accuracy not distinguishable; latency not distinguishable"
+
+
+def test_with_repeats_the_accuracy_p_is_the_exact_sign_flip_p():
+    """Three repeats a problem: the accuracy p-value is the paired sign-flip test's, here over
+    all 2^10 flips of the per-problem differences, enumerated."""
+    ours, theirs = [3, 3, 2, 3, 1, 2, 3, 0, 3, 3], [1, 2, 2, 0, 2, 1, 2, 1, 3, 1]
+    method = {str(i): [(r < n, 1.0) for r in range(3)] for i, n in enumerate(ours)}
+    reference = {str(i): [(r < n, 2.0) for r in range(3)] for i, n in enumerate(theirs)}
+    comparison = stats.paired(method, reference)
+    differences = (np.array(ours) - np.array(theirs)) / 3
+    observed = abs(differences.mean())
+    flips = itertools.product((1, -1), repeat=len(differences))
+    as_extreme = sum(abs((np.array(f) * differences).mean()) >= observed - 1e-12 for f in flips)
+    assert comparison.accuracy_test == "sign-flip permutation"
+    assert comparison.accuracy_p == pytest.approx(as_extreme / 2 ** len(differences))
+    assert comparison.accuracy_difference.value == pytest.approx(differences.mean())
 
 
 def test_pairs_use_only_the_problems_both_ran():
@@ -116,14 +136,6 @@ def record(problem_id, correct, *, steps=4, large_steps=1, latency=10.0, dataset
         "large_requests": large_steps + 1,
         "trace": [],
     }
-
-
-def write_run(directory, context, records, selection=None):
-    pin_configuration(directory, run_identity("math500", context, 1, selection=selection))
-    writer = ResultsWriter(directory)
-    for r in records:
-        writer.write(r)
-    writer.close()
 
 
 def test_the_matched_rate_is_the_recorded_large_step_share(tmp_path):

@@ -1,24 +1,28 @@
 """Evals across a Ray cluster (`eval --ray`): a local Ray cluster of this machine runs the same
-problems as the local runner, with the same records, and a worker killed mid-run loses none."""
+problems as the local runner, with the same records; a worker killed with a problem in flight
+loses none, and a problem that keeps killing its worker becomes a failed record."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from urllib.parse import urlparse
 
 import psutil
 import pytest
 
 from glimprouter.cli import main
 from glimprouter.evals.datasets import load_problems
-from glimprouter.evals.ray_cluster import RayCluster
+from glimprouter.evals.ray_cluster import TASK_RETRIES, RayCluster
 from glimprouter.evals.runner import run_eval
 from glimprouter.stopping import run
-from tests.fakes import context_at, fake_model_server
+from tests.fakes import context_at, fake_model_server, problem
 from tests.processes import processes_marked, running, wait_until
 from tests.runs import by_key, records
 
@@ -73,18 +77,42 @@ def worker_pids() -> set[int]:
     return pids
 
 
-def test_a_worker_killed_mid_run_loses_and_repeats_no_record(cluster, data_file, tmp_path):
+def asking(pid: int, port: int) -> bool:
+    """Whether process `pid` has a connection open to the model server on `port`."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for connection in psutil.Process(pid).net_connections("tcp"):
+            if connection.raddr and connection.raddr.port == port:
+                return connection.status == psutil.CONN_ESTABLISHED
+    return False
+
+
+def test_a_worker_killed_with_a_problem_in_flight_loses_and_repeats_no_record(
+    cluster, data_file, tmp_path
+):
+    """Every model request waits until a worker, seen with a request open to the model server,
+    is killed: the killed call had a problem in flight by construction, and Ray's retry of it
+    gives its record once."""
     problems = load_problems(data_file=data_file)
     killed: list[int] = []
+    victim_killed = threading.Event()
 
-    def kill_a_busy_worker(record, tally, total):
-        # Right after the first record, while each worker still has problems in flight.
-        if not killed:
-            victim = min(worker_pids())
+    def kill_a_worker_mid_request(port: int) -> None:
+        try:
+            victim = wait_until(
+                lambda: next((pid for pid in sorted(worker_pids()) if asking(pid, port)), None),
+                120,
+                "a Ray worker with a model request in flight",
+            )
             os.kill(victim, signal.SIGKILL)
             killed.append(victim)
+        finally:
+            victim_killed.set()  # the held requests go on either way: the eval must end
 
-    with fake_model_server(delay_s=0.2) as server:
+    with fake_model_server(fault=lambda *_: victim_killed.wait() and None) as server:
+        killer = threading.Thread(
+            target=kill_a_worker_mid_request, args=(urlparse(server.url).port,)
+        )
+        killer.start()
         tally = run(
             run_eval(
                 problems,
@@ -93,14 +121,46 @@ def test_a_worker_killed_mid_run_loses_and_repeats_no_record(cluster, data_file,
                 dataset="file",
                 repeats=2,
                 concurrency=2,
-                on_record=kill_a_busy_worker,
                 cluster=cluster,
             )
         )
+        killer.join()
     rows = records(tmp_path / "run")
     assert killed and killed[0] not in worker_pids()
     assert tally.failed == 0 and all(not row.get("error") for row in rows)
     assert set(by_key(rows)) == {(p.id, repeat) for p in problems for repeat in (0, 1)}
+
+
+def test_a_problem_that_kills_its_worker_every_time_is_recorded_as_failed(cluster, tmp_path):
+    """Each time its model request arrives, the worker that sent it (the only one) is killed:
+    after the first try and TASK_RETRIES more, its record is a failure; the next problem runs
+    on the restarted worker."""
+    doomed, fine = problem("doomed"), problem("fine")
+    tries: list[int] = []
+
+    def kill_the_asker(index: int, request: dict) -> str | None:
+        if doomed.question not in request["messages"][0]["content"]:
+            return None
+        tries.append(index)
+        for pid in worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        return "500"
+
+    with fake_model_server(fault=kill_the_asker) as server:
+        tally = run(
+            run_eval(
+                [doomed, fine],
+                context_at(server.url),
+                tmp_path / "run",
+                dataset="file",
+                concurrency=1,
+                cluster=RayCluster(workers=1),
+            )
+        )
+    rows = {row["problem_id"]: row for row in records(tmp_path / "run")}
+    assert len(tries) == TASK_RETRIES + 1
+    assert f"its Ray worker died {TASK_RETRIES + 1} times" in rows[doomed.id]["error"]
+    assert not rows[fine.id].get("error") and tally.failed == 1
 
 
 def test_ray_flags_are_checked(capsys, monkeypatch, data_file, tmp_path):

@@ -242,6 +242,18 @@ async def test_the_start_up_check_refuses_a_role_none_of_whose_replicas_answers(
     assert all(f"cannot reach the large model server at {url}" in message for url in dead)
 
 
+async def test_the_start_up_check_refuses_replicas_of_a_role_that_serve_different_models():
+    with fake_model_server(root="org/model-a") as a, fake_model_server(root="org/model-b") as b:
+        same = context_at(a.url, small_base_url=[a.url, a.url.replace("127.0.0.1", "localhost")])
+        assert (await check_endpoints(same)).served["small"] == "org/model-a"
+        with pytest.raises(EndpointError) as refused:
+            await check_endpoints(context_at(a.url, small_base_url=[a.url, b.url]))
+    message = str(refused.value)
+    assert f"the small model server at {b.url} serves org/model-b" in message
+    assert "another small replica serves org/model-a" in message and "\n" not in message
+    assert "give --small-url / GLIMPROUTER_SMALL_BASE_URL replicas of one model" in message
+
+
 async def test_an_eval_over_a_failing_replica_records_no_failure(tmp_path):
     with fake_model_server() as a, fake_model_server() as b:
         urls = [a.url, b.url]

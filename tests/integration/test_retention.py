@@ -20,9 +20,9 @@ from glimprouter.graph.retention import parse_duration, prune_threads, shown_dur
 from glimprouter.graph.tenants import SINGLE_TENANT
 from glimprouter.graph.thread_locks import thread_lock
 from glimprouter.graph.threads import DURABILITY, open_threads, thread_config
-from tests.fakes import context_at, fake_model_server, tiny_steps
+from tests.fakes import chat, context_at, fake_model_server, tiny_steps
 from tests.processes import stop, wait_until
-from tests.routers import chat, start_router
+from tests.routers import start_router
 from tests.threads import ask_args, saved_steps
 
 HOUR = 3600.0
@@ -102,7 +102,7 @@ def test_serve_router_sweeps_threads_past_thread_ttl(tmp_path: Path):
             wait_until(lambda: not saved_steps(database, "stale"), 120, "the stale thread swept")
             assert saved_steps(database, "kept")
             asked = len(fake.requests)
-            reply = httpx.post(f"{url}/chat/completions", json=chat("stale"), timeout=120)
+            reply = httpx.post(f"{url}/chat/completions", json=chat(thread_id="stale"), timeout=120)
             assert reply.status_code == 200 and len(fake.requests) > asked  # asked anew
         finally:
             assert stop(router) == 0
@@ -169,7 +169,7 @@ def test_the_checkpoint_cap_bounds_a_long_chains_stored_size(database, request, 
             router, url = start_router(fake.url, where, 4096, "--max-steps", "32",
                                        "--max-thread-checkpoints", cap)  # fmt: skip
             try:
-                body = chat(thread, messages=[{"role": "user", "content": question}])
+                body = chat(thread_id=thread, messages=[{"role": "user", "content": question}])
                 reply = httpx.post(f"{url}/chat/completions", json=body, timeout=300)
                 assert reply.status_code == 200, reply.text
                 assert reply.json()["usage"]["glimprouter"]["steps"] == 32

@@ -114,6 +114,19 @@ print(forked, in_its_cgroup, resource.getrlimit(resource.RLIMIT_NPROC)[0])
 
 
 @needs_namespaces
+async def test_without_a_cgroup_memory_is_bounded_per_process(monkeypatch) -> None:
+    """Where no cgroup can be made, each process keeps its own `memory_mb` of address space:
+    six children of 150 MB together pass a bound of 512 MiB (the cgroup would stop them), and
+    one process of 1 GiB does not."""
+    monkeypatch.setattr(sandbox, "make_run_cgroup", lambda *_: None)
+    limits = replace(ROOMY, memory_mb=512)
+    together = await run_python(HOLDERS.format(share_mb=150), "", limits=limits)
+    assert (together.outcome, together.stdout) == ("ok", "escaped\n"), together
+    alone = await run_python("held = b'x' * (1 << 30)\nprint('escaped')", "", limits=limits)
+    assert alone.outcome == "memory" and "escaped" not in alone.stdout, alone
+
+
+@needs_namespaces
 @needs_cgroups
 async def test_forks_stop_at_the_runs_task_bound(made_cgroups: list[RunCgroup]) -> None:
     """The run's cgroup, not a count of the user's processes, refuses the fifth fork: the

@@ -26,9 +26,9 @@ from glimprouter.graph.invoke import run_question
 from glimprouter.graph.tenants import CHECKPOINT_ID_PREFIX, checkpoint_thread_id, tenant_id
 from glimprouter.graph.threads import DURABILITY, STRICT_SERDE, open_threads, thread_config
 from glimprouter.model_servers.replicas import session_key
-from tests.fakes import context_at, fake_model_server
+from tests.fakes import chat, context_at, fake_model_server
 from tests.processes import stop
-from tests.routers import chat, start_router
+from tests.routers import start_router
 from tests.threads import ask_args, saved_steps
 
 ALICE, BOB = "alice-key", "bob-key"
@@ -69,7 +69,7 @@ def test_two_keys_with_one_thread_id_each_get_a_chain_of_their_own(database, req
     with fake_model_server(fault=fault) as fake:
         router, url = start_router(fake.url, None, 160, *KEYS, **by_env(database))
         try:
-            alice_cut = post(url, chat(thread, messages=[user(SECRET_QUESTION)]), ALICE)
+            alice_cut = post(url, chat(thread_id=thread, messages=[user(SECRET_QUESTION)]), ALICE)
             assert alice_cut.status_code == 502, alice_cut.text
             alice_before = saved_steps(database, thread, ALICE)
             assert alice_before, "Alice's steps before the cut were saved"
@@ -77,7 +77,7 @@ def test_two_keys_with_one_thread_id_each_get_a_chain_of_their_own(database, req
 
             # Bob sends the same thread_id with his own question: a new chain, his own.
             asked = len(fake.requests)
-            bob = post(url, chat(thread, messages=[user("What is 3 + 3?")]), BOB)
+            bob = post(url, chat(thread_id=thread, messages=[user("What is 3 + 3?")]), BOB)
             assert bob.status_code == 200, bob.text
             assert first_prefix(fake.requests[asked:]) == "<think>\n", "Bob's chain started anew"
             assert not any("8812" in json.dumps(r) for r in fake.requests[asked:])
@@ -88,7 +88,7 @@ def test_two_keys_with_one_thread_id_each_get_a_chain_of_their_own(database, req
             # Bob tries Alice's question under the id: his thread holds his own question, and
             # the refusal quotes neither.
             asked = len(fake.requests)
-            refused = post(url, chat(thread, messages=[user(SECRET_QUESTION)]), BOB)
+            refused = post(url, chat(thread_id=thread, messages=[user(SECRET_QUESTION)]), BOB)
             assert refused.status_code == 400 and "holds another question" in refused.text
             assert "8812" not in refused.text and "3 + 3" not in refused.text
             assert len(fake.requests) == asked
@@ -96,7 +96,7 @@ def test_two_keys_with_one_thread_id_each_get_a_chain_of_their_own(database, req
             # Alice resumes her own unfinished chain after her saved steps, untouched by Bob.
             assert saved_steps(database, thread, ALICE) == alice_before
             asked = len(fake.requests)
-            alice = post(url, chat(thread, messages=[user(SECRET_QUESTION)]), ALICE)
+            alice = post(url, chat(thread_id=thread, messages=[user(SECRET_QUESTION)]), ALICE)
             assert alice.status_code == 200, alice.text
             assert first_prefix(fake.requests[asked:]) != "<think>\n", "Alice's chain resumed"
             reasoning = alice.json()["choices"][0]["message"]["reasoning_content"]
@@ -146,17 +146,18 @@ def test_a_keyless_server_and_ask_resume_threads_of_the_previous_release(databas
                            checkpoint_db=database)  # fmt: skip
         with TestClient(keyed) as client:  # no key may claim it: its owner is not known
             authorization = {"Authorization": f"Bearer {ALICE}"}
-            reply = client.post("/v1/chat/completions", json=chat(thread), headers=authorization)
+            body = chat(thread_id=thread)
+            reply = client.post("/v1/chat/completions", json=body, headers=authorization)
             assert reply.status_code == 200 and first_prefix(fake.requests) == "<think>\n"
         assert saved_steps(database, thread) == before
         asked = len(fake.requests)
         keyless, url = start_router(fake.url, database)
         try:
-            reply = post(url, chat(thread))
+            reply = post(url, chat(thread_id=thread))
             assert reply.status_code == 200, reply.text
             assert first_prefix(fake.requests[asked:]) != "<think>\n", "resumed, not restarted"
             again = len(fake.requests)
-            assert post(url, chat(thread)).status_code == 200  # finished: read back
+            assert post(url, chat(thread_id=thread)).status_code == 200  # finished: read back
             assert len(fake.requests) == again
         finally:
             stop(keyless)
@@ -185,7 +186,7 @@ def test_any_thread_id_works_and_leaves_only_as_an_opaque_hash(database, tmp_pat
             router, url = start_router(replicas, database, 160, "--api-key", carol, stderr=stderr)
         try:
             for thread in ODD_IDS:
-                body = json.dumps(chat(thread))
+                body = json.dumps(chat(thread_id=thread))
                 headers = {"Authorization": f"Bearer {carol}", "Content-Type": "application/json"}
                 reply = httpx.post(f"{url}/chat/completions", content=body, headers=headers)
                 assert reply.status_code == 200, (thread, reply.text)
@@ -193,7 +194,7 @@ def test_any_thread_id_works_and_leaves_only_as_an_opaque_hash(database, tmp_pat
                 again = httpx.post(f"{url}/chat/completions", content=body, headers=headers)
                 assert again.status_code == 200 and len(a.requests) + len(b.requests) == asked
             # An unpaired surrogate escape is JSON but no Unicode text: a 400 naming the field.
-            lone = json.dumps(chat("\ud800-lone"))
+            lone = json.dumps(chat(thread_id="\ud800-lone"))
             refused = httpx.post(f"{url}/chat/completions", content=lone, headers=headers)
             assert refused.status_code == 400 and refused.json()["error"]["param"] == "thread_id"
         finally:

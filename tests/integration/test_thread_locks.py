@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from glimprouter.graph.thread_locks import ThreadBusy, lock_file, thread_lock
-from tests.fakes import fake_model_server
+from tests.fakes import chat, fake_model_server
 from tests.processes import stop
-from tests.routers import chat, start_router
+from tests.routers import start_router
 
 GUARD_S = 120  # an upper bound for a slow machine
 
@@ -27,7 +27,7 @@ def database(request, tmp_path) -> str:
 
 
 def ask(question: str, thread: str) -> dict:
-    return chat(thread, messages=[{"role": "user", "content": question}])
+    return chat(thread_id=thread, messages=[{"role": "user", "content": question}])
 
 
 def assert_busy(reply: httpx.Response, database: str) -> None:

@@ -17,6 +17,7 @@ from glimprouter.evals.results import (
     run_identity,
 )
 from glimprouter.graph.context import RouterContext
+from tests.runs import write_run
 
 
 def record(
@@ -48,14 +49,6 @@ def record(
         "large_requests": 2,
         "trace": [{"entropy": e} for e in entropies],
     }
-
-
-def write_run(directory, context, records, repeats=1):
-    pin_configuration(directory, run_identity("math500", context, repeats))
-    writer = ResultsWriter(directory)
-    for r in records:
-        writer.write(r)
-    writer.close()
 
 
 def test_results_of_another_configuration_are_refused_naming_the_difference(tmp_path):

@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -15,6 +14,7 @@ from glimprouter.evals.datasets import load_problems, split_problems
 from tests.paths import SHARED_DATA
 from tests.processes import running, signal_group, wait_until
 from tests.proxy import KillableProxy
+from tests.runs import records
 
 pytestmark = pytest.mark.vllm
 
@@ -35,10 +35,6 @@ def glimprouter(*args: str, **popen) -> subprocess.CompletedProcess:
 
 def endpoints(url: str) -> list[str]:
     return ["--small-url", url, "--large-url", url]
-
-
-def records(directory: Path) -> list[dict]:
-    return [json.loads(line) for line in (directory / "results.jsonl").read_text().splitlines()]
 
 
 def test_eval_math_and_code_with_two_methods_then_report(vllm_base_url, tmp_path):

@@ -35,7 +35,9 @@ pytestmark = pytest.mark.vllm
 
 ROOT = REPO
 LANGGRAPH = Path(sys.executable).with_name("langgraph")
-STARTUP_TIMEOUT_S = 180
+# An upper bound that turns a hang into a failure on the slowest machine, never a guess at how
+# long `langgraph dev` takes to start.
+STARTUP_TIMEOUT_S = 900
 # What `langgraph dev` needs in the shell to stay offline; langgraph.json adds the rest.
 OFFLINE_ENV = {"LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false"}
 ROUTER_NODES = {
