@@ -19,8 +19,12 @@ from collections.abc import AsyncIterator, Iterator
 
 from glimprouter.endpoint.errors import RequestError
 from glimprouter.endpoint.load import Key, Scheduler, too_many
+from glimprouter.errors import ConfigError
 
 _NO_KEY = b"-"
+_SOCKET_NAME = "scheduler.sock"
+# sun_path holds 108 bytes with its terminating NUL.
+_MAX_SOCKET_PATH = 107
 
 
 @contextlib.contextmanager
@@ -28,22 +32,41 @@ def shared_scheduler(scheduler: Scheduler) -> Iterator[str]:
     """Serve `scheduler` on a Unix socket of a private directory from a thread of this process
     while the block runs; yields the socket's path, for the workers' RemoteGate."""
     directory = tempfile.mkdtemp(prefix="glimprouter-admission-")
-    path = os.path.join(directory, "scheduler.sock")
+    if len(os.fsencode(os.path.join(directory, _SOCKET_NAME))) > _MAX_SOCKET_PATH:
+        # A deep TMPDIR (a test's, a job scheduler's) makes a path bind() refuses; the
+        # directory's mode 0700 is what guards the socket, wherever it is.
+        os.rmdir(directory)
+        directory = tempfile.mkdtemp(prefix="glimprouter-admission-", dir="/tmp")
+    path = os.path.join(directory, _SOCKET_NAME)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     stopping = asyncio.Event()
+    failure: list[BaseException] = []
 
     async def serve() -> None:
-        server = await asyncio.start_unix_server(
-            lambda reader, writer: _answer(scheduler, reader, writer), path
-        )
-        started.set()
+        try:
+            server = await asyncio.start_unix_server(
+                lambda reader, writer: _answer(scheduler, reader, writer), path
+            )
+        except OSError as error:
+            failure.append(error)
+            return
+        finally:
+            started.set()
         async with server:
             await stopping.wait()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
     thread.start()
     started.wait()
+    if failure:
+        thread.join()
+        loop.close()
+        shutil.rmtree(directory, ignore_errors=True)
+        raise ConfigError(
+            f"cannot open the workers' admission socket in {directory} ({failure[0]}): "
+            "set TMPDIR to a short writable directory, or run with --workers 1"
+        )
     try:
         yield path
     finally:

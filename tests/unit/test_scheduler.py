@@ -4,9 +4,12 @@ longest queue shedding when the waiting room is full, and a waiter that leaves."
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 
 import pytest
 
+from glimprouter.endpoint.admission import shared_scheduler
 from glimprouter.endpoint.errors import RequestError
 from glimprouter.endpoint.load import Scheduler
 
@@ -79,3 +82,14 @@ async def test_without_keys_only_max_concurrency_bounds():
     assert all(task.done() for task in tasks)
     with pytest.raises(RequestError, match="--max-concurrency"):
         await scheduler.admit(None)
+
+
+def test_the_admission_socket_opens_under_a_tmpdir_too_deep_for_a_unix_socket(
+    tmp_path, monkeypatch
+):
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    with shared_scheduler(Scheduler(max_concurrency=1, max_waiting=0, max_per_key=1)) as path:
+        assert os.path.exists(path) and len(os.fsencode(path)) <= 107
+    assert not os.path.exists(path)
