@@ -35,6 +35,8 @@ ROUTER_FLAGS = [
     "--step-max-tokens", "16", "--token-budget", "48", "--answer-max-tokens", "16",
     "--request-timeout", "180", "--seed", "0", "--max-token-budget", "64",
     "--min-threshold", "0",  # the tests route whole chains to the large model with threshold 0
+    # One key sends 64 requests that the model proxy holds until all are in flight together.
+    "--max-requests-per-key", "64",
 ]  # fmt: skip
 
 
