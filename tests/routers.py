@@ -66,13 +66,15 @@ def steps_continued(request: dict[str, Any]) -> int | None:
 def kill_a_router_mid_chain_and_resume(
     url: str, database: str, thread: str, token_budget: int
 ) -> None:
-    """Router A starts the thread through a proxy that holds its first request for a third step;
-    A is killed with SIGKILL with that request in flight and two steps saved, the chain
-    unfinished by construction. Router B, sharing the database, finishes it: the final chain
-    keeps A's steps, and B wrote the ones that follow."""
+    """Router A starts the thread through a proxy that holds its first model request after a step
+    is saved (the next step's or the answer's, whichever the model's chain asks for); A is killed
+    with SIGKILL with that request in flight, the chain unfinished by construction. Router B,
+    sharing the database, finishes it through a recording proxy: the final chain keeps A's steps,
+    and none of B's requests starts the chain again (a restart would write the same steps on a
+    deterministic model, so only B's own requests tell a resume from a restart)."""
     body = chat(thread_id=thread, max_tokens=token_budget)
-    proxy = KillableProxy(urlparse(url).port)
-    proxy.hold(lambda _, request: (steps_continued(request) or 0) >= 2)
+    proxy_a = KillableProxy(urlparse(url).port)
+    proxy_a.hold(lambda _, request: steps_continued(request) != 0)
     answered = threading.Event()
 
     def send() -> None:
@@ -81,30 +83,38 @@ def kill_a_router_mid_chain_and_resume(
         answered.set()
 
     def mid_chain() -> bool:
-        assert not answered.is_set(), "router A ended the chain before a third step: no resume"
-        return proxy.held() > 0 and len(saved_steps(database, thread)) >= 2
+        assert not answered.is_set(), "router A ended the chain before it was killed: no resume"
+        return proxy_a.held() > 0 and len(saved_steps(database, thread)) >= 1
 
     try:
-        router_a, url_a = start_router(proxy.url, database, token_budget)
+        router_a, url_a = start_router(proxy_a.url, database, token_budget)
         try:
             threading.Thread(target=send, daemon=True).start()
-            wait_until(mid_chain, 600, "router A asking for a third step, two steps saved")
+            wait_until(mid_chain, 600, "router A asking for a model after a step was saved")
             router_a.kill()
             router_a.wait()
         finally:
             stop(router_a)
     finally:
-        proxy.close()
+        proxy_a.close()
     before = saved_steps(database, thread)
-    assert len(before) == 2, before
-    router_b, url_b = start_router(url, database, token_budget)
+    assert before, "router A saved no step"
+    proxy_b = KillableProxy(urlparse(url).port)
     try:
-        reply = httpx.post(f"{url_b}/chat/completions", json=body, timeout=600)
+        router_b, url_b = start_router(proxy_b.url, database, token_budget)
+        try:
+            reply = httpx.post(f"{url_b}/chat/completions", json=body, timeout=600)
+        finally:
+            assert stop(router_b) == 0
+        requests_b = proxy_b.chat_requests()
     finally:
-        assert stop(router_b) == 0
+        proxy_b.close()
     assert reply.status_code == 200, reply.text
     after = saved_steps(database, thread)
-    assert after[:2] == before and len(after) > 2, "router B wrote the steps A did not"
+    assert after[: len(before)] == before, "router B kept the steps A saved"
+    assert requests_b, "router B finished the chain with a model"
+    continued = [steps_continued(request) for request in requests_b]
+    assert all(steps is None or steps >= len(before) for steps in continued), continued
     reasoning = reply.json()["choices"][0]["message"]["reasoning_content"]
     assert reasoning.startswith(STEP_SEPARATOR.join(step["text"] for step in before))
 
