@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from glimprouter.prompts import STEP_SEPARATOR, THINK_CLOSE
 from tests.fakes import chat
-from tests.processes import Lines, start, stop, wait_until
+from tests.processes import Lines, running, start, stop, wait_until
 from tests.proxy import KillableProxy
 from tests.threads import saved_steps
 
@@ -54,6 +54,20 @@ def started_router(command: list[str], **popen) -> tuple[subprocess.Popen, str]:
         stop(process)  # a router that never got ready is not left running
         raise
     return process, ready.split()[3]
+
+
+def one_reply(serve_router: list[str], question: str) -> tuple[str, httpx.Response, str]:
+    """Start the `serve_router` command with its output captured, ask it `question` once and
+    stop it: its ready line, the reply, and all it printed after the ready line."""
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    with running(serve_router, **output) as router:
+        printed = Lines(router.stdout)
+        banner = printed.wait_for(
+            lambda line: line if line.startswith("serving ") else None, 120, "the ready line"
+        )
+        reply = httpx.post(f"{banner.split()[3]}/chat/completions", json=chat(question), timeout=60)
+        stop(router)
+        return banner, reply, printed.rest(60)
 
 
 def steps_continued(request: dict[str, Any]) -> int | None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from glimprouter.cli import build_parser, main
@@ -22,7 +20,7 @@ from glimprouter.model_servers.client import check_endpoints
 from glimprouter.vllm_launcher.cli import specs_from_args
 from glimprouter.vllm_launcher.command import ServerSpec, build_command, build_env
 from tests.fakes import fake_model_server
-from tests.processes import Lines, running, stop
+from tests.routers import one_reply
 
 KEY = "sk-env-SECRET-91ab"
 HOME_URL = "http://127.0.0.1:8101/v1"
@@ -151,16 +149,7 @@ def test_passwords_in_urls_stay_out_of_the_routers_banner_and_replies() -> None:
         command = [sys.executable, "-m", "glimprouter.cli", "serve-router", "--port", "0",
                    "--small-url", secret_url, "--large-url", secret_url,
                    "--max-retries", "0"]  # fmt: skip
-        output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-        with running(command, **output) as router:
-            printed = Lines(router.stdout)
-            banner = printed.wait_for(
-                lambda line: line if line.startswith("serving ") else None, 120, "the ready line"
-            )
-            body = {"model": "glimprouter", "messages": [{"role": "user", "content": "2 + 2?"}]}
-            reply = httpx.post(f"{banner.split()[3]}/chat/completions", json=body, timeout=60)
-            stop(router)
-            everything = printed.rest(60)
+        banner, reply, everything = one_reply(command, "2 + 2?")
     assert "bob:***@127.0.0.1" in banner
     # The reply names no URL at all; the log keeps it, without the password.
     assert reply.status_code == 502 and "bob" not in reply.text and "bob:***@" in everything

@@ -5,11 +5,9 @@ other replicas; only a role with no replica left stops the run, in one line nami
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from glimprouter.cli import main
@@ -17,7 +15,7 @@ from glimprouter.errors import EndpointError
 from glimprouter.evals.results import read_results
 from glimprouter.model_servers.client import check_endpoints
 from tests.fakes import context_at, fake_model_server
-from tests.processes import Lines, running, stop
+from tests.routers import one_reply
 
 DEATHS = ["at_first_post", "mid_reply"]
 SMALL_BUDGETS = ["--step-max-tokens", "16", "--token-budget", "64", "--answer-max-tokens", "16",
@@ -82,16 +80,7 @@ def test_serve_router_starts_and_answers_when_a_replica_dies_at_the_start_up_che
     with fake_model_server() as healthy, fake_model_server(dies=death) as dying:
         command = [sys.executable, "-m", "glimprouter.cli", "serve-router", "--port", "0",
                    *_endpoints(dying.url, healthy.url), *SMALL_BUDGETS]  # fmt: skip
-        output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-        with running(command, **output) as router:
-            printed = Lines(router.stdout)
-            banner = printed.wait_for(
-                lambda line: line if line.startswith("serving ") else None, 120, "the ready line"
-            )
-            body = {"model": "glimprouter", "messages": [{"role": "user", "content": "2 + 2?"}]}
-            reply = httpx.post(f"{banner.split()[3]}/chat/completions", json=body, timeout=60)
-            stop(router)
-            everything = printed.rest(60)
+        _, reply, everything = one_reply(command, "2 + 2?")
     assert reply.status_code == 200, reply.text
     assert "\\boxed{4}" in reply.json()["choices"][0]["message"]["content"]
     assert f"the small model server at {dying.url}" in everything
