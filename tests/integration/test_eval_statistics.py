@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,15 +172,21 @@ def test_report_rows_carry_intervals_and_refuse_mixed_splits(tmp_path):
         load_rows(results_dirs([tmp_path]))
 
 
+SMALL_BUDGETS = ["--step-max-tokens", "16", "--token-budget", "64", "--answer-max-tokens", "16"]
+
+
+def problems_file(directory: Path, count: int) -> Path:
+    """A data file of `count` arithmetic problems (the fake model answers 4 to each)."""
+    data = directory / "problems.jsonl"
+    lines = (json.dumps({"problem": f"What is {n} + 1?", "answer": "4"}) for n in range(count))
+    data.write_text("".join(line + "\n" for line in lines))
+    return data
+
+
 def test_eval_split_and_matched_random_then_report_against(tmp_path, capsys):
-    data = tmp_path / "problems.jsonl"
-    data.write_text(
-        "".join(json.dumps({"problem": f"What is {n} + 1?", "answer": "4"}) + "\n"
-                for n in range(12))
-    )  # fmt: skip
-    flags = ["--step-max-tokens", "16", "--token-budget", "64", "--answer-max-tokens", "16"]
+    data = problems_file(tmp_path, 12)
     with fake_model_server() as server:
-        endpoints = ["--small-url", server.url, "--large-url", server.url, *flags]
+        endpoints = ["--small-url", server.url, "--large-url", server.url, *SMALL_BUDGETS]
         glimp, rand = tmp_path / "glimp", tmp_path / "random"
         common = ["--data-file", str(data), "--split", "test", *endpoints]
         assert main(["eval", *common, "--output", str(glimp)]) == 0
@@ -202,17 +209,12 @@ def test_eval_split_and_matched_random_then_report_against(tmp_path, capsys):
 
 
 def test_a_calibrated_sweep_runs_dev_then_test_at_the_chosen_thresholds(tmp_path, capsys):
-    data = tmp_path / "problems.jsonl"
-    data.write_text(
-        "".join(json.dumps({"problem": f"What is {n} + 2?", "answer": "4"}) + "\n"
-                for n in range(20))
-    )  # fmt: skip
-    flags = ["--step-max-tokens", "16", "--token-budget", "64", "--answer-max-tokens", "16"]
+    data = problems_file(tmp_path, 20)
     with fake_model_server() as server:
         status = main(["sweep", "--data-file", str(data), "--calibrate-on-dev",
                        "--target-large-shares", "0.3,0.6", "--dev-fraction", "0.3",
                        "--output", str(tmp_path / "sweep"), "--small-url", server.url,
-                       "--large-url", server.url, *flags])  # fmt: skip
+                       "--large-url", server.url, *SMALL_BUDGETS])  # fmt: skip
     assert status == 0
     out = capsys.readouterr().out
     runs = results_dirs([tmp_path / "sweep"])
