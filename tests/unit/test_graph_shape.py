@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from glimprouter import graph
+from tests.contract import OUTPUT_KEYS, ROUTER_NODES
 from tests.paths import REPO
 
 ROOT = REPO
@@ -12,17 +13,7 @@ ROOT = REPO
 
 def test_graph_has_the_methods_nodes_and_edges():
     drawn = graph.get_graph()
-    assert set(drawn.nodes) == {
-        "__start__",
-        "glimpse",
-        "decide",
-        "small_step",
-        "large_step",
-        "review",
-        "check_termination",
-        "answer",
-        "__end__",
-    }
+    assert set(drawn.nodes) == ROUTER_NODES | {"__start__", "__end__"}
     edges = {(edge.source, edge.target) for edge in drawn.edges}
     assert {
         ("__start__", "glimpse"),
@@ -46,15 +37,7 @@ def test_schemas_expose_input_output_and_every_context_knob():
         "task",
         "prompt_template",
     }
-    assert set(graph.get_output_jsonschema()["properties"]) == {
-        "answer",
-        "final_answer",
-        "steps",
-        "usage",
-        "stop_reason",
-        "error",
-        "answer_cut",
-    }
+    assert set(graph.get_output_jsonschema()["properties"]) == OUTPUT_KEYS
     knobs = graph.get_context_jsonschema()["properties"]
     assert {"threshold", "top_k", "small_base_url", "large_model", "token_budget"} <= set(knobs)
     assert all(knob.get("description") for knob in knobs.values())

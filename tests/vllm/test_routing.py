@@ -17,6 +17,7 @@ from glimprouter import EndpointError, graph, run_config
 from glimprouter.ask import ask
 from glimprouter.prompts import next_step_messages
 from glimprouter.scoring import top_k_entropy
+from tests.contract import OUTPUT_KEYS
 from tests.proxy import KillableProxy
 
 pytestmark = pytest.mark.vllm
@@ -207,15 +208,7 @@ def test_cli_ask_json_returns_a_complete_result(server_context):
     )
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout)
-    assert set(result) == {
-        "answer",
-        "final_answer",
-        "steps",
-        "usage",
-        "stop_reason",
-        "error",
-        "answer_cut",
-    }
+    assert set(result) == OUTPUT_KEYS
     assert result["steps"] and result["stop_reason"]
     assert sum(step["completion_tokens"] for step in result["steps"]) <= 96
 

@@ -28,6 +28,7 @@ from langgraph_sdk import get_client
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import InputState, OutputState, StopReason
 from glimprouter.vllm_launcher.command import free_port
+from tests.contract import ROUTER_NODES
 from tests.paths import REPO
 from tests.processes import start, wait_until
 
@@ -40,15 +41,6 @@ LANGGRAPH = Path(sys.executable).with_name("langgraph")
 STARTUP_TIMEOUT_S = 900
 # What `langgraph dev` needs in the shell to stay offline; langgraph.json adds the rest.
 OFFLINE_ENV = {"LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false"}
-ROUTER_NODES = {
-    "glimpse",
-    "decide",
-    "small_step",
-    "large_step",
-    "review",
-    "check_termination",
-    "answer",
-}
 TINY_CONTEXT = {
     "step_max_tokens": 16,
     "token_budget": 48,
