@@ -32,7 +32,40 @@ from glimprouter.model_servers.client import CANARY_QUESTION
 Fault = Callable[[int, dict[str, Any]], Any]
 
 
-class FakeModelServer(BaseHTTPRequestHandler):
+class JSONHandler(BaseHTTPRequestHandler):
+    """A quiet request handler whose replies are JSON: the base of the tests' fake servers."""
+
+    def _json(self, status: int, payload: Any) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def served(handler: type[BaseHTTPRequestHandler], **attributes: Any) -> Iterator[Any]:
+    """`handler` serving on a free loopback port from a thread, until the block ends; the server
+    carries `attributes` (the handler reads them as `self.server.<name>`) and `url`, its base
+    URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    for name, value in attributes.items():
+        setattr(server, name, value)
+    server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class FakeModelServer(JSONHandler):
     """An OpenAI-compatible model server in miniature.
 
     Steps name the question they were asked about (so runs cannot be mixed up unseen): two that
@@ -184,17 +217,6 @@ class FakeModelServer(BaseHTTPRequestHandler):
                     self.server.closed.append(index)
                 return
 
-    def _json(self, status, payload):
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
 
 @contextlib.contextmanager
 def fake_model_server(
@@ -212,19 +234,15 @@ def fake_model_server(
     server dies at its first POST (the start-up canary, after answering /models), as a replica
     killed mid-check: "at_first_post" resets the connection unanswered, "mid_reply" after half a
     reply."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeModelServer)
-    server.daemon_threads = True
-    server.requests, server.delay_s, server.fail_model = [], delay_s, fail_model
-    server.headers, server.closed, server.root, server.dies = [], [], root, dies
-    server.fault, server.lock, server.released = fault, threading.Lock(), threading.Event()
-    server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server
-    finally:
-        server.released.set()
-        server.shutdown()
-        server.server_close()
+    released = threading.Event()
+    with served(
+        FakeModelServer, requests=[], delay_s=delay_s, fail_model=fail_model, headers=[],
+        closed=[], root=root, dies=dies, fault=fault, lock=threading.Lock(), released=released,
+    ) as server:  # fmt: skip
+        try:
+            yield server
+        finally:
+            released.set()  # the requests a fault holds end before the server stops
 
 
 def context_at(url: str, **overrides: Any) -> RouterContext:

@@ -69,8 +69,9 @@ class KillableProxy:
         self._call(self._die())
 
     def close(self) -> None:
+        """Die, and end every relay before the proxy's loop stops (none is left pending)."""
         self.release()
-        self.kill()
+        self._call(self._close())
         self._loop.call_soon_threadsafe(self._loop.stop)
 
     def cut_response(self, request_number: int, after_events: int) -> None:
@@ -134,6 +135,13 @@ class KillableProxy:
             writer.transport.abort()
         self._writers.clear()
         self.died.set()
+
+    async def _close(self) -> None:
+        await self._die()
+        relays = asyncio.all_tasks() - {asyncio.current_task()}
+        for relay in relays:
+            relay.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
 
     async def _relay(self, client_reader, client_writer) -> None:
         try:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from glimprouter.cli import main
+from tests.fakes import JSONHandler, served
 
 
 def closed_port() -> int:
@@ -58,30 +57,24 @@ def test_bad_answer_model(capsys):
     assert_one_line(status, err, "answer_model", "['small', 'large']")
 
 
-class NoLogprobsServer(BaseHTTPRequestHandler):
+class NoLogprobsServer(JSONHandler):
     """An OpenAI-compatible server that never returns logprobs (like many hosted APIs)."""
 
-    def _send(self, payload):
-        body = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
     def do_GET(self):
-        self._send(
+        self._json(
+            200,
             {
                 "object": "list",
                 "data": [{"id": "small", "object": "model"}, {"id": "large", "object": "model"}],
-            }
+            },
         )
 
     def do_POST(self):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         usage = {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}
         if not request.get("stream"):
-            self._send(
+            self._json(
+                200,
                 {
                     "id": "x",
                     "object": "chat.completion",
@@ -96,7 +89,7 @@ class NoLogprobsServer(BaseHTTPRequestHandler):
                         }
                     ],
                     "usage": usage,
-                }
+                },
             )
             return
         self.send_response(200)
@@ -114,17 +107,11 @@ class NoLogprobsServer(BaseHTTPRequestHandler):
             self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
         self.wfile.write(b"data: [DONE]\n\n")
 
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture
 def no_logprobs_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NoLogprobsServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with served(NoLogprobsServer) as server:
+        yield server.url
 
 
 @pytest.mark.parametrize("mode", ["stream", "probe"])

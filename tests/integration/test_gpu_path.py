@@ -4,15 +4,12 @@ continuation templates judged by behaviour, and the start-up canary's refusals."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
-import threading
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +34,7 @@ from glimprouter.vllm_launcher.placement import (
     parse_gpus,
     plan_devices,
 )
+from tests.fakes import JSONHandler, served
 from tests.paths import REPO, TEMPLATES
 from tests.processes import COMMAND_GUARD_S, session_env
 from tests.serving import flag, model_folder, plan, serve_specs
@@ -227,7 +225,7 @@ def test_deepseek_verbatim_template_keeps_the_stock_format_and_the_answer_prefix
 # --- the start-up canary ------------------------------------------------------------------------
 
 
-class _VLLMLike(BaseHTTPRequestHandler):
+class _VLLMLike(JSONHandler):
     """vLLM's /models, /chat/completions, /tokenize and /detokenize in miniature, each with the
     misconfiguration a test asks for (`server.mode`)."""
 
@@ -264,33 +262,13 @@ class _VLLMLike(BaseHTTPRequestHandler):
             choice = {"message": text, "logprobs": {"content": [{"top_logprobs": top}]}}
             self._json(200, {"choices": [choice]})
 
-    def _json(self, status: int, payload: Any) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@contextmanager
-def vllm_like(mode: str, max_model_len: int = 32768) -> Iterator[Any]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _VLLMLike)
-    server.mode, server.max_model_len, server.questions = mode, max_model_len, []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+def vllm_like(mode: str, max_model_len: int = 32768) -> contextlib.AbstractContextManager[Any]:
+    return served(_VLLMLike, mode=mode, max_model_len=max_model_len, questions=[])
 
 
 def _context(server: Any, **settings: Any) -> RouterContext:
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    endpoints = {"small_base_url": url, "large_base_url": url, **settings}
+    endpoints = {"small_base_url": server.url, "large_base_url": server.url, **settings}
     return RouterContext(small_model="m", large_model="m", **endpoints)
 
 
