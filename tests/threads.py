@@ -9,10 +9,11 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from glimprouter.graph.tenants import SINGLE_TENANT
-from glimprouter.graph.threads import open_threads
+from glimprouter.graph.threads import DURABILITY, open_threads
 from tests.paths import REPO
 from tests.processes import Lines, running
 
@@ -57,3 +58,15 @@ def saved_steps(database: str, thread: str, key: str | None = None) -> list[dict
             return list(state.values.get("steps") or [])
 
     return asyncio.run(read())
+
+
+def streamed_events(durable: Any, question: str, context: Any, config: dict) -> AsyncIterator:
+    """The custom events of a durable run of `question` on the thread of `config`, as a notebook
+    streams them (a caller that walks away mid-way closes the stream)."""
+    return durable.astream(
+        {"question": question},
+        context=context,
+        config=config,
+        stream_mode="custom",
+        durability=DURABILITY,
+    )

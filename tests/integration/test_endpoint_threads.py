@@ -99,5 +99,3 @@ def test_thread_ids_are_checked(tmp_path):
 def test_a_router_killed_mid_chain_is_resumed_by_another_process(postgres_uri):
     with fake_model_server() as server:
         kill_a_router_mid_chain_and_resume(server.url, postgres_uri, "killed-router", 160)
-
-

@@ -15,6 +15,7 @@ from glimprouter.evals.runner import run_eval
 from glimprouter.graph.invoke import run_question
 from glimprouter.graph.threads import DURABILITY, durable_graph, plan_thread, thread_config
 from tests.fakes import context_at, fake_model_server, problem
+from tests.threads import streamed_events
 
 QUESTION = "What is 2 + 2?"
 GUARD_S = 120  # a hung run fails the test instead of hanging the suite
@@ -161,13 +162,7 @@ async def test_a_run_stopped_mid_step_leaves_an_unfinished_thread_that_resumes(t
         context = context_at(server.url)
         config = thread_config(context, "stopped")
         async with durable_graph(tmp_path / "threads.sqlite") as durable:
-            events = durable.astream(
-                {"question": QUESTION},
-                context=context,
-                config=config,
-                stream_mode="custom",
-                durability=DURABILITY,
-            )
+            events = streamed_events(durable, QUESTION, context, config)
             async with aclosing(events):
                 first = await anext(events)
             plan = await plan_thread(durable, "stopped", None, "math")

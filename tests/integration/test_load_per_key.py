@@ -109,9 +109,7 @@ async def test_a_burst_of_one_key_does_not_turn_away_another_keys_first_request(
         process, base = router(server.url, "--max-concurrency", "4", "--max-waiting", "4")
         try:
             burst = [asyncio.ensure_future(post(base, KEYS[0], f"Alice {n}")) for n in range(8)]
-            await asyncio.to_thread(
-                wait_until, lambda: holds.now == 4, GUARD_S, "four chains held"
-            )
+            await asyncio.to_thread(wait_until, lambda: holds.now == 4, GUARD_S, "four chains held")
             await asyncio.to_thread(
                 wait_until, lambda: waiting(base) == 4, GUARD_S, "four chains waiting"
             )
@@ -166,9 +164,7 @@ async def test_workers_killed_holding_places_free_them(holds, tmp_path):
         process, base = router(server.url, "--max-concurrency", "2", "--max-waiting", "0")
         try:
             held = [asyncio.ensure_future(post(base, KEYS[n], f"Alice {n}")) for n in range(2)]
-            await asyncio.to_thread(
-                wait_until, lambda: holds.now == 2, GUARD_S, "two chains held"
-            )
+            await asyncio.to_thread(wait_until, lambda: holds.now == 2, GUARD_S, "two chains held")
             full = await post(base, KEYS[0], "Bob finds the server full")
             assert full.status_code == 429
             before = worker_pids(process.pid)

@@ -148,8 +148,7 @@ def stored_bytes(database: str, checkpoint_id: str) -> int:
     with psycopg.connect(database) as conn:
         return sum(
             conn.execute(
-                f"SELECT COALESCE(SUM(pg_column_size(t.*)), 0) FROM {table} t "
-                "WHERE thread_id = %s",
+                f"SELECT COALESCE(SUM(pg_column_size(t.*)), 0) FROM {table} t WHERE thread_id = %s",
                 (checkpoint_id,),
             ).fetchone()[0]
             for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
@@ -162,8 +161,10 @@ def test_the_checkpoint_cap_bounds_a_long_chains_stored_size(database, request, 
     sizes, counts = {}, {}
     with fake_model_server(fault=tiny_steps) as fake:
         for cap in ("0", "4"):
-            where = database if database.startswith("postgresql://") else str(
-                tmp_path / f"cap-{cap}.sqlite"
+            where = (
+                database
+                if database.startswith("postgresql://")
+                else str(tmp_path / f"cap-{cap}.sqlite")
             )
             thread = f"long-{request.node.callspec.id}-{cap}"
             router, url = start_router(fake.url, where, 4096, "--max-steps", "32",

@@ -316,9 +316,7 @@ async def test_killing_every_process_spares_other_runs() -> None:
         "def done(*_):\n    print('alive')\n    sys.exit(0)\n"
         "signal.signal(signal.SIGUSR1, done)\nwhile True:\n    time.sleep(0.01)"
     )
-    waiting = asyncio.ensure_future(
-        grade(_expecting("alive"), _code(bystander), limits=ROOMY)
-    )
+    waiting = asyncio.ensure_future(grade(_expecting("alive"), _code(bystander), limits=ROOMY))
     try:
         (pid,) = await wait_until_async(_runs_catching_sigusr1, 60, "the bystander waiting")
         killer = await _hostile(hostile, limits=ROOMY)

@@ -145,8 +145,9 @@ def test_a_request_moves_the_strategys_own_knob_only_the_cheaper_way():
             refused = client.post("/v1/chat/completions", json=chat(knobs="lower=0.5"))
             assert refused.status_code == 400
             error = refused.json()["error"]
-            assert error["param"] == "knobs" and "lower=0.5 is below this server's 0.9" in (
-                error["message"]
+            assert (
+                error["param"] == "knobs"
+                and "lower=0.5 is below this server's 0.9" in (error["message"])
             )
             # A higher one hands back sooner: the small model writes steps 1 and 2.
             assert large_steps(client, knobs="lower=1.2") == 1

@@ -56,8 +56,11 @@ def test_finishing_one_thread_keeps_the_lock_of_another(database, request):
             replies: dict[str, httpx.Response] = {}
             running = threading.Thread(
                 target=lambda: replies.update(
-                    a=httpx.post(f"{first_url}/chat/completions", json=ask("Question A", thread_a),
-                                 timeout=GUARD_S)  # fmt: skip
+                    a=httpx.post(
+                        f"{first_url}/chat/completions",
+                        json=ask("Question A", thread_a),
+                        timeout=GUARD_S,
+                    )  # fmt: skip
                 )
             )
             running.start()

@@ -15,9 +15,10 @@ from urllib.parse import urlparse
 import pytest
 
 from glimprouter import ConfigError
-from glimprouter.graph.threads import DURABILITY, durable_graph, plan_thread, thread_config
+from glimprouter.graph.threads import durable_graph, plan_thread, thread_config
 from tests.processes import Lines, running, wait_until
 from tests.proxy import KillableProxy
+from tests.threads import streamed_events
 
 pytestmark = pytest.mark.vllm
 
@@ -37,13 +38,7 @@ async def test_a_chain_stopped_mid_way_resumes_from_its_last_step(server_context
     config = thread_config(context, "python-thread")
     async with durable_graph(tmp_path / "threads.sqlite") as durable:
         seen = []
-        events = durable.astream(
-            {"question": QUESTION},
-            context=context,
-            config=config,
-            stream_mode="custom",
-            durability=DURABILITY,
-        )
+        events = streamed_events(durable, QUESTION, context, config)
         async with aclosing(events):  # the run stops here, not whenever the stream is collected
             async for event in events:
                 seen.append(event)
