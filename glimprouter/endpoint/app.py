@@ -41,7 +41,7 @@ from glimprouter.endpoint.runs import ClientGone, GraphRun, unless_disconnected
 from glimprouter.errors import ConfigError
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.threads import DEFAULT_MAX_THREAD_CHECKPOINTS
-from glimprouter.prompts import STEP_SEPARATOR, TEMPLATES
+from glimprouter.prompts import TEMPLATES
 
 # Questions are text: a bigger body is a mistake or abuse, refused before it is parsed.
 MAX_BODY_BYTES = 1 << 20
@@ -158,7 +158,8 @@ def create_app(
             chat = dataclasses.replace(chat, api_key=getattr(request.state, "api_key", None))
         except RequestError as error:
             return error.response()
-        reply = Reply(served_model_name, include_usage=chat.include_usage)
+        reply = Reply(served_model_name, include_usage=chat.include_usage,
+                      step_separator=chat.context.step_separator)  # fmt: skip
         run = GraphRun(chat, chains, load, metrics)
 
         streaming = False
@@ -173,7 +174,7 @@ def create_app(
         except ClientGone:
             return Response(status_code=499)  # nginx's "client closed request": nobody reads it
         except Exception as error:
-            return as_request_error(error).response()
+            return as_request_error(error, reply.step_separator).response()
         finally:
             if not streaming:
                 run.cancel()
@@ -240,7 +241,7 @@ async def _sse(reply: Reply, run: GraphRun, first: dict[str, Any]) -> AsyncItera
         steps = 0
         while event["event"] != "result":
             if event["event"] == "step":
-                separator = STEP_SEPARATOR if steps else ""
+                separator = reply.step_separator if steps else ""
                 yield data(reply.chunk({"reasoning_content": separator + event["text"]}))
                 steps += 1
             elif event["event"] == "answer":
@@ -251,5 +252,5 @@ async def _sse(reply: Reply, run: GraphRun, first: dict[str, Any]) -> AsyncItera
         if reply.include_usage:
             yield data(reply.usage_chunk(output))
     except Exception as error:  # the status is sent: the error goes in the stream, as OpenAI does
-        yield data(as_request_error(error).body())
+        yield data(as_request_error(error, reply.step_separator).body())
     yield "data: [DONE]\n\n"

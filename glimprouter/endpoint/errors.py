@@ -30,7 +30,7 @@ class RequestError(Exception):
         param: str | None = None,
         code: str | None = None,
         kind: str = "invalid_request_error",
-        written: list[str] | None = None,
+        written: WrittenSoFar | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -45,13 +45,8 @@ class RequestError(Exception):
     def body(self) -> dict[str, Any]:
         """The JSON error object, as OpenAI's API and SDKs shape it."""
         error = ErrorObject(message=self.message, type=self.kind, param=self.param, code=self.code)
-        written = None
-        if self.written is not None:  # what a failed chain wrote before it failed
-            written = WrittenSoFar(
-                reasoning_content=STEP_SEPARATOR.join(self.written), steps=len(self.written)
-            )
-        body = ErrorResponse(error=error, glimprouter=written)
-        return body.model_dump(mode="json", exclude=None if written else {"glimprouter"})
+        body = ErrorResponse(error=error, glimprouter=self.written)
+        return body.model_dump(mode="json", exclude=None if self.written else {"glimprouter"})
 
     def response(self) -> JSONResponse:
         """The error as an HTTP response."""
@@ -83,7 +78,7 @@ def model_server_failed(message: str) -> str:
     return f"{which} failed (after the router's retries); the router's log has the details"
 
 
-def as_request_error(error: Exception) -> RequestError:
+def as_request_error(error: Exception, step_separator: str = STEP_SEPARATOR) -> RequestError:
     """What a client is told about an error of a run: bad input is a 400, a failing model server
     a 502, anything else a 500 whose details stay in the server's log."""
     if isinstance(error, RequestError):
@@ -108,7 +103,7 @@ def as_request_error(error: Exception) -> RequestError:
             model_server_failed(str(error)),
             code="model_server_error",
             kind="server_error",
-            written=[step["text"] for step in error.output.get("steps") or []],
+            written=written_so_far(error.output.get("steps") or [], step_separator),
         )
     if isinstance(error, EndpointError):
         return RequestError(
@@ -118,3 +113,9 @@ def as_request_error(error: Exception) -> RequestError:
     return RequestError(
         500, "internal error in the router; its log has the details", kind="server_error"
     )
+
+
+def written_so_far(steps: list[dict[str, Any]], step_separator: str) -> WrittenSoFar:
+    """What a cut chain had written (its steps joined as the model wrote them), for its error."""
+    texts = [step["text"] for step in steps]
+    return WrittenSoFar(reasoning_content=step_separator.join(texts), steps=len(texts))

@@ -190,7 +190,10 @@ FinishReason = Literal["stop", "length"]
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
-    reasoning_content: str = Field(description="The chain of thought, steps joined by blank lines.")
+    reasoning_content: str = Field(
+        description="The chain of thought, its steps joined by the step separator (a blank line by "
+        "default)."
+    )
 
 
 class Choice(BaseModel):

@@ -65,6 +65,8 @@ class Reply:
 
     model: str
     include_usage: bool = False
+    step_separator: str = STEP_SEPARATOR
+    """What joins the steps in reasoning_content: the chain's own separator."""
     id: str = dataclasses.field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
 
@@ -72,7 +74,7 @@ class Reply:
         """A chat.completion: the answer as content, the steps as reasoning_content."""
         message = AssistantMessage(
             content=result.get("answer") or "",
-            reasoning_content=STEP_SEPARATOR.join(
+            reasoning_content=self.step_separator.join(
                 step["text"] for step in result.get("steps") or []
             ),
         )
