@@ -21,6 +21,7 @@ from glimprouter.evals.grading.math_grader import MAX_WORKERS, stop_workers
 from glimprouter.evals.grading.sandbox import DEFAULT_LIMITS, check_sandbox
 from glimprouter.evals.results import CONFIG_FILE, ResultsWriter, encode_record, parse_record
 from glimprouter.evals.solve import graded_record
+from glimprouter.prompts import STEP_SEPARATOR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,9 @@ async def regrade_run(
     config_path = run_dir / CONFIG_FILE
     if not config_path.exists():
         raise ConfigError(f"{run_dir} holds no eval run ({CONFIG_FILE}): pass an --output of eval")
-    dataset = json.loads(config_path.read_text())["dataset"]
+    config = json.loads(config_path.read_text())
+    # A run pinned before step_separator joined the identity wrote its steps at the default.
+    dataset, separator = config["dataset"], config.get("step_separator", STEP_SEPARATOR)
     with ResultsWriter(run_dir) as writer:
         lines = writer.lines()
         records = [parse_record(line) for line in lines]
@@ -55,7 +58,7 @@ async def regrade_run(
 
         async def one(index: int, problem: Problem) -> dict[str, Any]:
             async with slots:
-                return await graded_record(problem, records[index], limits)
+                return await graded_record(problem, records[index], limits, separator)
 
         try:
             regraded = await asyncio.gather(
@@ -72,9 +75,7 @@ async def regrade_run(
         graded=len(regraded),
         correct_before=sum(bool(r["correct"]) for r in before),
         correct_after=sum(bool(r["correct"]) for r in regraded),
-        changed=sum(
-            _grade(old) != _grade(new) for old, new in zip(before, regraded, strict=True)
-        ),
+        changed=sum(_grade(old) != _grade(new) for old, new in zip(before, regraded, strict=True)),
         ungraded=sum("grading" in r for r in regraded),
     )
 

@@ -80,7 +80,7 @@ async def solve(
         "trace": steps,
     }
     try:
-        return await graded_record(problem, record, limits)
+        return await graded_record(problem, record, limits, context.step_separator)
     except SandboxUnavailable as error:
         # The run could not be graded here at all: a failure a rerun retries, chain and all.
         return {
@@ -94,7 +94,10 @@ GRADE_FIELDS = ("correct", "extracted_answer", "grade_detail", "grading")
 
 
 async def graded_record(
-    problem: Problem, record: dict[str, Any], limits: SandboxLimits = DEFAULT_LIMITS
+    problem: Problem,
+    record: dict[str, Any],
+    limits: SandboxLimits = DEFAULT_LIMITS,
+    step_separator: str = STEP_SEPARATOR,
 ) -> dict[str, Any]:
     """`record` with its grade (re)computed from its answer and chain, nothing else changed.
 
@@ -102,8 +105,10 @@ async def graded_record(
     bound, or that makes it raise (RecursionError, MemoryError, a sympy failure), is not equal
     to the gold answer, recorded with `grading` ("timeout", or the grader's error) beside
     `correct: false`, so `glimprouter regrade` can grade it again without asking a model.
-    SandboxUnavailable (the machine, not the answer) propagates."""
-    text = gradable_text(problem, record["answer"] or "", record.get("trace") or [])
+    SandboxUnavailable (the machine, not the answer) propagates. `step_separator`: what ended
+    the chain's steps (the run's), which joins them where the grader reads the chain."""
+    steps = record.get("trace") or []
+    text = gradable_text(problem, record["answer"] or "", steps, step_separator)
     try:
         graded = await grade(problem, text, final_answer_of(record), limits=limits)
     except SandboxUnavailable:
@@ -150,10 +155,13 @@ def record_base(
     }
 
 
-def gradable_text(problem: Problem, answer: str, steps: list[dict[str, Any]]) -> str:
-    """What the grader reads: the answer, or for code without a block there the whole chain
-    (instruct models often write the program while thinking)."""
+def gradable_text(
+    problem: Problem, answer: str, steps: list[dict[str, Any]], separator: str = STEP_SEPARATOR
+) -> str:
+    """What the grader reads: the answer, or for code without a block there the whole chain, its
+    steps joined by their `separator` as the model wrote them (instruct models often write the
+    program while thinking, one line a step where a line break ends a step)."""
     if problem.task == "code" and "```" not in answer:
-        thinking = STEP_SEPARATOR.join(step["text"] for step in steps)
-        return f"{thinking}{STEP_SEPARATOR}{answer}"
+        thinking = separator.join(step["text"] for step in steps)
+        return f"{thinking}{separator}{answer}"
     return answer

@@ -6,6 +6,7 @@ import pytest
 
 from glimprouter.errors import ConfigError
 from glimprouter.evals.calibrate import calibrate_threshold, recorded_entropies
+from glimprouter.evals.datasets import Problem
 from glimprouter.evals.report import load_rows, markdown, pareto_plot, summarise
 from glimprouter.evals.results import (
     CONFIG_FILE,
@@ -16,6 +17,7 @@ from glimprouter.evals.results import (
     results_dirs,
     run_identity,
 )
+from glimprouter.evals.solve import gradable_text
 from glimprouter.graph.context import RouterContext
 from tests.runs import write_run
 
@@ -139,3 +141,15 @@ def test_calibration_needs_glimpse_entropies():
 def test_report_without_results_says_what_to_pass(tmp_path):
     with pytest.raises(ConfigError, match="glimprouter eval"):
         results_dirs([tmp_path])
+
+
+def test_a_code_chain_is_graded_with_its_steps_joined_as_the_model_wrote_them():
+    # One line a step, as an instruct model writes where a line break ends a step: joined by
+    # blank lines, the backslash's statement would end at the blank line (a SyntaxError).
+    lines = ["def f():", "    return 1 + \\", "        2", "print(f())"]
+    problem = Problem("livecodebench", "p", "Write f.", "code", "")
+    steps = [{"text": line} for line in lines]
+    text = gradable_text(problem, "It prints 3.", steps, "\n")
+    assert text == "\n".join([*lines, "It prints 3."])
+    compile(text.removesuffix("\nIt prints 3."), "chain", "exec")
+    assert gradable_text(problem, "```python\nprint(3)\n```", steps, "\n").startswith("```")
