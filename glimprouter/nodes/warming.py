@@ -17,7 +17,9 @@ A warming request is a task beside the chain, never awaited by it: at most one p
 model is in flight, and a newer prefix waits for it (it extends the prefix being computed, which
 a cancellation would throw away) in place of any older one still waiting; the chain's end drops
 both, and a failure is logged at debug and forgotten. Its reply is thrown away and it is not
-counted in the chain's usage, so no budget or routing decision of the router depends on it.
+counted in the chain's usage, so no budget or routing decision of the router depends on it
+(serve-router's worst case counts them among a request's model requests, at their most:
+`most_warming_requests_per_step`).
 """
 
 from __future__ import annotations
@@ -78,12 +80,24 @@ def warming_pays(context: RouterContext, role: ModelRole) -> bool:
     replica of each role is the same one; its served names are aliases of one model, with one
     prefix cache), which the writing model's own requests fill.
     """
-    if not context.warm_prefix_cache:
-        return False
     if role not in get_strategy(context.method).step_writers and context.answer_model != role:
+        return False
+    return may_warm(context)
+
+
+def may_warm(context: RouterContext) -> bool:
+    """Whether warming is on and each role has servers of its own: whether chains of some
+    method may warm a model on servers of `context`."""
+    if not context.warm_prefix_cache:
         return False
     small, large = ([url.rstrip("/") for url in context.replica_urls(r)] for r in MODEL_ROLES)
     return large != small
+
+
+def most_warming_requests_per_step(step_max_tokens: int) -> int:
+    """The most warming requests one step sends where warming pays: one as it starts, and one
+    every WARM_EVERY_TOKENS of the step it streams."""
+    return 1 + step_max_tokens // WARM_EVERY_TOKENS
 
 
 def warm_large_model(state: RouterState, context: RouterContext) -> dict[str, Any]:

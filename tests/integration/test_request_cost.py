@@ -5,6 +5,7 @@ of tiny steps stays within worst_case_cost; temperature and top_p are held to th
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import httpx
@@ -13,9 +14,11 @@ import pytest
 from glimprouter.endpoint.cost import worst_case_cost
 from glimprouter.endpoint.limits import RouterLimits
 from glimprouter.graph.context import RouterContext
+from glimprouter.nodes.common import MAX_REQUESTS_PER_STEP
 from tests.fakes import chat, fake_model_server, tiny_steps
 from tests.processes import stop
 from tests.routers import start_router_at_defaults as start_router
+from tests.routers import started_router
 
 # Some 50 KB of words: the fake server counts a word as a token.
 LONG_QUESTION = "Add up these numbers: " + "seven " * 8330 + "What is the sum?"
@@ -86,6 +89,41 @@ def test_a_max_steps_long_chain_of_tiny_steps_stays_within_the_worst_case_cost()
     assert requests <= most.model_requests
     assert prompt <= most.prompt_tokens
     assert usage["completion_tokens"] <= most.completion_tokens
+
+
+def long_steps(index: int, request: dict) -> dict | None:
+    """A fault hook: every step 100 tokens (warming requests go out as it streams), until the
+    answer."""
+    if request["messages"][-1]["content"].endswith("</think>\n\n"):
+        return None
+    return {"content": " ".join(f"w{index}x{k}" for k in range(100)) + "\n\n"}
+
+
+def test_warming_requests_on_two_servers_stay_within_the_worst_case_cost():
+    """Each role on a server of its own: the idle one is warmed as steps stream, and every
+    model request both servers received, the warming ones included, is within worst_case_cost
+    (which counted steps' requests only, and was passed)."""
+    flags = ["--max-steps", "8", "--step-max-tokens", "128", "--token-budget", "4096"]
+    with fake_model_server(fault=long_steps) as small, fake_model_server(fault=long_steps) as large:
+        command = [sys.executable, "-m", "glimprouter.cli", "serve-router", "--port", "0",
+                   "--small-url", small.url, "--large-url", large.url, "--max-retries", "0",
+                   *flags]  # fmt: skip
+        router, url = started_router(command)
+        try:
+            reply = ask(url, chat("What is 2 + 2?"))
+        finally:
+            stop(router)
+        requests = [*small.requests, *large.requests]
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["glimprouter"]["stop_reason"] == "max_steps"
+    # A warming request: one greedy token without logprobs (a glimpse probe has them).
+    warming = [r for r in requests if r.get("max_completion_tokens", r.get("max_tokens")) == 1
+               and not r.get("logprobs")]  # fmt: skip
+    context = RouterContext(small_base_url=small.url, large_base_url=large.url, max_steps=8,
+                            step_max_tokens=128, token_budget=4096)  # fmt: skip
+    assert len(warming) > 8  # more than one a step: as the steps streamed
+    assert len(requests) > MAX_REQUESTS_PER_STEP * 8 + 1  # past the steps' requests alone
+    assert len(requests) <= worst_case_cost(context, RouterLimits()).model_requests
 
 
 def test_tiny_steps_stop_at_a_low_prompt_bound_and_stay_under_it():
