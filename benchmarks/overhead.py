@@ -27,7 +27,8 @@ import openai
 from _record import record, timed
 
 from glimprouter import RouterContext, graph, run_config
-from glimprouter.model_servers.client import complete, new_chain_id, stream_step
+from glimprouter.model_servers.client import complete, new_chain_id
+from glimprouter.model_servers.streaming import stream_step
 
 TOP = [{"token": t, "logprob": -0.6931, "bytes": [ord(t)]} for t in "ab"]  # entropy ln 2
 

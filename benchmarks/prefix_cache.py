@@ -37,7 +37,8 @@ from glimprouter import RouterContext
 from glimprouter.evals.datasets import load_problems
 from glimprouter.evals.results import read_results
 from glimprouter.evals.runner import run_eval
-from glimprouter.model_servers.client import complete, new_chain_id, prefill, stream_step
+from glimprouter.model_servers.client import complete, new_chain_id, prefill
+from glimprouter.model_servers.streaming import stream_step
 from glimprouter.prompts import next_step_messages
 from glimprouter.vllm_launcher.command import CPU_BLOCK_SIZE
 from glimprouter.vllm_launcher.pair import local_pair_specs, serve

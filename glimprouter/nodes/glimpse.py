@@ -16,12 +16,8 @@ from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import RouterContext
 from glimprouter.graph.state import RouterState
-from glimprouter.model_servers.client import (
-    ContextOverflow,
-    complete,
-    new_chain_id,
-    stream_step,
-)
+from glimprouter.model_servers.client import ContextOverflow, complete, new_chain_id
+from glimprouter.model_servers.streaming import stream_step
 from glimprouter.nodes.common import prompt_args, run_strategy, step_texts
 from glimprouter.nodes.next_step import new_step, step_request
 from glimprouter.nodes.routing import next_writer

@@ -11,7 +11,8 @@ from langgraph.runtime import Runtime
 
 from glimprouter.graph.context import ModelRole, RouterContext
 from glimprouter.graph.state import ModelUsage, RouterState
-from glimprouter.model_servers.client import Completion, ContextOverflow, complete, stream_step
+from glimprouter.model_servers.client import Completion, ContextOverflow, complete
+from glimprouter.model_servers.streaming import stream_step
 from glimprouter.nodes.common import CHAIN_SPENT, chain_spent, commit_step, run_strategy
 from glimprouter.nodes.next_step import new_step, step_request
 from glimprouter.nodes.warming import warm_as_step_grows, warm_large_model
