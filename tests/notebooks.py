@@ -4,7 +4,9 @@ so checks find a cell's outputs by tag rather than by position."""
 
 from __future__ import annotations
 
+import base64
 import os
+import struct
 
 import nbformat
 import pytest
@@ -108,6 +110,15 @@ def stdout(code_cell: nbformat.NotebookNode) -> str:
 
 def shown(code_cell: nbformat.NotebookNode, mime: str) -> list[str]:
     return [o.data[mime] for o in code_cell.outputs if mime in o.get("data", {})]
+
+
+def png_size(shown_png: str) -> tuple[int, int]:
+    """Width and height of a PNG a cell showed (base64, as a notebook keeps it); fails on
+    anything but a PNG."""
+    data = base64.b64decode(shown_png)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
 
 
 def table(markdown_text: str) -> list[list[str]]:

@@ -17,7 +17,16 @@ import pytest
 
 from glimprouter.evals.report import load_rows, markdown, paired_markdown
 from glimprouter.evals.results import results_dirs
-from tests.notebooks import cell, kernel_env, run_notebook, server_env, shown, stdout, table
+from tests.notebooks import (
+    cell,
+    kernel_env,
+    png_size,
+    run_notebook,
+    server_env,
+    shown,
+    stdout,
+    table,
+)
 from tests.paths import SHARED_DATA
 from tests.processes import running
 
@@ -123,7 +132,9 @@ def test_analysis_reports_recorded_evals(vllm_base_url, kernels, tmp_path):
     assert paired == paired_markdown(load_rows(results_dirs([runs])), "small-only")
     assert "### math500: against small-only" in paired and "| glimprouter t=0.8 | 2 | " in paired
     (pareto,) = shown(cell(notebook, "pareto"), "image/png")
-    assert len(pareto) > 10_000  # base64 of a two-panel plot
+    # One dataset: one row of two panels, drawn 11 x 4.2 inches (report.pareto_plot).
+    width, height = png_size(pareto)
+    assert abs(width / height - 11 / 4.2) < 0.05, (width, height)
     assert len(shown(cell(notebook, "large-share"), "image/png")) == 1
     calibrated = cell(notebook, "calibrate")
     (thresholds,) = shown(calibrated, "text/markdown")
