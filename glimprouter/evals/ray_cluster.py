@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -30,6 +31,8 @@ from glimprouter.graph.context import RouterContext
 
 INSTALL = install_hint("ray")
 LOCAL = "local"
+# How long a cluster's address may take to accept a connection before --ray is refused.
+CONNECT_TIMEOUT_S = 10
 TASK_RETRIES = 3
 
 
@@ -97,15 +100,36 @@ def _connect(ray: Any, cluster: RayCluster) -> bool:
         if cluster.address == LOCAL:
             ray.init(**options)
         else:
+            _check_listening(cluster.address)
             ray.init(address=cluster.address, **options)
     except ConnectionError as error:
-        raise ConfigError(
-            f"cannot reach the Ray cluster at {cluster.address!r} ({error}): start it with "
-            "`ray start --head`, or give --ray without an address for a local one"
-        ) from None
+        raise _cannot_join(cluster.address, str(error)) from None
     finally:
         signal.signal(signal.SIGTERM, on_sigterm)
     return True
+
+
+def _check_listening(address: str) -> None:
+    """Refuse at once a HOST:PORT address where nothing listens: Ray would retry for minutes
+    before it failed. 'auto' (the cluster `ray start` left here) is Ray's to find."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise _cannot_join(address, f"nothing answers there: {error}") from None
+
+
+def _cannot_join(address: str, why: str) -> ConfigError:
+    # Ray tells a refused token from a cluster that is not there only in its log.
+    return ConfigError(
+        f"cannot join the Ray cluster at {address!r} ({why}): start it with "
+        "`ray start --head`; a cluster with token authentication (what `ray start` enables "
+        "since Ray 2.59) is joined with RAY_AUTH_MODE=token set here too (the token from "
+        "RAY_AUTH_TOKEN or ~/.ray/auth_token); or give --ray without an address for a local "
+        "cluster"
+    )
 
 
 async def solved_on_ray(
